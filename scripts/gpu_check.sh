@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Exercise the CUDA path (bf16 healing, throughput, 2:4 kernels) on a GPU machine; figures go to OUT.
+# Usage: scripts/gpu_check.sh OUT
+set -euo pipefail
+out=${1:?usage: scripts/gpu_check.sh OUT}
+python=${PYTHON:-python}
+mkdir -p "$out"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/nvidia_smi.csv" || true
+"$python" scripts/gpu_check.py "$out" 2>&1 | tee "$out/gpu_check.log"
+"$python" scripts/bench_heal.py --model deit_base_patch16_224 --images 256 --device cuda 2>&1 | tee "$out/bench_heal.txt"
+"$python" scripts/bench_eval.py --model deit_base_patch16_224 --images 1024 --device cuda 2>&1 | tee "$out/bench_eval.txt"

@@ -1,0 +1,26 @@
+"""Atomic file writes: write a temporary file beside the target, then rename it into place."""
+
+import os
+import tempfile
+from collections.abc import Callable
+from contextlib import suppress
+from pathlib import Path
+
+
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp_path)`, then rename tmp_path to `path`; a crash leaves no partial `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        with suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    write_atomically(path, lambda tmp: tmp.write_text(text))

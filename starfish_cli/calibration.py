@@ -1,0 +1,58 @@
+"""The calibration sampler: a small, seeded, class-balanced subset of a split, labels dropped."""
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from starfish_cli.errors import StarfishError
+
+
+class CalibrationSampler:
+    """Picks `count` images (or `fraction` of the split) without replacement.
+
+    With `balanced` and labels, every class gets an equal share (the remainder goes to
+    randomly chosen classes); without labels the draw is uniform.
+    """
+
+    def __init__(self, fraction: float = 0.004, count: int | None = None, balanced: bool = True):
+        if count is None and not 0.0 < float(fraction) <= 1.0:
+            raise StarfishError(f"calib.fraction={fraction} must be in (0, 1]: e.g. calib.fraction=0.004")
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count <= 0):
+            raise StarfishError(f"calib.count={count!r} must be a positive whole number of images, e.g. calib.count=240")
+        self.fraction, self.count, self.balanced = float(fraction), count, balanced
+
+    def size(self, split_size: int) -> int:
+        size = self.count if self.count is not None else round(self.fraction * split_size)
+        if size <= 0:
+            raise StarfishError(
+                f"calib.fraction={self.fraction} of {split_size} images is 0 images: raise calib.fraction or set calib.count"
+            )
+        if size > split_size:
+            raise StarfishError(f"calib.count={size} exceeds the {split_size} images of the split: lower calib.count")
+        return size
+
+    def sample(self, split_size: int, labels: Sequence[int] | None, seed: int) -> list[int]:
+        """Sorted indices into the split."""
+        size = self.size(split_size)
+        rng = np.random.default_rng(seed)
+        if not self.balanced or labels is None:
+            return sorted(int(i) for i in rng.choice(split_size, size=size, replace=False))
+        return balanced_sample(np.asarray(labels), size, rng)
+
+
+def balanced_sample(labels: np.ndarray, size: int, rng: np.random.Generator) -> list[int]:
+    classes = np.unique(labels)
+    members = {c: rng.permutation(np.flatnonzero(labels == c)) for c in classes}
+    quota = {c: size // len(classes) for c in classes}
+    for c in rng.choice(classes, size=size % len(classes), replace=False):
+        quota[c] += 1
+    # a class smaller than its quota gives its shortfall to classes with images to spare
+    shortfall = sum(max(0, quota[c] - len(members[c])) for c in classes)
+    quota = {c: min(quota[c], len(members[c])) for c in classes}
+    while shortfall:
+        spare = [c for c in rng.permutation(classes) if quota[c] < len(members[c])]
+        for c in spare[:shortfall]:
+            quota[c] += 1
+            shortfall -= 1
+    chosen = np.concatenate([members[c][: quota[c]] for c in classes])
+    return sorted(int(i) for i in chosen)

@@ -1,0 +1,154 @@
+"""The `starfish` front end: `starfish <stage> [--config FILE] [hydra flags] [key=value ...]`.
+
+Hydra 1.3 has no subcommands, so this rewrites argv (flags first, overrides last) and
+calls the stage's own @hydra.main; `-m`, `--cfg job`, `--info` and run folders keep working.
+"""
+
+import argparse
+import importlib
+import os
+import re
+import sys
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+from starfish_cli.errors import StarfishError
+
+STAGES = {
+    "prune": "prune the model (pruned.safetensors)",
+    "heal": "heal the pruned model by internal-state alignment (healed.safetensors)",
+    "eval": "evaluate dense, pruned and healed models (report.json, report.md)",
+    "run": "prune, heal and evaluate in one process",
+    "report": "aggregate every run under DIR: summary.md, summary.csv, plots (starfish report DIR)",
+}
+CONFIG_GROUPS = ("model", "data", "calib", "pruner", "healer", "experiment")
+# Hydra flags that take a value; --info takes one only if it is one of its topics
+_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                "--config-dir", "-cd", "--experimental-rerun", "--shell-completion", "-sc"}
+_INFO_TOPICS = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
+_GROUP_OVERRIDE = re.compile(rf"^[+]{{0,2}}({'|'.join(CONFIG_GROUPS)})=(.*)$")
+
+USAGE = """usage: starfish <stage> [--config FILE] [-m] [hydra flags] [key=value ...]
+
+stages:
+{stages}
+
+examples:
+  starfish run                                   # embedded ViT, Wanda 75%, STARFISH healing
+  starfish run pruner=magnitude pruner.sparsity=0.9
+  starfish prune -m pruner.sparsity=0.5,0.75     # a sweep; then heal -m / eval -m with the same values
+  starfish run --config configs/experiment/fmnist_wanda_75.yaml
+  starfish run --cfg job                         # print the composed config
+  starfish report outputs                        # summary.md, summary.csv, plots of every run under outputs/
+"""
+
+
+def package_config_dir() -> Path:
+    return Path(str(resources.files("starfish_cli") / "configs"))
+
+
+def split_flags(arguments: list[str]) -> tuple[list[str], list[str]]:
+    """Separate Hydra flags (with their values) from key=value overrides, keeping order within each."""
+    flags, overrides, i = [], [], 0
+    while i < len(arguments):
+        token = arguments[i]
+        if token.startswith("-") and "=" not in token.split("-", 2)[-1][:1]:
+            flags.append(token)
+            takes_value = token in _VALUE_FLAGS or (
+                token in {"--info", "-i"} and i + 1 < len(arguments) and arguments[i + 1] in _INFO_TOPICS)
+            if takes_value and i + 1 < len(arguments):
+                flags.append(arguments[i + 1])
+                i += 1
+        else:
+            overrides.append(token)
+        i += 1
+    return flags, overrides
+
+
+def group_options(group: str, extra_dirs: list[Path]) -> list[str]:
+    names = set()
+    for root in [package_config_dir(), *extra_dirs]:
+        names.update(p.stem for p in (root / group).glob("*.yaml"))
+    return sorted(names)
+
+
+def check_group_choices(overrides: list[str], extra_dirs: list[Path]) -> None:
+    """An unknown `pruner=…`, `healer=…`, `model=…` choice is a one-line error before Hydra starts."""
+    for override in overrides:
+        match = _GROUP_OVERRIDE.match(override)
+        if not match or re.search(r"[()\[\]{}$]", match.group(2)):
+            continue  # sweep functions and interpolations are Hydra's business
+        group, values = match.groups()
+        options = group_options(group, extra_dirs)
+        for value in values.split(","):
+            if value.strip() and value.strip() not in options and value.strip() != "null":
+                hint = " (or set model.name=<any timm model>)" if group == "model" else ""
+                raise StarfishError(f"unknown {group} {value.strip()!r}: choose one of {', '.join(options)}{hint}")
+
+
+def experiment_arguments(config: str, workdir: Path) -> tuple[list[str], list[str]]:
+    """Hydra flags and overrides that apply the experiment file `config` over the stage's primary config."""
+    path = Path(config).expanduser()
+    if not path.is_file():
+        shipped = package_config_dir() / "experiment" / f"{path.stem}.yaml"
+        if path.suffix in ("", ".yaml") and path.parent == Path(".") and shipped.is_file():
+            return [], [f"experiment={path.stem}"]
+        raise StarfishError(f"--config {config}: no such file; give an experiment YAML "
+                            f"(shipped: {', '.join(group_options('experiment', []))})")
+    if path.suffix not in (".yaml", ".yml"):
+        raise StarfishError(f"--config {config}: not a .yaml file")
+    if path.resolve().parent.name == "experiment":
+        return ["--config-dir", str(path.resolve().parent.parent)], [f"experiment={path.stem}"]
+    # any other folder: expose the file as experiment/<name>.yaml in a private search-path folder
+    (workdir / "experiment").mkdir()
+    (workdir / "experiment" / f"{path.stem}.yaml").symlink_to(path.resolve())
+    return ["--config-dir", str(workdir)], [f"experiment={path.stem}"]
+
+
+def _hydra_quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    stages_text = "\n".join(f"  {name:<7}{text}" for name, text in STAGES.items())
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE.format(stages=stages_text))
+        return 0 if argv else 2
+    if argv[0] in ("--version", "-V"):
+        from starfish_cli import __version__
+
+        print(f"starfish {__version__}")
+        return 0
+    stage, rest = argv[0], argv[1:]
+    front = argparse.ArgumentParser(add_help=False)
+    front.add_argument("--config")
+    known, remaining = front.parse_known_args(rest)
+    try:
+        if stage not in STAGES:
+            raise StarfishError(f"unknown stage {stage!r}: choose one of {', '.join(STAGES)} (starfish --help)")
+        with tempfile.TemporaryDirectory(prefix="starfish-config-") as workdir:
+            flags, overrides = split_flags(remaining)
+            if stage == "report":  # `starfish report DIR`: the folder is a positional argument
+                folders = [o for o in overrides if "=" not in o]
+                if len(folders) != 1:
+                    raise StarfishError("usage: starfish report DIR (the folder of a sweep, e.g. outputs)")
+                overrides = [f"dir={_hydra_quote(folders[0])}"] + [o for o in overrides if "=" in o]
+            if known.config:
+                extra_flags, extra_overrides = experiment_arguments(known.config, Path(workdir))
+                flags, overrides = extra_flags + flags, extra_overrides + overrides
+            extra_dirs = [Path(flags[i + 1]) for i, f in enumerate(flags[:-1]) if f in ("--config-dir", "-cd")]
+            check_group_choices(overrides, extra_dirs)
+            if int(os.environ.get("RANK", "0")) > 0:  # under torchrun only rank 0 writes the run folder
+                overrides += ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
+            sys.argv = [f"starfish {stage}", *flags, *overrides]
+            importlib.import_module(f"starfish_cli.stages.{stage}").main()
+    except StarfishError as error:
+        print(f"starfish: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

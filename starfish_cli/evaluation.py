@@ -1,0 +1,81 @@
+"""Evaluation: top-1/top-5, agreement with the dense model, per-block alignment, throughput."""
+
+import time
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from starfish_cli.data import loader
+from starfish_cli.distributed import all_reduce_sum, current, shard
+from starfish_cli.healing.states import forward_with_states, per_block_cosine
+from starfish_cli.progress import progress_bar
+from starfish_cli.runtime import autocast
+
+
+def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> int:
+    k = min(k, logits.shape[-1])
+    return int((logits.topk(k, dim=-1).indices == labels[:, None]).any(-1).sum())
+
+
+@torch.no_grad()
+def evaluate(
+    models: Mapping[str, nn.Module],
+    dataset: torch.utils.data.Dataset,
+    device: torch.device,
+    batch_size: int = 256,
+    reference: str = "dense",
+    num_workers: int = 0,
+    precision: torch.dtype = torch.float32,
+) -> dict:
+    """Run every model on the same labelled batches; alignment and agreement are against `reference`.
+
+    Under torchrun every rank evaluates its shard and the counts are summed across ranks.
+
+    Returns `images` and, per model under `models`: top1, top5, agreement (percent), block_cosine (per block), images_per_second.
+    """
+    totals = {name: {"top1": 0, "top5": 0, "agree": 0, "seconds": 0.0, "cosine": None} for name in models}
+    seen = 0
+    batches = loader(shard(dataset), batch_size, num_workers=num_workers)
+    with progress_bar("evaluating", len(batches) if hasattr(batches.dataset, "__len__") else None) as advance:
+        for _indices, images, labels in batches:
+            images, labels = images.to(device, non_blocking=True), labels.to(device)
+            outputs = {}
+            for name, model in models.items():
+                started = time.perf_counter()
+                with autocast(device, precision):
+                    outputs[name] = forward_with_states(model, images)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                totals[name]["seconds"] += time.perf_counter() - started
+            ref_logits, ref_states = outputs[reference]
+            ref_pred = ref_logits.argmax(-1)
+            for name, (logits, states) in outputs.items():
+                entry = totals[name]
+                entry["top1"] += topk_correct(logits, labels, 1)
+                entry["top5"] += topk_correct(logits, labels, 5)
+                entry["agree"] += int((logits.argmax(-1) == ref_pred).sum())
+                cosine = per_block_cosine(states, ref_states).cpu() * len(labels)
+                entry["cosine"] = cosine if entry["cosine"] is None else entry["cosine"] + cosine
+            seen += len(labels)
+            advance()
+    # under torchrun each rank saw its own shard: add the counts up
+    names = list(models)
+    counts = torch.tensor([[totals[n]["top1"], totals[n]["top5"], totals[n]["agree"], totals[n]["seconds"]]
+                           for n in names], dtype=torch.float64)
+    cosines = torch.stack([totals[n]["cosine"].double() for n in names]) if seen else None
+    seen_total = int(all_reduce_sum(torch.tensor([seen], dtype=torch.float64)).item())
+    all_reduce_sum(counts)
+    if cosines is not None:
+        all_reduce_sum(cosines)
+    world_size = current().size
+    return {"images": seen_total, "models": {
+        name: {
+            "top1": 100.0 * counts[i, 0].item() / seen_total,
+            "top5": 100.0 * counts[i, 1].item() / seen_total,
+            "agreement": 100.0 * counts[i, 2].item() / seen_total,
+            "block_cosine": [float(c) / seen_total for c in cosines[i]],
+            "images_per_second": seen_total / max(counts[i, 3].item() / world_size, 1e-9),
+        }
+        for i, name in enumerate(names)
+    }}

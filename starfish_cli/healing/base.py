@@ -1,0 +1,203 @@
+"""What every healer shares: fixed masks, the parameters it may train, and the optimization loop."""
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from torch.nn.parallel import DistributedDataParallel
+
+from starfish_cli import distributed
+from starfish_cli.data import loader
+from starfish_cli.errors import StarfishError
+from starfish_cli.models import prunable_layers
+from starfish_cli.progress import progress_bar
+from starfish_cli.runtime import autocast
+from starfish_cli.healing.states import collect_states
+
+
+@dataclass
+class HealResult:
+    steps: int = 0
+    trained_parameters: list[str] = field(default_factory=list)
+    loss_history: list[float] = field(default_factory=list)
+    labels_used: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Healer:
+    """Optimizes a pruned student towards its dense teacher, masks fixed.
+
+    `heal(student, teacher, masks, calibration, device)` modifies `student` in place;
+    `calibration` is a torch Dataset of `(index, image)` items, or `(index, image, label)`
+    for healers with `labels_used`.
+    """
+
+    registered_name = "?"
+    labels_used = False
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.registered_name, **{k: v for k, v in vars(self).items() if not k.startswith("_")}}
+
+    def heal(self, student: nn.Module, teacher: nn.Module, masks: Mapping[str, torch.Tensor],
+             calibration: torch.utils.data.Dataset, device: torch.device,
+             precision: torch.dtype = torch.float32) -> HealResult:
+        raise NotImplementedError
+
+
+def train_only(model: nn.Module, names: list[str]) -> list[nn.Parameter]:
+    """Freeze every parameter of `model` except those named; returns the trainable ones."""
+    wanted = set(names)
+    missing = wanted - {name for name, _ in model.named_parameters()}
+    if missing:
+        raise ValueError(f"no such parameters: {sorted(missing)}")
+    parameters = []
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name in wanted)
+        if name in wanted:
+            parameters.append(parameter)
+    return parameters
+
+
+def pruned_weight_names(model: nn.Module) -> list[str]:
+    return [f"{name}.weight" for name in prunable_layers(model)]
+
+
+def norm_and_bias_names(model: nn.Module) -> list[str]:
+    """LayerNorm weights and biases inside the blocks, and the biases of the prunable linears.
+
+    (The final norm only feeds the head, so block-state alignment cannot train it.)
+    """
+    names = []
+    for module_name, module in model.named_modules():
+        if isinstance(module, nn.LayerNorm) and module_name.startswith("blocks."):
+            names += [f"{module_name}.{p}" for p, value in module.named_parameters(recurse=False) if value is not None]
+    names += [f"{name}.bias" for name, layer in prunable_layers(model).items() if layer.bias is not None]
+    return names
+
+
+class FixedMasks:
+    """Keeps pruned weights exactly zero: masks their gradients and re-masks after every step."""
+
+    def __init__(self, model: nn.Module, masks: Mapping[str, torch.Tensor]):
+        layers = prunable_layers(model)
+        self._pairs = [(layers[name].weight, mask.to(layers[name].weight.device)) for name, mask in masks.items()]
+        self._handles = [
+            weight.register_hook(lambda grad, keep=mask: grad * keep.to(grad.dtype))
+            for weight, mask in self._pairs if weight.requires_grad
+        ]
+
+    @torch.no_grad()
+    def reapply(self) -> None:
+        for weight, mask in self._pairs:
+            weight.mul_(mask.to(weight.dtype))
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+class StudentForward(nn.Module):
+    """`images → (logits, states)` as a module's forward, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, model: nn.Module, kinds: tuple[str, ...]):
+        super().__init__()
+        self.model, self.kinds = model, kinds
+
+    def forward(self, images: torch.Tensor):
+        if not self.kinds:
+            return self.model(images), []
+        return collect_states(self.model, images, self.kinds)
+
+
+class GradientHealer(Healer):
+    """The shared recipe: Adam on `trainable_names`, cosine decay per step, masks fixed.
+
+    Subclasses say what trains (`trainable_names`), which student states the loss needs
+    (`student_states`) and what is minimized (`loss`); `prepare` may precompute teacher
+    targets. Under torchrun the student runs in DistributedDataParallel and every rank
+    takes batch_size / world images of each global batch.
+    """
+
+    student_states: tuple[str, ...] = ()
+
+    def __init__(self, epochs: int = 10, batch_size: int = 32, lr: float = 6e-4, min_lr: float = 1e-6,
+                 weight_decay: float = 0.0, seed: int = 0):
+        if not isinstance(epochs, int) or epochs < 0:
+            raise StarfishError(f"healer.epochs={epochs!r} must be a whole number ≥ 0")
+        if not isinstance(batch_size, int) or batch_size <= 0:
+            raise StarfishError(f"healer.batch_size={batch_size!r} must be a positive whole number")
+        if not lr > 0 or min_lr < 0 or min_lr > lr:
+            raise StarfishError(f"healer.lr={lr} must be > 0 and healer.min_lr={min_lr} in [0, lr]")
+        self.epochs, self.batch_size, self.lr, self.min_lr = epochs, batch_size, lr, min_lr
+        self.weight_decay, self.seed = weight_decay, seed
+
+    def trainable_names(self, student: nn.Module) -> list[str]:
+        return pruned_weight_names(student)
+
+    def prepare(self, student: nn.Module, teacher: nn.Module, calibration, device: torch.device) -> None:
+        pass
+
+    def loss(self, outputs: tuple, batch: tuple, device: torch.device) -> torch.Tensor:
+        """`outputs` = the student's (logits, states) on `batch`."""
+        raise NotImplementedError
+
+    def heal(self, student, teacher, masks, calibration, device, precision=torch.float32):
+        self._precision = precision
+        names = self.trainable_names(student)
+        result = HealResult(trained_parameters=names, labels_used=self.labels_used)
+        with autocast(device, precision):
+            self.prepare(student, teacher, calibration, device)
+        forward = StudentForward(student, self.student_states)
+        result.steps = self.optimize(student, names, masks, calibration, device, result.loss_history,
+                                     lambda batch, run: self.loss(run(batch[1].to(device, non_blocking=True)),
+                                                                  batch, device),
+                                     forward=forward)
+        return result
+
+    def optimize(self, model: nn.Module, names: list[str], masks, calibration, device, history: list[float],
+                 loss_of_batch, description: str | None = None, forward: nn.Module | None = None) -> int:
+        """Run the recipe over `calibration`; `loss_of_batch(batch, forward)`. Returns the steps taken."""
+        parameters = train_only(model, names)
+        fixed = FixedMasks(model, masks)
+        world = distributed.current()
+        if world.active and forward is not None:
+            forward = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
+        optimizer = torch.optim.Adam(parameters, lr=self.lr, weight_decay=self.weight_decay)
+        sampler = None
+        if world.active:
+            sampler = torch.utils.data.DistributedSampler(calibration, world.size, world.rank, shuffle=True,
+                                                          seed=self.seed)
+            batches = torch.utils.data.DataLoader(calibration, batch_size=max(1, self.batch_size // world.size),
+                                                  sampler=sampler)
+        else:
+            batches = loader(calibration, self.batch_size, shuffle=True, seed=self.seed)
+        total = self.epochs * len(batches)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total, 1), eta_min=self.min_lr)
+        model.eval()  # no dropout/drop-path: the targets are deterministic
+        try:
+            with progress_bar(description or f"healing ({self.registered_name})", total) as advance:
+                for epoch in range(self.epochs):
+                    if sampler is not None:
+                        sampler.set_epoch(epoch)
+                    for batch in batches:
+                        with autocast(device, getattr(self, "_precision", torch.float32)):
+                            loss = loss_of_batch(batch, forward)
+                        optimizer.zero_grad(set_to_none=True)
+                        loss.backward()
+                        optimizer.step()
+                        scheduler.step()
+                        fixed.reapply()
+                        value = float(distributed.all_reduce_sum(loss.detach().clone())) / world.size
+                        if not math.isfinite(value):
+                            raise StarfishError(f"healing diverged (loss {value}): lower healer.lr")
+                        history.append(value)
+                        advance(loss=value)
+        finally:
+            fixed.remove()
+            for parameter in model.parameters():
+                parameter.requires_grad_(False)
+        return total

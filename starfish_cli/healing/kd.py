@@ -1,0 +1,25 @@
+"""Logit knowledge distillation: align only the outputs (KL to the dense model's softened logits)."""
+
+from starfish_cli.healing.base import GradientHealer
+from starfish_cli.healing.registry import HEALERS
+from starfish_cli.healing.starfish import TEACHER_MODES, TeacherTargets, logit_kd_loss
+from starfish_cli.errors import StarfishError
+
+
+@HEALERS.register("kd")
+class LogitKDHealer(GradientHealer):
+    """Trains the same pruned matrices as STARFISH, on the same images and budget; only the loss differs."""
+
+    def __init__(self, epochs: int = 10, batch_size: int = 32, lr: float = 6e-4, min_lr: float = 1e-6,
+                 weight_decay: float = 0.0, temperature: float = 1.0, teacher: str = "auto", seed: int = 0):
+        super().__init__(epochs, batch_size, lr, min_lr, weight_decay, seed)
+        if temperature <= 0 or teacher not in TEACHER_MODES:
+            raise StarfishError(f"healer.temperature must be > 0 and healer.teacher one of {', '.join(TEACHER_MODES)}")
+        self.temperature, self.teacher = temperature, teacher
+
+    def prepare(self, student, teacher, calibration, device):
+        self._targets = TeacherTargets(teacher, (), self.teacher, calibration, self.batch_size, device)
+
+    def loss(self, outputs, batch, device):
+        teacher_logits, _ = self._targets(batch[0], batch[1].to(device, non_blocking=True))
+        return logit_kd_loss(outputs[0], teacher_logits, self.temperature)

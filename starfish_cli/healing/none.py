@@ -1,0 +1,10 @@
+"""No healing: the pruned model as it is, the floor every healer must beat."""
+
+from starfish_cli.healing.base import Healer, HealResult
+from starfish_cli.healing.registry import HEALERS
+
+
+@HEALERS.register("none")
+class NoHealer(Healer):
+    def heal(self, student, teacher, masks, calibration, device, precision=None):
+        return HealResult()

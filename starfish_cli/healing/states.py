@@ -1,0 +1,76 @@
+"""Internal states of a ViT and how far apart two models' states are.
+
+States are the outputs of every transformer block (the residual stream, all tokens,
+N×L×D), taken with timm's `forward_intermediates`.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from starfish_cli.models import forward_with_states  # noqa: F401  (re-exported: the one way to read states)
+
+
+def token_cosine_distance(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """1 − cos(h_student, h_teacher) over the embedding dim, averaged over tokens and batch."""
+    return (1.0 - F.cosine_similarity(student.float(), teacher.float(), dim=-1)).mean()
+
+
+def normalized_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """‖h_s − h_t‖² / ‖h_t‖² per token, averaged over tokens and batch."""
+    student, teacher = student.float(), teacher.float()
+    return ((student - teacher).pow(2).sum(-1) / teacher.pow(2).sum(-1).clamp_min(1e-12)).mean()
+
+
+STATE_LOSSES = {"cosine": token_cosine_distance, "mse": normalized_mse}
+
+
+def state_alignment_loss(
+    student_states: list[torch.Tensor], teacher_states: list[torch.Tensor], loss: str = "cosine"
+) -> torch.Tensor:
+    """The STARFISH objective: the per-block distance, averaged over blocks."""
+    distance = STATE_LOSSES[loss]
+    return torch.stack([distance(s, t) for s, t in zip(student_states, teacher_states, strict=True)]).mean()
+
+
+@torch.no_grad()
+def per_block_cosine(student_states: list[torch.Tensor], teacher_states: list[torch.Tensor]) -> torch.Tensor:
+    """Mean token cosine similarity of each block's output (1 = perfectly aligned), shape (blocks,)."""
+    return torch.stack([
+        F.cosine_similarity(s.float(), t.float(), dim=-1).mean()
+        for s, t in zip(student_states, teacher_states, strict=True)
+    ])
+
+
+STATE_KINDS = ("blocks", "attn", "mlp", "final_norm")
+
+
+def _final_norm(model: torch.nn.Module) -> torch.nn.Module:
+    """The norm that feeds the head: `norm`, or `fc_norm` in average-pooled models."""
+    norm = getattr(model, "norm", None)
+    if norm is None or isinstance(norm, torch.nn.Identity):
+        norm = getattr(model, "fc_norm", None)
+    return norm
+
+
+def collect_states(model: torch.nn.Module, images: torch.Tensor, kinds: tuple[str, ...] = ("blocks",)):
+    """Logits and the chosen internal states, in a fixed order, as one flat list.
+
+    blocks: every block output (via `forward_intermediates`); attn / mlp: every block's
+    attention and MLP branch outputs (before the residual add); final_norm: the head's input norm.
+    """
+    captured: dict[str, list[torch.Tensor]] = {kind: [] for kind in kinds if kind != "blocks"}
+    handles = []
+    blocks = list(model.blocks)
+    for kind in captured:
+        modules = [_final_norm(model)] if kind == "final_norm" else [getattr(block, kind) for block in blocks]
+        for module in modules:
+            handles.append(module.register_forward_hook(lambda _m, _i, out, k=kind: captured[k].append(out)))
+    try:
+        logits, block_states = forward_with_states(model, images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    states = []
+    for kind in kinds:
+        states += block_states if kind == "blocks" else captured[kind]
+    return logits, states

@@ -1,0 +1,89 @@
+"""What every pruner shares: sparsity and pattern validation, calibration statistics, mask selection."""
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from starfish_cli.models import prunable_layers
+from starfish_cli.pruning.masks import (
+    apply_masks,
+    check_sparsity,
+    layer_mask,
+    nm_mask,
+    parse_pattern,
+    row_mask,
+    sparsity_for_layer,
+)
+
+
+class Pruner:
+    """Scores each prunable weight and zeroes the lowest-scoring ones.
+
+    Subclasses implement `score`; `compare` says whether scores compete across the whole
+    layer ("layer") or within each output row ("row").
+    """
+
+    registered_name = "?"
+    needs_calibration = False
+    compare = "layer"
+
+    def __init__(self, sparsity: float | Mapping[str, float] = 0.5, pattern: str = "unstructured"):
+        if isinstance(sparsity, Mapping):
+            self.sparsity = {str(k): check_sparsity(v, f"pruner.sparsity[{k!r}]") for k, v in sparsity.items()}
+        else:
+            self.sparsity = check_sparsity(sparsity)
+        self.pattern = parse_pattern(pattern)
+
+    def describe(self) -> dict[str, Any]:
+        # an N:M pattern fixes the sparsity (2:4 → 0.5), whatever `sparsity` says
+        target = self.pattern.sparsity if self.pattern.is_nm else self.sparsity
+        return {"name": self.registered_name, "sparsity": target, "pattern": str(self.pattern)}
+
+    def score(self, name: str, weight: torch.Tensor, input_norms: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def select(self, scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+        if sparsity == 0.0:
+            return torch.ones_like(scores, dtype=torch.bool)
+        if self.pattern.is_nm:
+            return nm_mask(scores, self.pattern.n, self.pattern.m)
+        return row_mask(scores, sparsity) if self.compare == "row" else layer_mask(scores, sparsity)
+
+    @torch.no_grad()
+    def prune(self, model: nn.Module, calibration: Iterable[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Zero the pruned weights of `model` in place and return the keep-masks by layer name."""
+        layers = prunable_layers(model)
+        norms = input_norms(model, layers, calibration) if self.needs_calibration else {}
+        masks = {}
+        for name, layer in layers.items():
+            scores = self.score(name, layer.weight.float(), norms.get(name))
+            masks[name] = self.select(scores, sparsity_for_layer(self.sparsity, name))
+        apply_masks(layers, masks)
+        return masks
+
+
+@torch.no_grad()
+def input_norms(
+    model: nn.Module, layers: Mapping[str, nn.Linear], calibration: Iterable[torch.Tensor] | None
+) -> dict[str, torch.Tensor]:
+    """‖X_j‖₂ per input feature j of each layer, over every token of every calibration image."""
+    if calibration is None:
+        raise ValueError("this pruner needs calibration images")
+    squares = {name: torch.zeros(layer.in_features, dtype=torch.float64) for name, layer in layers.items()}
+
+    def accumulate(name: str):
+        def hook(_module, inputs, _output):
+            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).double()
+            squares[name] += (x * x).sum(0).cpu()
+        return hook
+
+    handles = [layer.register_forward_hook(accumulate(name)) for name, layer in layers.items()]
+    try:
+        for images in calibration:
+            model(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: value.sqrt().float() for name, value in squares.items()}

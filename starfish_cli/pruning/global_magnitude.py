@@ -1,0 +1,27 @@
+"""Global magnitude pruning: one |W| threshold across all prunable layers, so layers end up unequally sparse."""
+
+from collections.abc import Mapping
+
+import torch
+
+from starfish_cli.errors import StarfishError
+from starfish_cli.models import prunable_layers
+from starfish_cli.pruning.base import Pruner
+from starfish_cli.pruning.masks import apply_masks, global_threshold_masks
+from starfish_cli.pruning.registry import PRUNERS
+
+
+@PRUNERS.register("global_magnitude")
+class GlobalMagnitudePruner(Pruner):
+    def __init__(self, sparsity=0.5, pattern="unstructured"):
+        super().__init__(sparsity, pattern)
+        if isinstance(self.sparsity, Mapping) or self.pattern.is_nm:
+            raise StarfishError("global_magnitude takes one sparsity for all layers and pattern=unstructured: "
+                                "use pruner=magnitude for per-layer or N:M pruning")
+
+    @torch.no_grad()
+    def prune(self, model, calibration=None):
+        layers = prunable_layers(model)
+        masks = global_threshold_masks({name: layer.weight.abs() for name, layer in layers.items()}, self.sparsity)
+        apply_masks(layers, masks)
+        return masks

@@ -1,0 +1,140 @@
+"""Sparsity patterns: turning importance scores into keep-masks, applying them, measuring them.
+
+Masks are boolean tensors shaped like the weight: True = kept, False = pruned to zero.
+"""
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from fnmatch import fnmatch
+
+import torch
+from torch import nn
+
+from starfish_cli.errors import StarfishError
+
+_NM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """`unstructured`, or N:M (at most N kept of every M consecutive input weights)."""
+
+    n: int | None = None
+    m: int | None = None
+
+    @property
+    def is_nm(self) -> bool:
+        return self.m is not None
+
+    @property
+    def sparsity(self) -> float | None:
+        return 1.0 - self.n / self.m if self.is_nm else None
+
+    def __str__(self) -> str:
+        return f"{self.n}:{self.m}" if self.is_nm else "unstructured"
+
+
+def parse_pattern(text: str) -> Pattern:
+    text = str(text)
+    if text == "unstructured":
+        return Pattern()
+    match = _NM.match(text)
+    if match:
+        n, m = int(match.group(1)), int(match.group(2))
+        if 0 < n < m:
+            return Pattern(n, m)
+    raise StarfishError(
+        f"malformed pruner.pattern {text!r}: use 'unstructured' or N:M with 0 < N < M, e.g. pruner.pattern=2:4"
+    )
+
+
+def check_sparsity(value: float, what: str = "pruner.sparsity") -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= float(value) < 1.0:
+        raise StarfishError(f"{what}={value!r} is outside [0, 1): give the fraction of weights to remove, e.g. 0.5")
+    return float(value)
+
+
+def sparsity_for_layer(sparsity: float | Mapping[str, float], layer: str) -> float:
+    """A float applies to every layer; a mapping of glob patterns gives the first match (else 0: dense)."""
+    if isinstance(sparsity, Mapping):
+        for pattern, value in sparsity.items():
+            if fnmatch(layer, pattern):
+                return float(value)
+        return 0.0
+    return float(sparsity)
+
+
+def _prune_lowest(scores: torch.Tensor, num_pruned: int) -> torch.Tensor:
+    """Keep-mask over the last dim of 2-D `scores`, dropping the `num_pruned` lowest per row."""
+    mask = torch.ones_like(scores, dtype=torch.bool)
+    if num_pruned > 0:
+        # stable sort: ties are broken by position, so masks are reproducible
+        lowest = torch.argsort(scores, dim=-1, stable=True)[..., :num_pruned]
+        mask.scatter_(-1, lowest, False)
+    return mask
+
+
+def layer_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Prune the lowest-scoring `round(sparsity·numel)` weights of the whole matrix."""
+    flat = scores.reshape(1, -1)
+    return _prune_lowest(flat, round(sparsity * flat.numel())).reshape(scores.shape)
+
+
+def row_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Prune the lowest-scoring `round(sparsity·in_features)` weights of each output row."""
+    return _prune_lowest(scores, round(sparsity * scores.shape[-1]))
+
+
+def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Keep the N highest-scoring of every M consecutive weights along the input dimension."""
+    rows, cols = scores.shape
+    if cols % m:
+        raise StarfishError(f"N:M pattern {n}:{m} needs in_features divisible by {m}, got {cols}: choose another M")
+    groups = scores.reshape(rows, cols // m, m)
+    return _prune_lowest(groups, m - n).reshape(rows, cols)
+
+
+def global_threshold_masks(scores: Mapping[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor]:
+    """One threshold across all layers: prune the lowest `round(sparsity·total)` scores overall."""
+    names = list(scores)
+    flat = torch.cat([scores[name].reshape(-1).float() for name in names]).unsqueeze(0)
+    keep = _prune_lowest(flat, round(sparsity * flat.numel())).squeeze(0)
+    masks, offset = {}, 0
+    for name in names:
+        size = scores[name].numel()
+        masks[name] = keep[offset:offset + size].reshape(scores[name].shape)
+        offset += size
+    return masks
+
+
+def is_nm_valid(mask: torch.Tensor, n: int, m: int) -> bool:
+    """True when every group of M consecutive input weights keeps at most N."""
+    rows, cols = mask.shape
+    return bool((mask.reshape(rows, cols // m, m).sum(-1) <= n).all())
+
+
+@torch.no_grad()
+def apply_masks(layers: Mapping[str, nn.Linear], masks: Mapping[str, torch.Tensor]) -> None:
+    for name, layer in layers.items():
+        layer.weight.mul_(masks[name].to(layer.weight.device, layer.weight.dtype))
+
+
+@torch.no_grad()
+def measure_sparsity(model: nn.Module, layers: Mapping[str, nn.Linear]) -> dict:
+    """Measured fraction of exactly-zero weights: per prunable layer, over prunable weights, over all parameters."""
+    per_layer, zero_prunable, total_prunable = {}, 0, 0
+    for name, layer in layers.items():
+        zeros = int((layer.weight == 0).sum())
+        per_layer[name] = zeros / layer.weight.numel()
+        zero_prunable += zeros
+        total_prunable += layer.weight.numel()
+    total_params = sum(p.numel() for p in model.parameters())
+    zero_params = sum(int((p == 0).sum()) for p in model.parameters())
+    return {
+        "prunable": zero_prunable / max(total_prunable, 1),
+        "overall": zero_params / max(total_params, 1),
+        "prunable_weights": total_prunable,
+        "total_parameters": total_params,
+        "per_layer": per_layer,
+    }

@@ -1,0 +1,119 @@
+"""SparseGPT (Frantar & Alistarh, 2023): prune with OBS on the Hessian XᵀX and update the kept weights.
+
+Layers are pruned in execution order, block by block; each layer's Hessian comes from
+inputs produced by the already-pruned prefix, so later layers compensate earlier errors.
+"""
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from starfish_cli.models import prunable_layers, transformer_blocks
+from starfish_cli.pruning.base import Pruner
+from starfish_cli.pruning.masks import Pattern, sparsity_for_layer
+from starfish_cli.pruning.registry import PRUNERS
+
+
+def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, pattern: Pattern,
+                    block_size: int = 128, damping: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prune `weight` (out × in) given H = 2XXᵀ/n (in × in). Returns (updated weight, keep-mask).
+
+    Columns are processed in blocks of `block_size` (lazy batch updates); within a block the
+    mask is chosen adaptively from w² / [H⁻¹]_jj², then each pruned column's error is spread over
+    the not-yet-processed columns through the Cholesky factor of H⁻¹.
+    """
+    W = weight.detach().clone().float()
+    H = hessian.detach().clone().float()
+    rows, cols = W.shape
+    dead = torch.diag(H) == 0  # inputs that are always zero carry no information
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    H += damping * torch.mean(torch.diag(H)) * torch.eye(cols, dtype=H.dtype, device=H.device)
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+
+    pruned = torch.zeros_like(W, dtype=torch.bool)
+    for start in range(0, cols, block_size):
+        end = min(start + block_size, cols)
+        W1, Hinv1 = W[:, start:end].clone(), Hinv[start:end, start:end]
+        errors = torch.zeros_like(W1)
+        pruned1 = torch.zeros_like(W1, dtype=torch.bool)
+        if not pattern.is_nm and sparsity > 0:
+            saliency = W1**2 / torch.diag(Hinv1).reshape(1, -1) ** 2
+            count = round(saliency.numel() * sparsity)
+            if count:
+                lowest = torch.argsort(saliency.reshape(-1), stable=True)[:count]
+                pruned1.view(-1)[lowest] = True
+        for i in range(end - start):
+            column = W1[:, i]
+            if pattern.is_nm and i % pattern.m == 0:
+                group = W1[:, i:i + pattern.m] ** 2 / torch.diag(Hinv1)[i:i + pattern.m].reshape(1, -1) ** 2
+                drop = torch.topk(group, pattern.m - pattern.n, dim=1, largest=False).indices
+                pruned1.scatter_(1, i + drop, True)
+            kept = column.clone()
+            kept[pruned1[:, i]] = 0.0
+            error = (column - kept) / Hinv1[i, i]
+            W1[:, i:] -= error.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
+            W1[:, i] = kept
+            errors[:, i] = error
+        W[:, start:end] = W1
+        pruned[:, start:end] = pruned1
+        W[:, end:] -= errors @ Hinv[start:end, end:]
+    W[pruned] = 0.0
+    return W.to(weight.dtype), ~pruned
+
+
+def input_hessian(inputs: Iterable[torch.Tensor], features: int) -> torch.Tensor:
+    """H = 2·XᵀX / n over every token of every batch of layer inputs."""
+    H = torch.zeros(features, features, dtype=torch.float64)
+    tokens = 0
+    for x in inputs:
+        x = x.reshape(-1, features).double().cpu()
+        H += x.T @ x
+        tokens += x.shape[0]
+    return (2.0 * H / max(tokens, 1)).float()
+
+
+@PRUNERS.register("sparsegpt")
+class SparseGPTPruner(Pruner):
+    needs_calibration = True
+
+    def __init__(self, sparsity=0.5, pattern="unstructured", block_size: int = 128, damping: float = 0.01):
+        super().__init__(sparsity, pattern)
+        self.block_size, self.damping = block_size, damping
+
+    def describe(self):
+        return super().describe() | {"block_size": self.block_size, "damping": self.damping}
+
+    @torch.no_grad()
+    def prune(self, model: nn.Module, calibration=None) -> dict[str, torch.Tensor]:
+        if calibration is None:
+            raise ValueError("sparsegpt needs calibration images")
+        blocks = transformer_blocks(model)
+        block_inputs: list[torch.Tensor] = []
+        handle = blocks[0].register_forward_pre_hook(lambda _m, args: block_inputs.append(args[0]))
+        try:
+            for images in calibration:
+                model(images)
+        finally:
+            handle.remove()
+        layers = prunable_layers(model)
+        masks = {}
+        for number, block in enumerate(blocks):
+            prefix = f"blocks.{number}."
+            for name in [n for n in layers if n.startswith(prefix)]:  # execution order: qkv, proj, fc1, fc2
+                layer = layers[name]
+                captured = []
+                hook = layer.register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0]))
+                try:
+                    for x in block_inputs:
+                        block(x)
+                finally:
+                    hook.remove()
+                hessian = input_hessian(captured, layer.in_features).to(layer.weight.device)
+                new_weight, masks[name] = sparsegpt_prune(
+                    layer.weight, hessian, sparsity_for_layer(self.sparsity, name), self.pattern,
+                    self.block_size, self.damping)
+                layer.weight.copy_(new_weight)
+            block_inputs = [block(x) for x in block_inputs]  # the pruned block feeds the next
+        return masks

@@ -1,0 +1,65 @@
+"""Name-keyed registries for pruners, healers and datasets, built from config nodes.
+
+A config node is `{name: <registered name>, **constructor arguments}`; unknown or
+mistyped keys are errors, never silently ignored.
+"""
+
+import inspect
+from collections.abc import Mapping
+from typing import Any, Callable, Generic, TypeVar
+
+from starfish_cli.errors import StarfishError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, type[T]] = {}
+
+    def register(self, name: str) -> Callable[[type[T]], type[T]]:
+        def add(cls: type[T]) -> type[T]:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._entries[name] = cls
+            cls.registered_name = name
+            return cls
+        return add
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def get(self, name: str) -> type[T]:
+        if name not in self._entries:
+            raise StarfishError(
+                f"unknown {self.kind} {name!r}: choose one of {', '.join(self.names())} "
+                f"(e.g. {self.kind}={self.names()[0]})"
+            )
+        return self._entries[name]
+
+    def build(self, node: Mapping[str, Any], **extra: Any) -> T:
+        """Instantiate from a config node; `extra` carries run-wide values such as the seed."""
+        options = dict(node)
+        name = options.pop("name", None)
+        if name is None:
+            raise StarfishError(f"the {self.kind} config has no 'name' key: set {self.kind}=<name>")
+        cls = self.get(str(name))
+        check_arguments(cls, options, f"{self.kind} {name!r}", prefix=self.kind)
+        accepted = inspect.signature(cls).parameters
+        extra = {key: value for key, value in extra.items() if key in accepted and key not in options}
+        return cls(**options, **extra)
+
+
+def check_arguments(cls: Callable, options: Mapping[str, Any], what: str, prefix: str) -> None:
+    """Raise a one-line error for any key that `cls` does not take as a constructor argument."""
+    parameters = inspect.signature(cls).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    valid = [n for n, p in parameters.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    for key in options:
+        if key not in valid:
+            raise StarfishError(
+                f"{what} has no option {key!r}: valid options are "
+                f"{', '.join(f'{prefix}.{v}' for v in valid) or 'none'}"
+            )

@@ -1,0 +1,113 @@
+"""Run reports: report.json (stable schema), report.md and a rich table on the terminal."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from starfish_cli.atomic import write_text_atomically
+
+SCHEMA_VERSION = 1
+MODEL_ROWS = ("dense", "pruned", "healed")
+
+
+def read_report(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / "report.json"
+    try:
+        report = json.loads(path.read_text())
+        return report if report.get("schema_version") == SCHEMA_VERSION else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def write_report(run_dir: Path, report: dict[str, Any]) -> None:
+    report = {"schema_version": SCHEMA_VERSION, **report}
+    write_text_atomically(Path(run_dir) / "report.json", json.dumps(report, indent=2, sort_keys=False) + "\n")
+    write_text_atomically(Path(run_dir) / "report.md", render_markdown(report))
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def accuracy_rows(report: dict[str, Any]) -> list[list[str]]:
+    accuracy = report.get("accuracy", {})
+    dense_top1 = accuracy.get("dense", {}).get("top1")
+    rows = []
+    for name in MODEL_ROWS:
+        entry = accuracy.get(name)
+        if not entry:
+            continue
+        recovery = entry["top1"] / dense_top1 if dense_top1 else None
+        cosine = entry.get("block_cosine") or []
+        rows.append([
+            name, _fmt(entry["top1"]), _fmt(entry["top5"]), _fmt(recovery, 3),
+            _fmt(entry.get("agreement")), _fmt(min(cosine), 4) if cosine else "–",
+        ])
+    return rows
+
+
+ACCURACY_HEADER = ["model", "top-1 %", "top-5 %", "÷ dense", "agrees with dense %", "worst block cos"]
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    lines = [f"# starfish report: {report.get('model', {}).get('name', '?')}", ""]
+    pruner, healer = report.get("pruner", {}), report.get("healer", {})
+    sparsity, calibration = report.get("sparsity", {}), report.get("calibration", {})
+    lines += [
+        f"- pruner: **{pruner.get('name', '–')}**, pattern {pruner.get('pattern', '–')}, "
+        f"target sparsity {pruner.get('sparsity', '–')}",
+        f"- achieved sparsity: {_fmt(sparsity.get('prunable'), 4)} of prunable weights, "
+        f"{_fmt(sparsity.get('overall'), 4)} of all parameters",
+        f"- healer: **{healer.get('name', '–')}**"
+        + (f", {report['healing']['steps']} steps" if "healing" in report else ""),
+        f"- calibration: {calibration.get('count', '–')} images from {calibration.get('source', '–')}, "
+        f"labels used: {str(report.get('calibration', {}).get('labels_used', '–')).lower()}",
+        f"- seed {report.get('seed', '–')}",
+        "",
+    ]
+    if "accuracy" in report:
+        lines += [
+            f"## Accuracy ({report['accuracy'].get('images')} images, {report['accuracy'].get('split')})", "",
+            "| " + " | ".join(ACCURACY_HEADER) + " |", "|" + "---|" * len(ACCURACY_HEADER),
+        ]
+        lines += ["| " + " | ".join(row) + " |" for row in accuracy_rows(report)]
+        lines += ["", f"**recovery** (healed ÷ dense top-1): {_fmt(report.get('recovery'), 4)}", ""]
+        blocks = report["accuracy"].get("dense", {}).get("block_cosine", [])
+        if blocks:
+            lines += ["## Per-block alignment with dense (mean token cosine)", "",
+                      "| block | pruned | healed |", "|---|---|---|"]
+            for i in range(len(blocks)):
+                lines.append(f"| {i} | {_fmt(report['accuracy']['pruned']['block_cosine'][i], 4)} | "
+                             f"{_fmt(report['accuracy']['healed']['block_cosine'][i], 4)} |")
+            lines.append("")
+    if sparsity.get("per_layer"):
+        lines += ["## Achieved sparsity per layer", "", "| layer | sparsity |", "|---|---|"]
+        lines += [f"| {name} | {value:.4f} |" for name, value in sparsity["per_layer"].items()]
+        lines.append("")
+    if report.get("stages"):
+        lines += ["## Stages", "", "| stage | wall time s | peak memory MB | memory kind |", "|---|---|---|---|"]
+        for stage, entry in report["stages"].items():
+            lines.append(f"| {stage} | {entry['seconds']:.1f} | {entry['peak_memory_mb']:.0f} | {entry['memory_kind']} |")
+        lines.append("")
+    environment = report.get("environment", {})
+    if environment:
+        lines += ["## Environment", ""] + [f"- {k}: {v}" for k, v in environment.items()] + [""]
+    return "\n".join(lines)
+
+
+def print_summary(report: dict[str, Any], console: Console | None = None) -> None:
+    console = console or Console()
+    table = Table(title=f"starfish: {report.get('model', {}).get('name', '?')} · "
+                        f"{report.get('pruner', {}).get('name')} {report.get('pruner', {}).get('pattern')} "
+                        f"sparsity {_fmt(report.get('sparsity', {}).get('prunable'), 3)} · "
+                        f"healer {report.get('healer', {}).get('name')}")
+    for column in ACCURACY_HEADER:
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for row in accuracy_rows(report):
+        table.add_row(*row)
+    console.print(table)
+    if report.get("recovery") is not None:
+        console.print(f"recovery (healed ÷ dense top-1): [bold]{report['recovery']:.4f}[/bold]")

@@ -1,0 +1,62 @@
+"""Shared fixtures: the embedded reference model, small data slices, and a CLI runner."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+import starfish_cli  # noqa: F401  (registers vit_fmnist)
+from starfish_cli.data import DATASETS, ImageTensors, model_transform
+
+FMNIST_AVAILABLE = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").exists()
+needs_fmnist = pytest.mark.skipif(not FMNIST_AVAILABLE, reason="Fashion-MNIST IDX files not installed")
+
+
+@pytest.fixture(scope="session")
+def reference_model():
+    return timm.create_model("vit_fmnist", pretrained=True).eval()
+
+
+@pytest.fixture(scope="session")
+def fmnist():
+    return DATASETS.build({"name": "fashion_mnist"})
+
+
+@pytest.fixture(scope="session")
+def calibration_images(reference_model, fmnist):
+    """64 unlabeled training images as an (index, image) dataset."""
+    split = fmnist.load("train").select(range(64)).remove_columns("label")
+    return ImageTensors(split, model_transform(reference_model), channels=1)
+
+
+@pytest.fixture(scope="session")
+def test_images(reference_model, fmnist):
+    split = fmnist.load("test").select(range(256))
+    return ImageTensors(split, model_transform(reference_model), channels=1, with_labels=True)
+
+
+@pytest.fixture(scope="session")
+def calibration_batches(calibration_images):
+    return [torch.stack([calibration_images[i][1] for i in range(j, j + 32)]) for j in (0, 32)]
+
+
+# Small sizes for CLI runs: the whole pipeline in seconds.
+SHRUNK = ["calib.count=32", "healer.epochs=1", "eval.max_images=256", "eval.batch_size=128"]
+
+
+def run_cli(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-m", "starfish_cli", *args], cwd=cwd, capture_output=True,
+                            text=True, env=env, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"starfish {' '.join(args)} exited {result.returncode}:\n{result.stderr[-3000:]}")
+    return result
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,145 @@
+"""The `starfish` command end to end, in subprocesses, on shrunk sizes."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from conftest import SHRUNK, needs_fmnist, read_json, run_cli
+from starfish_cli.checkpoint import load_checkpoint
+from starfish_cli.pruning.masks import is_nm_valid
+
+pytestmark = needs_fmnist
+REPORT_KEYS = ["accuracy.dense.top1", "accuracy.pruned.top1", "accuracy.healed.top1", "recovery",
+               "sparsity.prunable", "calibration.count", "calibration.labels_used", "seed"]
+
+
+def lookup(report, dotted):
+    for key in dotted.split("."):
+        report = report[key]
+    return report
+
+
+def test_run_writes_a_complete_run_folder(tmp_path):
+    result = run_cli("run", *SHRUNK, "hydra.run.dir=out", cwd=tmp_path)
+    folder = tmp_path / "out"
+    for name in ("config.yaml", "pruned.safetensors", "healed.safetensors", "report.json", "report.md",
+                 "calibration_indices.json", "run.log"):
+        assert (folder / name).is_file(), name
+    report = read_json(folder / "report.json")
+    for key in REPORT_KEYS:
+        lookup(report, key)
+    assert report["calibration"]["count"] == 32 and report["calibration"]["labels_used"] is False
+    assert report["sparsity"]["prunable"] == pytest.approx(0.75, abs=1e-3)
+    assert report["recovery"] == pytest.approx(report["accuracy"]["healed"]["top1"] / report["accuracy"]["dense"]["top1"])
+    assert len(json.loads((folder / "calibration_indices.json").read_text())["indices"]) == 32
+    assert "pruned" in result.stdout and "healed" in result.stdout  # the rich table
+    assert "wanda" in (folder / "config.yaml").read_text()
+
+
+def test_same_seed_same_numbers(tmp_path):
+    reports = []
+    for folder in ("a", "b"):
+        run_cli("run", *SHRUNK, "pruner=random", f"hydra.run.dir={folder}", cwd=tmp_path)
+        reports.append(read_json(tmp_path / folder / "report.json"))
+    for report in reports:  # throughput is a timing, not a result
+        for model in ("dense", "pruned", "healed"):
+            report["accuracy"][model].pop("images_per_second")
+    for key in ("accuracy", "recovery", "sparsity", "healing", "calibration"):
+        assert json.dumps(reports[0][key], sort_keys=True) == json.dumps(reports[1][key], sort_keys=True), key
+
+
+def test_two_four_pattern_masks_on_disk(tmp_path):
+    run_cli("run", *SHRUNK, "pruner.pattern=2:4", "hydra.run.dir=out", cwd=tmp_path)
+    for name in ("pruned.safetensors", "healed.safetensors"):
+        checkpoint = load_checkpoint(tmp_path / "out" / name, "prune")
+        assert checkpoint.masks and all(is_nm_valid(m, 2, 4) for m in checkpoint.masks.values())
+        for layer, mask in checkpoint.masks.items():
+            assert torch.all(checkpoint.weights[f"{layer}.weight"][~mask] == 0)
+    assert read_json(tmp_path / "out" / "report.json")["healing"]["steps"] == 1
+
+
+def test_stages_apart_as_a_multirun_sweep(tmp_path):
+    sweep = ["-m", "pruner.sparsity=0.5,0.75", *SHRUNK]
+    for stage in ("prune", "heal", "eval"):
+        run_cli(stage, *sweep, cwd=tmp_path)
+    reports = sorted((tmp_path / "outputs").rglob("report.json"))
+    assert len(reports) == 2
+    sparsities = sorted(read_json(r)["sparsity"]["prunable"] for r in reports)
+    assert sparsities == pytest.approx([0.5, 0.75], abs=1e-3)
+    for report in map(read_json, reports):
+        assert {"prune", "heal", "eval"} <= set(report["stages"]) and "accuracy" in report
+
+
+def test_config_file_from_any_folder(tmp_path):
+    experiment = tmp_path / "mine.yaml"
+    experiment.write_text("# @package _global_\ndefaults:\n  - override /pruner: magnitude\npruner:\n  sparsity: 0.6\n")
+    printed = run_cli("run", "--config", str(experiment), "--cfg", "job", cwd=tmp_path).stdout
+    assert "name: magnitude" in printed and "sparsity: 0.6" in printed
+    shipped = run_cli("prune", "--config", "fmnist_wanda_75", "--cfg", "job", "pruner.sparsity=0.8", cwd=tmp_path)
+    assert "name: wanda" in shipped.stdout and "sparsity: 0.8" in shipped.stdout
+
+
+def _bad_checkpoint(tmp_path, kind):
+    path = tmp_path / f"{kind}.safetensors"
+    if kind == "truncated":
+        path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"__meta")
+    else:
+        save_file({"weight": torch.zeros(3)}, str(path))
+    return path
+
+
+@pytest.mark.parametrize("args,message", [
+    (["run", "pruner=nope"], "unknown pruner 'nope'"),
+    (["run", "pruner.name=nope"], "unknown pruner 'nope'"),
+    (["run", "healer=nope"], "unknown healer 'nope'"),
+    (["run", "model=nope"], "unknown model 'nope'"),
+    (["run", "model.name=vit_nope"], "unknown model 'vit_nope'"),
+    (["run", "pruner.sparsity=1.0"], "outside [0, 1)"),
+    (["run", "pruner.sparsity=-0.2"], "outside [0, 1)"),
+    (["run", "pruner.pattern=2-4"], "malformed pruner.pattern"),
+    (["run", "pruner.pattern=4:2"], "malformed pruner.pattern"),
+    (["run", "calib.count=0"], "calib.count=0"),
+    (["run", "data.path=/does/not/exist"], "data.path"),
+    (["run", "data.system_dir=null", "data.hub_id=null", "data.path=EMPTY"], "not found"),
+    (["heal"], "no checkpoint"),
+    (["heal", "pruned=TRUNCATED"], "truncated"),
+    (["heal", "pruned=FOREIGN"], "not a starfish checkpoint"),
+    (["eval", "pruned=ARCH"], "different architecture"),
+    (["bogus"], "unknown stage"),
+])
+def test_bad_input_is_one_line_exit_2_nothing_left(tmp_path, args, message):
+    work = tmp_path / "work"
+    work.mkdir()
+    (tmp_path / "empty").mkdir()
+    replacements = {"EMPTY": str(tmp_path / "empty"), "TRUNCATED": str(_bad_checkpoint(tmp_path, "truncated")),
+                    "FOREIGN": str(_bad_checkpoint(tmp_path, "foreign"))}
+    if "pruned=ARCH" in args:  # a real pruned checkpoint of a 2-block variant of the reference model
+        run_cli("prune", *SHRUNK, "model.pretrained=false", "+model.kwargs.depth=2", "hydra.run.dir=arch", cwd=tmp_path)
+        replacements["ARCH"] = str(tmp_path / "arch" / "pruned.safetensors")
+    args = [a.replace(k, v) if "=" in a else a for a in args for k, v in [next(
+        ((k, v) for k, v in replacements.items() if k in a), ("", ""))]]
+    result = run_cli(args[0], *SHRUNK, *args[1:], cwd=work, check=False)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("starfish: error:")]
+    assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert list(work.iterdir()) == [], "a failed run left files behind"
+
+
+def test_multirun_rerun_skips_finished_runs_and_report_summarizes(tmp_path):
+    sweep = ["run", "-m", "healer=norm,starfish", "seed=0,1", *SHRUNK]
+    run_cli(*sweep, cwd=tmp_path)
+    reports = sorted((tmp_path / "outputs").rglob("report.json"))
+    assert len(reports) == 4
+    stamps = [r.stat().st_mtime_ns for r in reports]
+    again = run_cli(*sweep, cwd=tmp_path)
+    assert again.stderr.count("skipping") + again.stdout.count("skipping") == 4
+    assert [r.stat().st_mtime_ns for r in reports] == stamps
+    printed = run_cli("report", "outputs/default", cwd=tmp_path).stdout
+    for name in ("summary.md", "summary.csv", "accuracy_vs_sparsity.png"):
+        assert (tmp_path / "outputs" / "default" / name).stat().st_size > 0, name
+    assert "norm" in printed and "starfish" in printed
+    summary = (tmp_path / "outputs" / "default" / "summary.md").read_text()
+    assert "| wanda | unstructured | 0.75 |" in summary and "±" in summary

@@ -1,0 +1,51 @@
+"""The argv rewriting in front of Hydra: flags first, overrides last; experiment files; group checks."""
+
+import pytest
+
+from starfish_cli.cli import check_group_choices, experiment_arguments, split_flags
+from starfish_cli.errors import StarfishError
+
+
+def test_flags_move_before_overrides_keeping_their_values():
+    flags, overrides = split_flags(["pruner.sparsity=0.5", "-m", "seed=1", "--cfg", "job", "--info", "defaults", "a=b"])
+    assert flags == ["-m", "--cfg", "job", "--info", "defaults"]
+    assert overrides == ["pruner.sparsity=0.5", "seed=1", "a=b"]
+
+
+def test_info_without_topic_takes_no_value():
+    assert split_flags(["--info", "seed=2"]) == (["--info"], ["seed=2"])
+
+
+def test_experiment_file_in_an_experiment_folder(tmp_path):
+    path = tmp_path / "configs" / "experiment" / "mine.yaml"
+    path.parent.mkdir(parents=True)
+    path.write_text("# @package _global_\n")
+    flags, overrides = experiment_arguments(str(path), tmp_path / "work")
+    assert flags == ["--config-dir", str(tmp_path / "configs")] and overrides == ["experiment=mine"]
+
+
+def test_experiment_file_anywhere_is_linked_into_a_private_folder(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("# @package _global_\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    flags, overrides = experiment_arguments(str(path), work)
+    assert flags == ["--config-dir", str(work)] and (work / "experiment" / "mine.yaml").resolve() == path
+
+
+def test_missing_experiment_file(tmp_path):
+    with pytest.raises(StarfishError, match="no such file"):
+        experiment_arguments(str(tmp_path / "nope.yaml"), tmp_path)
+
+
+@pytest.mark.parametrize("override", ["pruner=wanda", "healer=none,kd,starfish", "model=deit_base", "+experiment=fmnist_wanda_75"])
+def test_known_group_choices_pass(override):
+    check_group_choices([override], [])
+
+
+@pytest.mark.parametrize("override,message", [("pruner=wandaa", "unknown pruner 'wandaa'"),
+                                              ("healer=none,kdd", "unknown healer 'kdd'"),
+                                              ("data=imagenet", "unknown data 'imagenet'")])
+def test_unknown_group_choices_fail(override, message):
+    with pytest.raises(StarfishError, match=message):
+        check_group_choices([override], [])

@@ -1,0 +1,54 @@
+"""Every shipped config composes, and every group option builds its object (unknown keys would fail)."""
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+from starfish_cli.calibration import CalibrationSampler
+from starfish_cli.cli import group_options, package_config_dir
+from starfish_cli.data import DATASETS
+from starfish_cli.healing import HEALERS
+from starfish_cli.models import build_model
+from starfish_cli.pruning import PRUNERS
+from starfish_cli.registry import check_arguments
+from starfish_cli.stages import STAGES
+
+GROUPS = ("model", "data", "calib", "pruner", "healer", "experiment")
+
+
+def compose_config(stage, overrides=()):
+    with initialize_config_module(config_module="starfish_cli.configs", version_base="1.3"):
+        return compose(config_name=stage, overrides=list(overrides), return_hydra_config=True)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_primary_configs_compose(stage):
+    cfg = compose_config(stage)
+    assert cfg.model.name == "vit_fmnist" and cfg.pruner.name == "wanda" and cfg.healer.name == "starfish"
+
+
+def test_every_group_has_options():
+    for group in GROUPS:
+        assert group_options(group, []), group
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in group_options(g, [])])
+def test_every_option_builds(group, option):
+    overrides = [f"{group}={option}"] + (["data.path=/tmp"] if (group, option) == ("data", "imagefolder") else [])
+    cfg = compose_config("run", overrides)
+    container = OmegaConf.to_container(cfg, resolve=False)
+    container.pop("hydra")
+    assert "???" not in str(container) or group == "data"
+    PRUNERS.build(OmegaConf.to_container(cfg.pruner))
+    HEALERS.build(OmegaConf.to_container(cfg.healer))
+    check_arguments(CalibrationSampler, OmegaConf.to_container(cfg.calib), "calib", "calib")
+    CalibrationSampler(**OmegaConf.to_container(cfg.calib))
+    if cfg.data.name != "imagefolder":
+        DATASETS.build(OmegaConf.to_container(cfg.data))
+    if cfg.model.name == "vit_fmnist" or not cfg.model.pretrained:
+        build_model(**OmegaConf.to_container(cfg.model))
+
+
+def test_experiment_files_are_global_packages():
+    for path in (package_config_dir() / "experiment").glob("*.yaml"):
+        assert path.read_text().startswith("# @package _global_"), path.name

@@ -1,0 +1,28 @@
+import copy
+
+import pytest
+import torch
+
+from starfish_cli.evaluation import evaluate, topk_correct
+from starfish_cli.pruning import PRUNERS
+
+
+def test_topk_correct_by_hand():
+    logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.15, 0.05], [0.2, 0.3, 0.5]])
+    labels = torch.tensor([1, 1, 0])
+    assert topk_correct(logits, labels, 1) == 1
+    assert topk_correct(logits, labels, 2) == 2
+    assert topk_correct(logits, labels, 5) == 3  # k beyond the class count means every class
+
+
+def test_evaluate_reference_against_itself_and_a_pruned_copy(reference_model, test_images):
+    pruned = copy.deepcopy(reference_model)
+    PRUNERS.build({"name": "magnitude", "sparsity": 0.9}).prune(pruned)
+    results = evaluate({"dense": reference_model, "same": copy.deepcopy(reference_model), "pruned": pruned},
+                       test_images, torch.device("cpu"), batch_size=100)
+    models = results["models"]
+    assert results["images"] == len(test_images)
+    assert models["same"]["agreement"] == 100.0 and models["same"]["top1"] == models["dense"]["top1"]
+    assert models["same"]["block_cosine"] == pytest.approx([1.0] * 6, abs=1e-5)
+    assert models["dense"]["top1"] > 80.0  # the reference model is trained
+    assert models["pruned"]["agreement"] < 100.0 and min(models["pruned"]["block_cosine"]) < 0.99

@@ -1,0 +1,72 @@
+"""Any timm ViT/DeiT works: blocks and prunable layers come from the model itself."""
+
+import copy
+
+import pytest
+import timm
+import torch
+
+from starfish_cli.errors import StarfishError
+from starfish_cli.healing import HEALERS
+from starfish_cli.models import build_model, forward_with_states, prunable_layers
+from starfish_cli.pruning import PRUNERS
+
+
+class RandomImages(torch.utils.data.Dataset):
+    def __init__(self, count, shape):
+        self.images = torch.randn((count, *shape), generator=torch.Generator().manual_seed(0))
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        return index, self.images[index]
+
+
+SMALL = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5)
+
+
+@pytest.mark.parametrize("name,kwargs,prefix_tokens", [
+    ("vit_tiny_patch16_224", dict(SMALL, global_pool="avg", class_token=False), 0),
+    ("deit_tiny_distilled_patch16_224", SMALL, 2),
+    ("deit3_small_patch16_224", SMALL, 1),
+])
+def test_timm_variants_prune_and_heal_unchanged(name, kwargs, prefix_tokens):
+    model = build_model(name, pretrained=False, kwargs=kwargs)
+    assert set(prunable_layers(model)) == {f"blocks.{b}.{l}" for b in range(2)
+                                           for l in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")}
+    logits, states = forward_with_states(model, torch.randn(2, 3, 32, 32))
+    assert logits.shape == (2, 5) and len(states) == 2 and states[0].shape[1] == 16 + prefix_tokens
+    student = copy.deepcopy(model)
+    masks = PRUNERS.build({"name": "magnitude", "sparsity": 0.5}).prune(student)
+    result = HEALERS.build({"name": "starfish", "epochs": 2, "batch_size": 4}).heal(
+        student, model, masks, RandomImages(8, (3, 32, 32)), torch.device("cpu"))
+    assert result.steps == 4 and result.loss_history[-1] < result.loss_history[0]
+    for layer_name, layer in prunable_layers(student).items():
+        assert torch.all(layer.weight[~masks[layer_name]] == 0)
+
+
+def test_local_checkpoint_path(tmp_path):
+    from safetensors.torch import save_file
+
+    source = timm.create_model("vit_fmnist", pretrained=False)
+    path = tmp_path / "weights.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    loaded = build_model("vit_fmnist", pretrained=False, checkpoint_path=str(path))
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), source.state_dict().values()))
+
+
+def test_unknown_model_and_missing_checkpoint(tmp_path):
+    with pytest.raises(StarfishError, match="unknown model 'vit_nope'"):
+        build_model("vit_nope")
+    with pytest.raises(StarfishError, match="does not exist"):
+        build_model("vit_fmnist", checkpoint_path=str(tmp_path / "missing.safetensors"))
+
+
+def test_hub_failure_is_actionable(monkeypatch):
+    def offline(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(StarfishError, match="checkpoint_path"):
+        build_model("deit_tiny_patch16_224", pretrained=True)

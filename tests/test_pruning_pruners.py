@@ -1,0 +1,77 @@
+import copy
+
+import pytest
+import torch
+
+from starfish_cli.errors import StarfishError
+from starfish_cli.models import forward_with_states, prunable_layers
+from starfish_cli.pruning import PRUNERS
+from starfish_cli.pruning.base import input_norms
+from starfish_cli.pruning.masks import is_nm_valid
+from starfish_cli.pruning.wanda import wanda_scores
+
+
+def test_wanda_scores_by_hand():
+    weight = torch.tensor([[1.0, -2.0], [-3.0, 0.5]])
+    norms = torch.tensor([2.0, 0.25])
+    assert torch.equal(wanda_scores(weight, norms), torch.tensor([[2.0, 0.5], [6.0, 0.125]]))
+
+
+def test_input_norms_match_a_direct_computation(reference_model, calibration_batches):
+    model = copy.deepcopy(reference_model)
+    layers = prunable_layers(model)
+    norms = input_norms(model, layers, calibration_batches)
+    captured = []
+    handle = layers["blocks.2.mlp.fc2"].register_forward_hook(lambda m, i, o: captured.append(i[0]))
+    for batch in calibration_batches:
+        model(batch)
+    handle.remove()
+    x = torch.cat([c.reshape(-1, c.shape[-1]) for c in captured]).double()
+    assert torch.allclose(norms["blocks.2.mlp.fc2"].double(), x.pow(2).sum(0).sqrt(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["magnitude", "wanda", "random"])
+@pytest.mark.parametrize("sparsity", [0.5, 0.75])
+def test_pruners_reach_target_sparsity_only_on_block_linears(reference_model, calibration_batches, name, sparsity):
+    model = copy.deepcopy(reference_model)
+    masks = PRUNERS.build({"name": name, "sparsity": sparsity}).prune(model, calibration_batches)
+    for layer_name, layer in prunable_layers(model).items():
+        assert (layer.weight == 0).float().mean().item() == pytest.approx(sparsity, abs=2e-3)
+        assert torch.equal(layer.weight != 0, masks[layer_name] & (reference_model.get_submodule(layer_name).weight != 0))
+    dense = dict(reference_model.named_parameters())
+    for param_name, param in model.named_parameters():
+        if not (param_name.startswith("blocks.") and param_name.endswith("weight") and param.ndim == 2):
+            assert torch.equal(param, dense[param_name]), param_name
+
+
+@pytest.mark.parametrize("pattern,n,m", [("2:4", 2, 4), ("4:8", 4, 8)])
+def test_nm_pattern_masks_are_valid(reference_model, calibration_batches, pattern, n, m):
+    model = copy.deepcopy(reference_model)
+    masks = PRUNERS.build({"name": "wanda", "pattern": pattern}).prune(model, calibration_batches)
+    assert all(is_nm_valid(mask, n, m) for mask in masks.values())
+    assert all(is_nm_valid(layer.weight != 0, n, m) for layer in prunable_layers(model).values())
+
+
+def test_wanda_keeps_outputs_closer_than_magnitude_and_random(reference_model, calibration_batches):
+    x = calibration_batches[0]
+    dense_states = forward_with_states(reference_model, x)[1]
+    errors = {}
+    for name in ("random", "magnitude", "wanda"):
+        model = copy.deepcopy(reference_model)
+        PRUNERS.build({"name": name, "sparsity": 0.5}).prune(model, calibration_batches)
+        pruned_states = forward_with_states(model, x)[1]
+        errors[name] = (pruned_states[-1] - dense_states[-1]).norm().item()
+    assert errors["wanda"] < errors["random"] and errors["magnitude"] < errors["random"]
+
+
+def test_random_pruner_is_seeded(reference_model):
+    masks = [PRUNERS.build({"name": "random"}, seed=s).prune(copy.deepcopy(reference_model)) for s in (0, 0, 1)]
+    assert all(torch.equal(masks[0][k], masks[1][k]) for k in masks[0])
+    assert not all(torch.equal(masks[0][k], masks[2][k]) for k in masks[0])
+
+
+def test_unknown_pruner_and_option_are_one_line_errors():
+    with pytest.raises(StarfishError, match="unknown pruner 'nope': choose one of global_magnitude, magnitude, random, sparsegpt, wanda"):
+        PRUNERS.build({"name": "nope"})
+    with pytest.raises(StarfishError, match="no option 'sparcity'"):
+        PRUNERS.build({"name": "wanda", "sparcity": 0.5})

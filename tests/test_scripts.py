@@ -1,0 +1,35 @@
+"""The benchmark and GPU-check scripts run end to end (smoke runs on tiny sizes; no timing is asserted)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import needs_fmnist
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+
+
+def run_script(*args, cwd):
+    result = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+@needs_fmnist
+def test_bench_heal_prints_ratios(tmp_path):
+    printed = run_script(str(SCRIPTS / "bench_heal.py"), "--images", "64", "--repeats", "1", cwd=tmp_path)
+    assert printed.count("cost ratio") == 2 and "peak memory" in printed
+
+
+@needs_fmnist
+def test_bench_eval_prints_ratio(tmp_path):
+    printed = run_script(str(SCRIPTS / "bench_eval.py"), "--images", "256", "--repeats", "1", cwd=tmp_path)
+    assert "cost ratio" in printed
+
+
+def test_gpu_check_code_path_on_cpu(tmp_path):
+    run_script(str(SCRIPTS / "gpu_check.py"), str(tmp_path / "out"), "--device", "cpu",
+               "--model", "vit_tiny_patch16_224", "--images", "4", cwd=tmp_path)
+    figures = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert figures["heal_bf16_images_per_second"] > 0 and "prune_sparsegpt_unstructured_seconds" in figures
