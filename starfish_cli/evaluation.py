@@ -18,6 +18,30 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> int:
     return int((logits.topk(k, dim=-1).indices == labels[:, None]).any(-1).sum())
 
 
+class SweepCache:
+    """What a sweep evaluates again and again, kept in one process: the reference model's outputs
+    on the evaluation set (fp32, so every number equals a fresh computation) and finished results
+    of models that several runs share (the same pruned checkpoint under different healers)."""
+
+    def __init__(self, max_bytes: int = 4 * 2**30):
+        self.max_bytes = max_bytes
+        self.key: str | None = None
+        self.batches: list | None = None
+        self.seconds = 0.0
+        self.results: dict[str, dict] = {}
+
+    def reference_for(self, key: str | None):
+        return self.batches if key is not None and key == self.key else None
+
+    def store_reference(self, key: str, batches: list, seconds: float) -> None:
+        size = sum(t.numel() * t.element_size() for logits, states in batches for t in (logits, *states))
+        if size <= self.max_bytes:
+            self.key, self.batches, self.seconds = key, batches, seconds
+
+
+SWEEP_CACHE = SweepCache()
+
+
 @torch.no_grad()
 def evaluate(
     models: Mapping[str, nn.Module],
@@ -27,21 +51,34 @@ def evaluate(
     reference: str = "dense",
     num_workers: int = 0,
     precision: torch.dtype = torch.float32,
+    cache_key: str | None = None,
+    known: Mapping[str, dict] | None = None,
+    cache: SweepCache = SWEEP_CACHE,
 ) -> dict:
     """Run every model on the same labelled batches; alignment and agreement are against `reference`.
 
     Under torchrun every rank evaluates its shard and the counts are summed across ranks.
+    `cache_key` names (model, data, settings): the reference outputs are reused from `cache` when
+    the key matches. Models in `known` are not run; their finished results are returned as given.
 
     Returns `images` and, per model under `models`: top1, top5, agreement (percent), block_cosine (per block), images_per_second.
     """
-    totals = {name: {"top1": 0, "top5": 0, "agree": 0, "seconds": 0.0, "cosine": None} for name in models}
+    known = dict(known or {})
+    to_run = {name: model for name, model in models.items() if name not in known}
+    totals = {name: {"top1": 0, "top5": 0, "agree": 0, "seconds": 0.0, "cosine": None} for name in to_run}
+    cached = cache.reference_for(cache_key)
+    recorded = [] if cache_key is not None and cached is None else None
     seen = 0
     batches = loader(shard(dataset), batch_size, num_workers=num_workers)
     with progress_bar("evaluating", len(batches) if hasattr(batches.dataset, "__len__") else None) as advance:
-        for _indices, images, labels in batches:
+        for number, (_indices, images, labels) in enumerate(batches):
             images, labels = images.to(device, non_blocking=True), labels.to(device)
             outputs = {}
-            for name, model in models.items():
+            for name, model in to_run.items():
+                if name == reference and cached is not None:
+                    logits, states = cached[number]
+                    outputs[name] = (logits.to(device), [state.to(device) for state in states])
+                    continue
                 started = time.perf_counter()
                 with autocast(device, precision):
                     outputs[name] = forward_with_states(model, images)
@@ -49,6 +86,8 @@ def evaluate(
                     torch.cuda.synchronize(device)
                 totals[name]["seconds"] += time.perf_counter() - started
             ref_logits, ref_states = outputs[reference]
+            if recorded is not None:
+                recorded.append((ref_logits.float().cpu(), [state.float().cpu() for state in ref_states]))
             ref_pred = ref_logits.argmax(-1)
             for name, (logits, states) in outputs.items():
                 entry = totals[name]
@@ -59,8 +98,12 @@ def evaluate(
                 entry["cosine"] = cosine if entry["cosine"] is None else entry["cosine"] + cosine
             seen += len(labels)
             advance()
+    if recorded is not None:
+        cache.store_reference(cache_key, recorded, totals[reference]["seconds"])
+    elif cached is not None:
+        totals[reference]["seconds"] = cache.seconds  # the time it took when it was computed
     # under torchrun each rank saw its own shard: add the counts up
-    names = list(models)
+    names = list(to_run)
     counts = torch.tensor([[totals[n]["top1"], totals[n]["top5"], totals[n]["agree"], totals[n]["seconds"]]
                            for n in names], dtype=torch.float64)
     cosines = torch.stack([totals[n]["cosine"].double() for n in names]) if seen else None
@@ -69,7 +112,7 @@ def evaluate(
     if cosines is not None:
         all_reduce_sum(cosines)
     world_size = current().size
-    return {"images": seen_total, "models": {
+    results = {
         name: {
             "top1": 100.0 * counts[i, 0].item() / seen_total,
             "top5": 100.0 * counts[i, 1].item() / seen_total,
@@ -78,4 +121,5 @@ def evaluate(
             "images_per_second": seen_total / max(counts[i, 3].item() / world_size, 1e-9),
         }
         for i, name in enumerate(names)
-    }}
+    }
+    return {"images": seen_total, "models": {name: known.get(name) or results[name] for name in models}}

@@ -26,3 +26,21 @@ def test_evaluate_reference_against_itself_and_a_pruned_copy(reference_model, te
     assert models["same"]["block_cosine"] == pytest.approx([1.0] * 6, abs=1e-5)
     assert models["dense"]["top1"] > 80.0  # the reference model is trained
     assert models["pruned"]["agreement"] < 100.0 and min(models["pruned"]["block_cosine"]) < 0.99
+
+
+def test_sweep_cache_gives_identical_numbers(reference_model, test_images):
+    from starfish_cli.evaluation import SweepCache
+
+    pruned = copy.deepcopy(reference_model)
+    PRUNERS.build({"name": "magnitude", "sparsity": 0.5}).prune(pruned)
+    models = {"dense": reference_model, "pruned": pruned, "healed": pruned}
+    cache = SweepCache()
+    fresh = evaluate(models, test_images, torch.device("cpu"), batch_size=64)
+    first = evaluate(models, test_images, torch.device("cpu"), batch_size=64, cache_key="k", cache=cache)
+    assert cache.key == "k" and len(cache.batches) == 4
+    again = evaluate(models, test_images, torch.device("cpu"), batch_size=64, cache_key="k", cache=cache,
+                     known={"pruned": first["models"]["pruned"]})
+    for results in (first, again):
+        for name in models:
+            for metric in ("top1", "top5", "agreement", "block_cosine"):
+                assert results["models"][name][metric] == fresh["models"][name][metric], (name, metric)
