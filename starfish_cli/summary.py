@@ -1,6 +1,7 @@
 """Sweep summaries: every report.json under a folder → summary.md, summary.csv and plots."""
 
 import csv
+import re
 import inspect
 import json
 import math
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from starfish_cli.atomic import write_atomically, write_text_atomically
@@ -97,9 +99,11 @@ def table_rows(rows: dict[tuple, dict]) -> tuple[list[str], list[list[str]]]:
 
 
 def _healer_order(label: str) -> tuple:
+    """none, norm, kd, supervised, starfish; variants after their healer, numbers in numeric order."""
     order = ["none", "norm", "kd", "supervised", "starfish"]
     name = label.split("[")[0]
-    return (order.index(name) if name in order else len(order), label)
+    natural = tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", label))
+    return (order.index(name) if name in order else len(order), natural)
 
 
 def write_summary(root: Path, console: Console | None = None) -> dict[str, Path]:
@@ -126,11 +130,15 @@ def write_summary(root: Path, console: Console | None = None) -> dict[str, Path]
         written["recovery_vs_time.png"] = root / "recovery_vs_time.png"
         plot_recovery_vs_time(rows, written["recovery_vs_time.png"])
     table = Table(title=f"starfish sweep: {root} ({len(reports)} runs) — healed top-1 % mean ± std (recovery)")
-    for column in header:
-        table.add_column(column, justify="left" if column in ("pruner", "pattern") else "right")
+    for column in header:  # escape: `starfish[epochs=30]` is not rich markup
+        table.add_column(escape(column), justify="left" if column in ("pruner", "pattern") else "right")
     for line in body:
         table.add_row(*line)
-    (console or Console()).print(table)
+    # a pipe or a log gets the whole table, not one cut to 80 columns
+    console = console or Console()
+    if not console.is_terminal:
+        console = Console(width=max(120, 40 + 26 * (len(header) - 4)))
+    console.print(table)
     return written
 
 
@@ -203,7 +211,10 @@ def plot_recovery_vs_time(rows: dict[tuple, dict], path: Path) -> None:
     figure, axes = plt.subplots(1, len(swept), figsize=(5 * len(swept), 4), squeeze=False)
     for axis, key in zip(axes[0], swept):
         by_healer = defaultdict(list)
+        names = [cell["healer"] for cell in rows[key]["cells"].values()]
         for label, cell in rows[key]["cells"].items():
+            if names.count(cell["healer"]) < 2:
+                continue  # only healers run at several budgets
             by_healer[cell["healer"]].append((cell["heal_seconds"][0], cell["recovery"][0], cell["recovery"][1], label))
         for healer, points in sorted(by_healer.items()):
             points.sort()

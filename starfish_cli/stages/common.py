@@ -215,7 +215,8 @@ class Job:
             for model in models.values():
                 compile_blocks(model)
         # a sweep re-evaluates the same dense model, and each pruned checkpoint under every healer
-        cache_key = json.dumps([plain(self.cfg.model), plain(self.cfg.data), self.cfg.eval.max_images,
+        size = len(self.eval_set) if hasattr(self.eval_set, "__len__") else None
+        cache_key = json.dumps([plain(self.cfg.model), plain(self.cfg.data), self.cfg.eval.max_images, size,
                                 int(self.cfg.eval.batch_size), str(self.precision), str(self.device)], sort_keys=True)
         pruned_key = cache_key + self.pruned_metadata["masks_digest"] + json.dumps(self.pruned_metadata["pruner"])
         known = {"pruned": SWEEP_CACHE.results[pruned_key]} if pruned_key in SWEEP_CACHE.results else {}
