@@ -51,23 +51,25 @@ def evaluate(
     reference: str = "dense",
     num_workers: int = 0,
     precision: torch.dtype = torch.float32,
-    cache_key: str | None = None,
-    known: Mapping[str, dict] | None = None,
+    cache_keys: Mapping[str, str] | None = None,
     cache: SweepCache = SWEEP_CACHE,
 ) -> dict:
     """Run every model on the same labelled batches; alignment and agreement are against `reference`.
 
     Under torchrun every rank evaluates its shard and the counts are summed across ranks.
-    `cache_key` names (model, data, settings): the reference outputs are reused from `cache` when
-    the key matches. Models in `known` are not run; their finished results are returned as given.
+    `cache_keys` name what a model's results depend on (weights, data, settings): the reference
+    model's per-batch outputs, and any other keyed model's finished results, are reused from
+    `cache` when the key matches, and stored there otherwise.
 
     Returns `images` and, per model under `models`: top1, top5, agreement (percent), block_cosine (per block), images_per_second.
     """
-    known = dict(known or {})
+    cache_keys = dict(cache_keys or {})
+    reference_key = cache_keys.pop(reference, None)
+    known = {name: cache.results[key] for name, key in cache_keys.items() if key in cache.results}
     to_run = {name: model for name, model in models.items() if name not in known}
     totals = {name: {"top1": 0, "top5": 0, "agree": 0, "seconds": 0.0, "cosine": None} for name in to_run}
-    cached = cache.reference_for(cache_key)
-    recorded = [] if cache_key is not None and cached is None else None
+    cached = cache.reference_for(reference_key)
+    recorded = [] if reference_key is not None and cached is None else None
     seen = 0
     batches = loader(shard(dataset), batch_size, num_workers=num_workers)
     with progress_bar("evaluating", len(batches) if hasattr(batches.dataset, "__len__") else None) as advance:
@@ -99,7 +101,7 @@ def evaluate(
             seen += len(labels)
             advance()
     if recorded is not None:
-        cache.store_reference(cache_key, recorded, totals[reference]["seconds"])
+        cache.store_reference(reference_key, recorded, totals[reference]["seconds"])
     elif cached is not None:
         totals[reference]["seconds"] = cache.seconds  # the time it took when it was computed
     # under torchrun each rank saw its own shard: add the counts up
@@ -122,4 +124,6 @@ def evaluate(
         }
         for i, name in enumerate(names)
     }
+    for name, key in cache_keys.items():
+        cache.results.setdefault(key, results.get(name))
     return {"images": seen_total, "models": {name: known.get(name) or results[name] for name in models}}

@@ -1,10 +1,10 @@
 """Sweep summaries: every report.json under a folder → summary.md, summary.csv and plots."""
 
 import csv
-import re
 import inspect
 import json
 import math
+import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -163,12 +163,14 @@ def _write_csv(path: Path, rows: dict[tuple, dict]) -> None:
     write_atomically(path, write)
 
 
+def _budget_swept(row: dict) -> set[str]:
+    """Healers that a row holds at more than one setting (e.g. several `epochs`)."""
+    names = [cell["healer"] for cell in row["cells"].values()]
+    return {name for name in names if names.count(name) > 1}
+
+
 def _has_budget_sweep(rows: dict[tuple, dict]) -> bool:
-    for row in rows.values():
-        names = [cell["healer"] for cell in row["cells"].values()]
-        if any(names.count(name) > 1 for name in names):
-            return True
-    return False
+    return any(_budget_swept(row) for row in rows.values())
 
 
 def _save(figure, path: Path) -> None:
@@ -207,14 +209,14 @@ def plot_recovery_vs_time(rows: dict[tuple, dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    swept = [k for k, row in rows.items() if _has_budget_sweep({k: row})]
+    swept = [k for k, row in rows.items() if _budget_swept(row)]
     figure, axes = plt.subplots(1, len(swept), figsize=(5 * len(swept), 4), squeeze=False)
     for axis, key in zip(axes[0], swept):
         by_healer = defaultdict(list)
-        names = [cell["healer"] for cell in rows[key]["cells"].values()]
+        swept_healers = _budget_swept(rows[key])
         for label, cell in rows[key]["cells"].items():
-            if names.count(cell["healer"]) < 2:
-                continue  # only healers run at several budgets
+            if cell["healer"] not in swept_healers:
+                continue
             by_healer[cell["healer"]].append((cell["heal_seconds"][0], cell["recovery"][0], cell["recovery"][1], label))
         for healer, points in sorted(by_healer.items()):
             points.sort()

@@ -36,10 +36,10 @@ def test_sweep_cache_gives_identical_numbers(reference_model, test_images):
     models = {"dense": reference_model, "pruned": pruned, "healed": pruned}
     cache = SweepCache()
     fresh = evaluate(models, test_images, torch.device("cpu"), batch_size=64)
-    first = evaluate(models, test_images, torch.device("cpu"), batch_size=64, cache_key="k", cache=cache)
+    keys = {"dense": "k", "pruned": "p"}
+    first = evaluate(models, test_images, torch.device("cpu"), batch_size=64, cache_keys=keys, cache=cache)
     assert cache.key == "k" and len(cache.batches) == 4
-    again = evaluate(models, test_images, torch.device("cpu"), batch_size=64, cache_key="k", cache=cache,
-                     known={"pruned": first["models"]["pruned"]})
+    again = evaluate(models, test_images, torch.device("cpu"), batch_size=64, cache_keys=keys, cache=cache)
     for results in (first, again):
         for name in models:
             for metric in ("top1", "top5", "agreement", "block_cosine"):

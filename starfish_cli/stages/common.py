@@ -29,7 +29,7 @@ from starfish_cli.calibration import CalibrationSampler
 from starfish_cli.checkpoint import Checkpoint, load_checkpoint, masks_digest, restore, save_checkpoint
 from starfish_cli.data import DATASETS, ImageSource, ImageTensors, evaluation_tensors, loader, model_transform
 from starfish_cli.errors import StarfishError
-from starfish_cli.evaluation import SWEEP_CACHE, evaluate
+from starfish_cli.evaluation import evaluate
 from starfish_cli.healing import HEALERS
 from starfish_cli.models import build_model, prunable_layers
 from starfish_cli.pruning import PRUNERS
@@ -219,12 +219,10 @@ class Job:
         cache_key = json.dumps([plain(self.cfg.model), plain(self.cfg.data), self.cfg.eval.max_images, size,
                                 int(self.cfg.eval.batch_size), str(self.precision), str(self.device)], sort_keys=True)
         pruned_key = cache_key + self.pruned_metadata["masks_digest"] + json.dumps(self.pruned_metadata["pruner"])
-        known = {"pruned": SWEEP_CACHE.results[pruned_key]} if pruned_key in SWEEP_CACHE.results else {}
         with measure("eval", self.device, self.stages):
             self.results = evaluate(models, self.eval_set, self.device, batch_size=int(self.cfg.eval.batch_size),
                                     num_workers=int(self.cfg.eval.num_workers), precision=self.precision,
-                                    cache_key=cache_key, known=known)
-        SWEEP_CACHE.results[pruned_key] = self.results["models"]["pruned"]
+                                    cache_keys={"dense": cache_key, "pruned": pruned_key})
 
     def _base_metadata(self) -> dict[str, Any]:
         return {
