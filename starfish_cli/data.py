@@ -252,11 +252,17 @@ def evaluation_tensors(split, transform: Callable, channels: int) -> torch.utils
 
 
 def loader(dataset: torch.utils.data.Dataset, batch_size: int, shuffle: bool = False, seed: int = 0,
-           num_workers: int = 0) -> torch.utils.data.DataLoader:
+           num_workers: int = 0, reshuffle: bool = True) -> torch.utils.data.DataLoader:
+    """Batches of `dataset`. `shuffle`: in a seeded random order, new every epoch, or with
+    `reshuffle=False` one seeded order that every epoch repeats."""
     generator = torch.Generator().manual_seed(seed) if shuffle else None
+    sampler = None
+    if shuffle and not reshuffle:
+        sampler = torch.randperm(len(dataset), generator=generator).tolist()
+        shuffle = False
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=num_workers,
-        pin_memory=torch.cuda.is_available(), persistent_workers=False,
+        dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, generator=generator,
+        num_workers=num_workers, pin_memory=torch.cuda.is_available(), persistent_workers=False,
     )
 
 

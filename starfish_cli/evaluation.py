@@ -66,7 +66,14 @@ def evaluate(
     cache_keys = dict(cache_keys or {})
     reference_key = cache_keys.pop(reference, None)
     known = {name: cache.results[key] for name, key in cache_keys.items() if key in cache.results}
-    to_run = {name: model for name, model in models.items() if name not in known}
+    # models under one key are the same weights (e.g. healer=none): run the first, share its results
+    first_with_key: dict[str, str] = {}
+    same_as = {}
+    for name, key in cache_keys.items():
+        if name in models and name not in known:
+            same_as[name] = first_with_key.setdefault(key, name)
+    to_run = {name: model for name, model in models.items()
+              if name not in known and same_as.get(name, name) == name}
     totals = {name: {"top1": 0, "top5": 0, "agree": 0, "seconds": 0.0, "cosine": None} for name in to_run}
     cached = cache.reference_for(reference_key)
     recorded = [] if reference_key is not None and cached is None else None
@@ -125,5 +132,7 @@ def evaluate(
         for i, name in enumerate(names)
     }
     for name, key in cache_keys.items():
-        cache.results.setdefault(key, results.get(name))
-    return {"images": seen_total, "models": {name: known.get(name) or results[name] for name in models}}
+        if name in results:
+            cache.results.setdefault(key, results[name])
+    return {"images": seen_total,
+            "models": {name: known.get(name) or results[same_as.get(name, name)] for name in models}}

@@ -101,6 +101,7 @@ def _bad_checkpoint(tmp_path, kind):
     (["run", "pruner.pattern=2-4"], "malformed pruner.pattern"),
     (["run", "pruner.pattern=4:2"], "malformed pruner.pattern"),
     (["run", "calib.count=0"], "calib.count=0"),
+    (["run", "healer.reshuffle=sometimes"], "healer.reshuffle"),
     (["run", "data.path=/does/not/exist"], "data.path"),
     (["run", "data.system_dir=null", "data.hub_id=null", "data.path=EMPTY"], "not found"),
     (["heal"], "no checkpoint"),

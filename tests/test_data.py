@@ -90,3 +90,22 @@ def test_imagefolder_reads_class_folders(tmp_path):
 def test_missing_folder_is_an_error(tmp_path):
     with pytest.raises(StarfishError, match="not a folder"):
         DATASETS.build({"name": "imagefolder", "path": str(tmp_path / "missing")})
+
+
+def test_loader_order_fixed_or_new_each_epoch():
+    import torch
+
+    from starfish_cli.data import loader
+
+    items = torch.utils.data.TensorDataset(torch.arange(40))
+
+    def epochs(**options):
+        batches = loader(items, 8, shuffle=True, seed=3, **options)
+        return [torch.cat([b[0] for b in batches]).tolist() for _ in range(2)]
+
+    fixed_first, fixed_second = epochs(reshuffle=False)
+    assert fixed_first == fixed_second != list(range(40))  # shuffled once, then repeated
+    assert sorted(fixed_first) == list(range(40))
+    new_first, new_second = epochs(reshuffle=True)
+    assert new_first != new_second and sorted(new_second) == list(range(40))
+    assert epochs(reshuffle=False) == [fixed_first, fixed_second]  # seeded

@@ -44,3 +44,21 @@ def test_sweep_cache_gives_identical_numbers(reference_model, test_images):
         for name in models:
             for metric in ("top1", "top5", "agreement", "block_cosine"):
                 assert results["models"][name][metric] == fresh["models"][name][metric], (name, metric)
+
+
+def test_models_under_one_key_run_once_and_share_results(reference_model, test_images):
+    from starfish_cli.evaluation import SweepCache
+
+    pruned = copy.deepcopy(reference_model)
+    PRUNERS.build({"name": "magnitude", "sparsity": 0.5}).prune(pruned)
+    unhealed = copy.deepcopy(pruned)  # what healer=none leaves: the pruned weights
+    calls = {"pruned": 0, "healed": 0}
+    for name, model in (("pruned", pruned), ("healed", unhealed)):
+        model.patch_embed.register_forward_hook(lambda *_a, name=name: calls.__setitem__(name, calls[name] + 1))
+    models = {"dense": reference_model, "pruned": pruned, "healed": unhealed}
+    shared = evaluate(models, test_images, torch.device("cpu"), batch_size=64,
+                      cache_keys={"pruned": "p", "healed": "p"}, cache=SweepCache())
+    assert calls == {"pruned": 4, "healed": 0}
+    assert shared["models"]["healed"] == shared["models"]["pruned"]
+    fresh = evaluate(models, test_images, torch.device("cpu"), batch_size=64)
+    assert shared["models"]["healed"]["top1"] == fresh["models"]["healed"]["top1"]

@@ -114,7 +114,9 @@ class StudentForward(nn.Module):
 
 
 class GradientHealer(Healer):
-    """The shared recipe: Adam on `trainable_names`, cosine decay per step, masks fixed.
+    """The shared recipe: Adam on `trainable_names`, cosine decay per step, masks fixed. The
+    calibration images come in one seeded order that every epoch repeats, as in the reference
+    code (which caches its calibration batches once); `reshuffle=True` draws a new order each epoch.
 
     Subclasses say what trains (`trainable_names`), which student states the loss needs
     (`student_states`) and what is minimized (`loss`); `prepare` may precompute teacher
@@ -125,7 +127,7 @@ class GradientHealer(Healer):
     student_states: tuple[str, ...] = ()
 
     def __init__(self, epochs: int = 10, batch_size: int = 32, lr: float = 6e-4, min_lr: float = 1e-6,
-                 weight_decay: float = 0.0, seed: int = 0):
+                 weight_decay: float = 0.0, seed: int = 0, reshuffle: bool = False):
         if not isinstance(epochs, int) or epochs < 0:
             raise StarfishError(f"healer.epochs={epochs!r} must be a whole number ≥ 0")
         if not isinstance(batch_size, int) or batch_size <= 0:
@@ -133,7 +135,9 @@ class GradientHealer(Healer):
         if not lr > 0 or min_lr < 0 or min_lr > lr:
             raise StarfishError(f"healer.lr={lr} must be > 0 and healer.min_lr={min_lr} in [0, lr]")
         self.epochs, self.batch_size, self.lr, self.min_lr = epochs, batch_size, lr, min_lr
-        self.weight_decay, self.seed = weight_decay, seed
+        if not isinstance(reshuffle, bool):
+            raise StarfishError(f"healer.reshuffle={reshuffle!r} must be true or false")
+        self.weight_decay, self.seed, self.reshuffle = weight_decay, seed, reshuffle
 
     def trainable_names(self, student: nn.Module) -> list[str]:
         return pruned_weight_names(student)
@@ -174,14 +178,14 @@ class GradientHealer(Healer):
             batches = torch.utils.data.DataLoader(calibration, batch_size=max(1, self.batch_size // world.size),
                                                   sampler=sampler)
         else:
-            batches = loader(calibration, self.batch_size, shuffle=True, seed=self.seed)
+            batches = loader(calibration, self.batch_size, shuffle=True, seed=self.seed, reshuffle=self.reshuffle)
         total = self.epochs * len(batches)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total, 1), eta_min=self.min_lr)
         model.eval()  # no dropout/drop-path: the targets are deterministic
         try:
             with progress_bar(description or f"healing ({self.registered_name})", total) as advance:
                 for epoch in range(self.epochs):
-                    if sampler is not None:
+                    if sampler is not None and self.reshuffle:
                         sampler.set_epoch(epoch)
                     for batch in batches:
                         with autocast(device, getattr(self, "_precision", torch.float32)):

@@ -119,6 +119,7 @@ class StarfishHealer(GradientHealer):
         lr: float = 6e-4,
         min_lr: float = 1e-6,
         weight_decay: float = 0.0,
+        reshuffle: bool = False,
         states: list[str] | tuple[str, ...] = ("blocks",),
         loss: str = "cosine",
         kd_weight: float = 0.0,
@@ -127,7 +128,7 @@ class StarfishHealer(GradientHealer):
         teacher: str = "auto",
         seed: int = 0,
     ):
-        super().__init__(epochs, batch_size, lr, min_lr, weight_decay, seed)
+        super().__init__(epochs, batch_size, lr, min_lr, weight_decay, seed, reshuffle)
         states = (states,) if isinstance(states, str) else tuple(states)
         for name, value, allowed in (("teacher", teacher, TEACHER_MODES), ("loss", loss, tuple(STATE_LOSSES)),
                                      ("mode", mode, MODES)):
