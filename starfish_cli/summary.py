@@ -15,6 +15,7 @@ from rich.table import Table
 
 from starfish_cli.atomic import write_atomically, write_text_atomically
 from starfish_cli.healing import HEALERS
+from starfish_cli.pruning import PRUNERS
 
 RECOVERY_TARGET = 0.97
 
@@ -33,16 +34,16 @@ def load_reports(root: Path) -> list[dict[str, Any]]:
     return reports
 
 
-def healer_label(healer: dict[str, Any]) -> str:
-    """The healer's name, plus every option that differs from its default: `starfish[epochs=30]`."""
-    name = healer["name"]
+def option_label(described: dict[str, Any], registry=HEALERS, shown_elsewhere=("name", "seed")) -> str:
+    """A component's name, plus every option that differs from its default: `starfish[epochs=30]`."""
+    name = described["name"]
     try:
-        defaults = {k: p.default for k, p in inspect.signature(HEALERS.get(name)).parameters.items()}
-    except Exception:  # a report from a healer this version no longer has
+        defaults = {k: p.default for k, p in inspect.signature(registry.get(name)).parameters.items()}
+    except Exception:  # a report from a component this version no longer has
         defaults = {}
     changed = []
-    for key, value in healer.items():
-        if key in ("name", "seed") or key not in defaults:
+    for key, value in described.items():
+        if key in shown_elsewhere or key not in defaults:
             continue
         default = list(defaults[key]) if isinstance(defaults[key], tuple) else defaults[key]
         if value != default:
@@ -62,8 +63,9 @@ def summarize(reports: list[dict[str, Any]]) -> dict[str, Any]:
     for report in reports:
         pruner = report["pruner"]
         sparsity = report["sparsity"].get("prunable")
-        row = (pruner["name"], pruner["pattern"], round(float(sparsity), 3))
-        groups[row][healer_label(report["healer"])].append(report)
+        row = (option_label(pruner, PRUNERS, ("name", "sparsity", "pattern")), pruner["pattern"],
+               round(float(sparsity), 3))
+        groups[row][option_label(report["healer"])].append(report)
     rows = {}
     for row, by_healer in sorted(groups.items()):
         cells = {}
@@ -132,8 +134,8 @@ def write_summary(root: Path, console: Console | None = None) -> dict[str, Path]
     table = Table(title=f"starfish sweep: {root} ({len(reports)} runs) — healed top-1 % mean ± std (recovery)")
     for column in header:  # escape: `starfish[epochs=30]` is not rich markup
         table.add_column(escape(column), justify="left" if column in ("pruner", "pattern") else "right")
-    for line in body:
-        table.add_row(*line)
+    for line in body:  # nor is `wanda[comparison=layer]`
+        table.add_row(*map(escape, line))
     # a pipe or a log gets the whole table, not one cut to 80 columns
     console = console or Console()
     if not console.is_terminal:

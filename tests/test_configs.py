@@ -52,3 +52,14 @@ def test_every_option_builds(group, option):
 def test_experiment_files_are_global_packages():
     for path in (package_config_dir() / "experiment").glob("*.yaml"):
         assert path.read_text().startswith("# @package _global_"), path.name
+
+
+@pytest.mark.parametrize("group,registry", [("pruner", PRUNERS), ("healer", HEALERS)])
+def test_yaml_keys_are_the_constructor_arguments(group, registry):
+    """Every option of a pruner or healer is visible (and overridable) in its YAML; `seed` comes from the run."""
+    import inspect
+
+    for option in group_options(group, []):
+        cfg = OmegaConf.to_container(compose_config("run", [f"{group}={option}"])[group])
+        arguments = set(inspect.signature(registry.get(cfg.pop("name"))).parameters) - {"seed"}
+        assert set(cfg) == arguments, (option, set(cfg) ^ arguments)

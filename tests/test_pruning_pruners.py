@@ -75,3 +75,20 @@ def test_unknown_pruner_and_option_are_one_line_errors():
         PRUNERS.build({"name": "nope"})
     with pytest.raises(StarfishError, match="no option 'sparcity'"):
         PRUNERS.build({"name": "wanda", "sparcity": 0.5})
+
+
+def test_wanda_comparison_row_or_layer(reference_model, calibration_batches):
+    from starfish_cli.pruning.masks import layer_mask, row_mask
+
+    norms = input_norms(reference_model, prunable_layers(reference_model), calibration_batches)
+    fc1 = "blocks.1.mlp.fc1"
+    scores = wanda_scores(reference_model.get_submodule(fc1).weight, norms[fc1])
+    for comparison, select in (("row", row_mask), ("layer", layer_mask)):
+        pruner = PRUNERS.build({"name": "wanda", "sparsity": 0.75, "comparison": comparison})
+        masks = pruner.prune(copy.deepcopy(reference_model), calibration_batches)
+        assert torch.equal(masks[fc1], select(scores, 0.75)), comparison
+        assert pruner.describe()["comparison"] == comparison
+    per_row_kept = masks[fc1].sum(1)  # layer-wide comparison: rows keep different counts
+    assert per_row_kept.min() < per_row_kept.max()
+    with pytest.raises(StarfishError, match="pruner.comparison='column': choose one of row, layer"):
+        PRUNERS.build({"name": "wanda", "comparison": "column"})

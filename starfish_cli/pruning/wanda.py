@@ -2,8 +2,11 @@
 
 import torch
 
+from starfish_cli.errors import StarfishError
 from starfish_cli.pruning.base import Pruner
 from starfish_cli.pruning.registry import PRUNERS
+
+COMPARISONS = ("row", "layer")
 
 
 def wanda_scores(weight: torch.Tensor, input_norms: torch.Tensor) -> torch.Tensor:
@@ -13,8 +16,19 @@ def wanda_scores(weight: torch.Tensor, input_norms: torch.Tensor) -> torch.Tenso
 
 @PRUNERS.register("wanda")
 class WandaPruner(Pruner):
+    """`comparison`: scores compete within each output row (Wanda's default, also for ViTs) or
+    across the whole layer (Wanda's `--prune_granularity layer`)."""
+
     needs_calibration = True
-    compare = "row"
+
+    def __init__(self, sparsity=0.5, pattern: str = "unstructured", comparison: str = "row"):
+        super().__init__(sparsity, pattern)
+        if comparison not in COMPARISONS:
+            raise StarfishError(f"pruner.comparison={comparison!r}: choose one of {', '.join(COMPARISONS)}")
+        self.compare = comparison
+
+    def describe(self):
+        return super().describe() | {"comparison": self.compare}
 
     def score(self, name, weight, input_norms):
         return wanda_scores(weight, input_norms)
