@@ -38,6 +38,7 @@ class Healer:
 
     registered_name = "?"
     labels_used = False
+    changes_weights = True  # False: the healed model is the pruned one, so evaluation runs it once
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.registered_name, **{k: v for k, v in vars(self).items() if not k.startswith("_")}}

@@ -6,5 +6,7 @@ from starfish_cli.healing.registry import HEALERS
 
 @HEALERS.register("none")
 class NoHealer(Healer):
+    changes_weights = False
+
     def heal(self, student, teacher, masks, calibration, device, precision=None):
         return HealResult()

@@ -220,8 +220,8 @@ class Job:
                                 int(self.cfg.eval.batch_size), str(self.precision), str(self.device)], sort_keys=True)
         pruned_key = cache_key + self.pruned_metadata["masks_digest"] + json.dumps(self.pruned_metadata["pruner"])
         cache_keys = {"dense": cache_key, "pruned": pruned_key}
-        if self.healed_metadata["healer"]["name"] == "none":
-            cache_keys["healed"] = pruned_key  # the same weights: evaluated once
+        if not HEALERS.get(self.healed_metadata["healer"]["name"]).changes_weights:
+            cache_keys["healed"] = pruned_key
         with measure("eval", self.device, self.stages):
             self.results = evaluate(models, self.eval_set, self.device, batch_size=int(self.cfg.eval.batch_size),
                                     num_workers=int(self.cfg.eval.num_workers), precision=self.precision,
