@@ -18,7 +18,7 @@ import torch
 import starfish_cli
 from starfish_cli.evaluation import evaluate
 from starfish_cli.healing import HEALERS
-from starfish_cli.models import prunable_layers
+from starfish_cli.families import structure_of
 from starfish_cli.pruning import PRUNERS
 from starfish_cli.runtime import peak_rss_mb
 
@@ -121,7 +121,7 @@ def semi_structured_speedup(dense, device) -> dict:
 
     dense_seconds = run(model)
     try:
-        for layer in prunable_layers(model).values():
+        for layer in structure_of(model).prunable_layers().values():
             layer.weight = torch.nn.Parameter(to_sparse_semi_structured(layer.weight))
         sparse_seconds = run(model)
     except Exception as error:  # kernels need Ampere+ and supported shapes

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -42,6 +42,16 @@ def save_checkpoint(path: Path, model: nn.Module, masks: dict[str, torch.Tensor]
     write_atomically(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata={"starfish": json.dumps(header)}))
 
 
+def read_metadata(path: Path) -> dict[str, Any] | None:
+    """The starfish metadata of a checkpoint file (header only, no tensors); None if there is none."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = json.loads((handle.metadata() or {}).get("starfish", "null"))
+    except (SafetensorError, OSError, ValueError):
+        return None
+    return metadata if isinstance(metadata, dict) and metadata.get("format") == FORMAT else None
+
+
 def load_checkpoint(path: Path, stage_hint: str) -> Checkpoint:
     """Read a checkpoint; `stage_hint` names the command that makes it, for the error message."""
     path = Path(path)
@@ -49,8 +59,6 @@ def load_checkpoint(path: Path, stage_hint: str) -> Checkpoint:
         raise StarfishError(f"no checkpoint at {path}: run `starfish {stage_hint}` with the same overrides first, "
                             f"or point to one with {'pruned' if stage_hint == 'prune' else 'healed'}=PATH")
     try:
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as handle:
             header = (handle.metadata() or {}).get("starfish")
         tensors = load_file(str(path))
@@ -59,10 +67,11 @@ def load_checkpoint(path: Path, stage_hint: str) -> Checkpoint:
                             f"rerun `starfish {stage_hint}` to rewrite it") from error
     try:
         metadata = json.loads(header)
-        assert metadata.get("format") == FORMAT
-    except (TypeError, ValueError, AssertionError) as error:
+    except (TypeError, ValueError):
+        metadata = None
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
         raise StarfishError(f"{path} is not a starfish checkpoint (no starfish metadata): "
-                            f"rerun `starfish {stage_hint}`") from error
+                            f"rerun `starfish {stage_hint}`")
     masks = {k[len(_MASK_PREFIX):]: v for k, v in tensors.items() if k.startswith(_MASK_PREFIX)}
     weights = {k: v for k, v in tensors.items() if not k.startswith(_MASK_PREFIX)}
     return Checkpoint(weights, masks, metadata)

@@ -5,7 +5,6 @@ calls the stage's own @hydra.main; `-m`, `--cfg job`, `--info` and run folders k
 """
 
 import argparse
-import importlib
 import os
 import re
 import sys
@@ -14,12 +13,10 @@ from importlib import resources
 from pathlib import Path
 
 from starfish_cli.errors import StarfishError
+from starfish_cli.stages import STAGES as PIPELINE_STAGES
+from starfish_cli.stages import launch
 
-STAGES = {
-    "prune": "prune the model (pruned.safetensors)",
-    "heal": "heal the pruned model by internal-state alignment (healed.safetensors)",
-    "eval": "evaluate dense, pruned and healed models (report.json, report.md)",
-    "run": "prune, heal and evaluate in one process",
+STAGES = {name: stage.help for name, stage in PIPELINE_STAGES.items()} | {
     "report": "aggregate every run under DIR: summary.md, summary.csv, plots (starfish report DIR)",
 }
 CONFIG_GROUPS = ("model", "data", "calib", "pruner", "healer", "experiment")
@@ -143,11 +140,15 @@ def main(argv: list[str] | None = None) -> int:
             if int(os.environ.get("RANK", "0")) > 0:  # under torchrun only rank 0 writes the run folder
                 overrides += ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
             sys.argv = [f"starfish {stage}", *flags, *overrides]
-            importlib.import_module(f"starfish_cli.stages.{stage}").main()
+            if stage == "report":
+                from starfish_cli.stages.report import main as report_main
+
+                report_main()
+                return 0
+            return launch(stage)
     except StarfishError as error:
         print(f"starfish: error: {error}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,6 +1,5 @@
 """Image datasets as `datasets.Dataset` splits (columns `image`, optional `label`) and timm preprocessing."""
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -197,10 +196,6 @@ class ImageNetHF(ImageSource):
         return split.take(int(max_images)) if max_images else split
 
 
-def build_data(node) -> ImageSource:
-    return DATASETS.build(node)
-
-
 def model_transform(model: nn.Module) -> Callable:
     """The model's own evaluation preprocessing (timm data config → transform)."""
     config = resolve_data_config(model=model)
@@ -265,6 +260,3 @@ def loader(dataset: torch.utils.data.Dataset, batch_size: int, shuffle: bool = F
         num_workers=num_workers, pin_memory=torch.cuda.is_available(), persistent_workers=False,
     )
 
-
-def default_num_workers() -> int:
-    return min(8, max(0, (os.cpu_count() or 1) - 1))

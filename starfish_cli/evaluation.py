@@ -8,7 +8,9 @@ from torch import nn
 
 from starfish_cli.data import loader
 from starfish_cli.distributed import all_reduce_sum, current, shard
-from starfish_cli.healing.states import forward_with_states, per_block_cosine
+from starfish_cli.errors import StarfishError
+from starfish_cli.families import structure_of
+from starfish_cli.healing.states import collect_states, per_block_cosine
 from starfish_cli.progress import progress_bar
 from starfish_cli.runtime import autocast
 
@@ -90,7 +92,7 @@ def evaluate(
                     continue
                 started = time.perf_counter()
                 with autocast(device, precision):
-                    outputs[name] = forward_with_states(model, images)
+                    outputs[name] = collect_states(model, images)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 totals[name]["seconds"] += time.perf_counter() - started
@@ -115,11 +117,15 @@ def evaluate(
     names = list(to_run)
     counts = torch.tensor([[totals[n]["top1"], totals[n]["top5"], totals[n]["agree"], totals[n]["seconds"]]
                            for n in names], dtype=torch.float64)
-    cosines = torch.stack([totals[n]["cosine"].double() for n in names]) if seen else None
+    # a rank that saw no images still joins every reduction, with zeros
+    blocks = len(structure_of(models[reference]).blocks)
+    cosines = torch.stack([totals[n]["cosine"].double() if totals[n]["cosine"] is not None
+                           else torch.zeros(blocks, dtype=torch.float64) for n in names])
     seen_total = int(all_reduce_sum(torch.tensor([seen], dtype=torch.float64)).item())
     all_reduce_sum(counts)
-    if cosines is not None:
-        all_reduce_sum(cosines)
+    all_reduce_sum(cosines)
+    if seen_total == 0:
+        raise StarfishError("the evaluation split gave no images: check data.eval_split and eval.max_images")
     world_size = current().size
     results = {
         name: {

@@ -38,6 +38,20 @@ class Registry(Generic[T]):
             )
         return self._entries[name]
 
+    def label(self, described: Mapping[str, Any], shown_elsewhere: tuple[str, ...] = ("name", "seed")) -> str:
+        """A component's name plus every option that differs from its constructor's default:
+        `starfish[epochs=30]`. Reports store it, so a later change of default does not relabel them."""
+        name = described["name"]
+        defaults = {key: p.default for key, p in inspect.signature(self.get(name)).parameters.items()}
+        changed = []
+        for key, value in described.items():
+            if key in shown_elsewhere or key not in defaults:
+                continue
+            default = list(defaults[key]) if isinstance(defaults[key], tuple) else defaults[key]
+            if value != default:
+                changed.append(f"{key}={value}")
+        return f"{name}[{','.join(changed)}]" if changed else name
+
     def build(self, node: Mapping[str, Any], **extra: Any) -> T:
         """Instantiate from a config node; `extra` carries run-wide values such as the seed."""
         options = dict(node)

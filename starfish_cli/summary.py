@@ -1,7 +1,6 @@
 """Sweep summaries: every report.json under a folder → summary.md, summary.csv and plots."""
 
 import csv
-import inspect
 import json
 import math
 import re
@@ -14,8 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from starfish_cli.atomic import write_atomically, write_text_atomically
-from starfish_cli.healing import HEALERS
-from starfish_cli.pruning import PRUNERS
+from starfish_cli.errors import StarfishError
 
 RECOVERY_TARGET = 0.97
 
@@ -34,21 +32,11 @@ def load_reports(root: Path) -> list[dict[str, Any]]:
     return reports
 
 
-def option_label(described: dict[str, Any], registry=HEALERS, shown_elsewhere=("name", "seed")) -> str:
-    """A component's name, plus every option that differs from its default: `starfish[epochs=30]`."""
-    name = described["name"]
-    try:
-        defaults = {k: p.default for k, p in inspect.signature(registry.get(name)).parameters.items()}
-    except Exception:  # a report from a component this version no longer has
-        defaults = {}
-    changed = []
-    for key, value in described.items():
-        if key in shown_elsewhere or key not in defaults:
-            continue
-        default = list(defaults[key]) if isinstance(defaults[key], tuple) else defaults[key]
-        if value != default:
-            changed.append(f"{key}={value}")
-    return f"{name}[{','.join(changed)}]" if changed else name
+def labels_of(report: dict[str, Any]) -> tuple[str, str]:
+    """(pruner label, healer label) as the run wrote them, e.g. `wanda[comparison=layer]`,
+    `starfish[epochs=30]`; reports of version 0.1.0 carry none and get the plain names."""
+    labels = report.get("labels", {})
+    return labels.get("pruner", report["pruner"]["name"]), labels.get("healer", report["healer"]["name"])
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -61,11 +49,9 @@ def summarize(reports: list[dict[str, Any]]) -> dict[str, Any]:
     """Cells keyed by (pruner, pattern, sparsity) then healer label: mean/std over seeds."""
     groups: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for report in reports:
-        pruner = report["pruner"]
-        sparsity = report["sparsity"].get("prunable")
-        row = (option_label(pruner, PRUNERS, ("name", "sparsity", "pattern")), pruner["pattern"],
-               round(float(sparsity), 3))
-        groups[row][option_label(report["healer"])].append(report)
+        pruner_label, healer_label = labels_of(report)
+        row = (pruner_label, report["pruner"]["pattern"], round(float(report["sparsity"]["prunable"]), 3))
+        groups[row][healer_label].append(report)
     rows = {}
     for row, by_healer in sorted(groups.items()):
         cells = {}
@@ -78,6 +64,7 @@ def summarize(reports: list[dict[str, Any]]) -> dict[str, Any]:
                 "seeds": sorted(r["seed"] for r in runs),
                 "labels_used": any(r["calibration"].get("labels_used") for r in runs),
                 "healer": runs[0]["healer"]["name"],
+                "epochs": runs[0]["healer"].get("epochs"),
             }
         dense = [r["accuracy"]["dense"]["top1"] for runs in by_healer.values() for r in runs]
         rows[row] = {"dense": mean_std(dense), "cells": cells}
@@ -87,11 +74,12 @@ def summarize(reports: list[dict[str, Any]]) -> dict[str, Any]:
 def _cell_text(cell: dict[str, Any]) -> str:
     (mean, std), (recovery, _) = cell["top1"], cell["recovery"]
     marker = " (labels)" if cell["labels_used"] else ""
-    return f"{mean:.2f} ± {std:.2f} ({recovery:.3f}){marker}"
+    spread = f" ± {std:.2f}" if len(cell["seeds"]) > 1 else ""  # one seed has no spread to show
+    return f"{mean:.2f}{spread} ({recovery:.3f}){marker}"
 
 
 def table_rows(rows: dict[tuple, dict]) -> tuple[list[str], list[list[str]]]:
-    labels = sorted({label for row in rows.values() for label in row["cells"]}, key=_healer_order)
+    labels = healer_labels(rows)
     header = ["pruner", "pattern", "sparsity", "dense", *labels]
     body = []
     for (pruner, pattern, sparsity), row in rows.items():
@@ -100,19 +88,19 @@ def table_rows(rows: dict[tuple, dict]) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
-def _healer_order(label: str) -> tuple:
-    """none, norm, kd, supervised, starfish; variants after their healer, numbers in numeric order."""
-    order = ["none", "norm", "kd", "supervised", "starfish"]
-    name = label.split("[")[0]
-    natural = tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", label))
-    return (order.index(name) if name in order else len(order), natural)
+def _natural(label: str) -> tuple:
+    """Sort key that puts numbers in numeric order: starfish[epochs=30] before starfish[epochs=100]."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", label))
+
+
+def healer_labels(rows: dict[tuple, dict]) -> list[str]:
+    """Every healer label of the table, by name, variants after their healer."""
+    return sorted({label for row in rows.values() for label in row["cells"]}, key=_natural)
 
 
 def write_summary(root: Path, console: Console | None = None) -> dict[str, Path]:
     reports = load_reports(root)
     if not reports:
-        from starfish_cli.errors import StarfishError
-
         raise StarfishError(f"no finished runs (report.json with accuracy) under {root}: run `starfish run -m …` first")
     rows = summarize(reports)
     header, body = table_rows(rows)
@@ -145,7 +133,7 @@ def write_summary(root: Path, console: Console | None = None) -> dict[str, Path]
 
 
 def _write_csv(path: Path, rows: dict[tuple, dict]) -> None:
-    labels = sorted({label for row in rows.values() for label in row["cells"]}, key=_healer_order)
+    labels = healer_labels(rows)
     fields = ["pruner", "pattern", "sparsity", "dense_top1"]
     for label in labels:
         fields += [f"{label}:top1_mean", f"{label}:top1_std", f"{label}:recovery_mean", f"{label}:seeds"]
@@ -158,8 +146,9 @@ def _write_csv(path: Path, rows: dict[tuple, dict]) -> None:
                 line = [pruner, pattern, sparsity, f"{row['dense'][0]:.4f}"]
                 for label in labels:
                     cell = row["cells"].get(label)
-                    line += ([f"{cell['top1'][0]:.4f}", f"{cell['top1'][1]:.4f}", f"{cell['recovery'][0]:.4f}",
-                              len(cell["seeds"])] if cell else ["", "", "", ""])
+                    std = f"{cell['top1'][1]:.4f}" if cell and len(cell["seeds"]) > 1 else ""
+                line += ([f"{cell['top1'][0]:.4f}", std, f"{cell['recovery'][0]:.4f}", len(cell["seeds"])]
+                         if cell else ["", "", "", ""])
                 writer.writerow(line)
 
     write_atomically(path, write)
@@ -179,60 +168,85 @@ def _save(figure, path: Path) -> None:
     write_atomically(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
 
 
-def plot_accuracy_vs_sparsity(rows: dict[tuple, dict], path: Path) -> None:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _colours(labels: list[str]) -> dict[str, Any]:
+    """One colour per label, the same in every panel of every plot of the summary."""
+    plt = _pyplot()
+    palette = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")
+    return {label: palette(i % palette.N) for i, label in enumerate(labels)}
+
+
+def _shared_legend(figure, axes) -> None:
+    """One legend for the whole figure, below the panels, with every label once."""
+    handles = {}
+    for axis in axes:
+        for handle, label in zip(*axis.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    figure.legend(list(handles.values()), list(handles), loc="lower center", fontsize=8,
+                  ncol=min(len(handles), 6), bbox_to_anchor=(0.5, -0.02 - 0.05 * ((len(handles) - 1) // 6)))
+    figure.tight_layout(rect=(0, 0.08 + 0.05 * ((len(handles) - 1) // 6), 1, 1))
+
+
+def plot_accuracy_vs_sparsity(rows: dict[tuple, dict], path: Path) -> None:
+    plt = _pyplot()
     panels = sorted({(pruner, pattern) for pruner, pattern, _ in rows})
-    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False, sharey=True)
+    labels = healer_labels(rows)
+    colours = _colours(labels)
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.5), squeeze=False, sharey=True)
     for axis, (pruner, pattern) in zip(axes[0], panels):
         keys = sorted(k for k in rows if k[:2] == (pruner, pattern))
-        labels = sorted({label for k in keys for label in rows[k]["cells"]}, key=_healer_order)
         for label in labels:
             points = [(k[2], rows[k]["cells"][label]) for k in keys if label in rows[k]["cells"]]
-            axis.errorbar([p[0] for p in points], [c["top1"][0] for _, c in points],
-                          yerr=[c["top1"][1] for _, c in points], marker="o", capsize=3, label=label)
+            if points:
+                axis.errorbar([p[0] for p in points], [c["top1"][0] for _, c in points],
+                              yerr=[c["top1"][1] for _, c in points], marker="o", capsize=3, label=label,
+                              color=colours[label])
         dense = sum(rows[k]["dense"][0] for k in keys) / len(keys)
-        axis.axhline(dense, color="black", linestyle="--", linewidth=1, label=f"dense ({dense:.1f})")
-        axis.set_title(f"{pruner} ({pattern})")
+        axis.axhline(dense, color="black", linestyle="--", linewidth=1, label="dense")
+        axis.set_title(f"{pruner} ({pattern}), dense {dense:.1f}%")
         axis.set_xlabel("sparsity of prunable weights")
         axis.grid(alpha=0.3)
     axes[0][0].set_ylabel("top-1 % (mean ± std over seeds)")
-    axes[0][-1].legend(fontsize=8, loc="lower left")
+    _shared_legend(figure, axes[0])
     _save(figure, path)
     plt.close(figure)
 
 
 def plot_recovery_vs_time(rows: dict[tuple, dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     swept = [k for k, row in rows.items() if _budget_swept(row)]
-    figure, axes = plt.subplots(1, len(swept), figsize=(5 * len(swept), 4), squeeze=False)
+    healers = sorted({cell["healer"] for k in swept for cell in rows[k]["cells"].values()})
+    colours = _colours(healers)
+    figure, axes = plt.subplots(1, len(swept), figsize=(5 * len(swept), 4.5), squeeze=False)
     for axis, key in zip(axes[0], swept):
         by_healer = defaultdict(list)
         swept_healers = _budget_swept(rows[key])
-        for label, cell in rows[key]["cells"].items():
-            if cell["healer"] not in swept_healers:
-                continue
-            by_healer[cell["healer"]].append((cell["heal_seconds"][0], cell["recovery"][0], cell["recovery"][1], label))
+        for cell in rows[key]["cells"].values():
+            if cell["healer"] in swept_healers:
+                by_healer[cell["healer"]].append((cell["heal_seconds"][0], cell["recovery"][0],
+                                                  cell["recovery"][1], cell["epochs"]))
         for healer, points in sorted(by_healer.items()):
             points.sort()
             axis.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
-                          marker="o", capsize=3, label=healer)
-            for seconds, recovery, _, label in points:
-                epochs = label.split("epochs=")[1].split(",")[0].rstrip("]") if "epochs=" in label else "10"
-                axis.annotate(f"{epochs} ep", (seconds, recovery), fontsize=7, xytext=(3, -9), textcoords="offset points")
+                          marker="o", capsize=3, label=healer, color=colours[healer])
+            for seconds, recovery, _, epochs in points:
+                if epochs is not None:
+                    axis.annotate(f"{epochs} ep", (seconds, recovery), fontsize=7, xytext=(3, -9),
+                                  textcoords="offset points")
         axis.axhline(RECOVERY_TARGET, color="grey", linestyle=":", label=f"{RECOVERY_TARGET:.0%} of dense")
         axis.set_xscale("log")
         axis.set_title(f"{key[0]} ({key[1]}) at sparsity {key[2]:.2f}")
         axis.set_xlabel("healing wall time, s (log)")
         axis.set_ylabel("recovery (healed ÷ dense top-1)")
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
+    _shared_legend(figure, axes[0])
     _save(figure, path)
     plt.close(figure)

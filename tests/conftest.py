@@ -13,8 +13,12 @@ import torch
 import starfish_cli  # noqa: F401  (registers vit_fmnist)
 from starfish_cli.data import DATASETS, ImageTensors, model_transform
 
+# No test reaches for the hub: tests that need Fashion-MNIST use the Debian package's files or skip.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 FMNIST_AVAILABLE = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").exists()
-needs_fmnist = pytest.mark.skipif(not FMNIST_AVAILABLE, reason="Fashion-MNIST IDX files not installed")
+needs_fmnist = pytest.mark.skipif(not FMNIST_AVAILABLE,
+                                  reason="Fashion-MNIST IDX files not installed (apt-get install dataset-fashion-mnist)")
 
 
 @pytest.fixture(scope="session")
@@ -24,7 +28,9 @@ def reference_model():
 
 @pytest.fixture(scope="session")
 def fmnist():
-    return DATASETS.build({"name": "fashion_mnist"})
+    if not FMNIST_AVAILABLE:
+        pytest.skip("Fashion-MNIST IDX files not installed (apt-get install dataset-fashion-mnist)")
+    return DATASETS.build({"name": "fashion_mnist", "hub_id": None})
 
 
 @pytest.fixture(scope="session")

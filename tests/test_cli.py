@@ -64,8 +64,9 @@ def test_stages_apart_as_a_multirun_sweep(tmp_path):
     sweep = ["-m", "pruner.sparsity=0.5,0.75", *SHRUNK]
     for stage in ("prune", "heal", "eval"):
         run_cli(stage, *sweep, cwd=tmp_path)
-    reports = sorted((tmp_path / "outputs").rglob("report.json"))
-    assert len(reports) == 2
+    pruning_reports = sorted((tmp_path / "outputs").rglob("seed0/report.json"))  # `starfish prune` writes one too
+    reports = sorted((tmp_path / "outputs").rglob("seed0/*/report.json"))
+    assert len(reports) == 2 and len(pruning_reports) == 2
     sparsities = sorted(read_json(r)["sparsity"]["prunable"] for r in reports)
     assert sparsities == pytest.approx([0.5, 0.75], abs=1e-3)
     for report in map(read_json, reports):

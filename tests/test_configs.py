@@ -8,7 +8,7 @@ from starfish_cli.calibration import CalibrationSampler
 from starfish_cli.cli import group_options, package_config_dir
 from starfish_cli.data import DATASETS
 from starfish_cli.healing import HEALERS
-from starfish_cli.models import build_model
+from starfish_cli.families.vision import build_model
 from starfish_cli.pruning import PRUNERS
 from starfish_cli.registry import check_arguments
 from starfish_cli.stages import STAGES
@@ -23,7 +23,7 @@ def compose_config(stage, overrides=()):
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_primary_configs_compose(stage):
-    cfg = compose_config(stage)
+    cfg = compose_config(STAGES[stage].config_name)
     assert cfg.model.name == "vit_fmnist" and cfg.pruner.name == "wanda" and cfg.healer.name == "starfish"
 
 
@@ -35,7 +35,7 @@ def test_every_group_has_options():
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in group_options(g, [])])
 def test_every_option_builds(group, option):
     overrides = [f"{group}={option}"] + (["data.path=/tmp"] if (group, option) == ("data", "imagefolder") else [])
-    cfg = compose_config("run", overrides)
+    cfg = compose_config("starfish", overrides)
     container = OmegaConf.to_container(cfg, resolve=False)
     container.pop("hydra")
     assert "???" not in str(container) or group == "data"
@@ -60,6 +60,6 @@ def test_yaml_keys_are_the_constructor_arguments(group, registry):
     import inspect
 
     for option in group_options(group, []):
-        cfg = OmegaConf.to_container(compose_config("run", [f"{group}={option}"])[group])
+        cfg = OmegaConf.to_container(compose_config("starfish", [f"{group}={option}"])[group])
         arguments = set(inspect.signature(registry.get(cfg.pop("name"))).parameters) - {"seed"}
         assert set(cfg) == arguments, (option, set(cfg) ^ arguments)

@@ -9,7 +9,7 @@ from starfish_cli.data import ImageTensors
 from starfish_cli.healing import HEALERS
 from starfish_cli.healing.base import norm_and_bias_names, pruned_weight_names
 from starfish_cli.healing.states import collect_states
-from starfish_cli.models import prunable_layers
+from starfish_cli.families import structure_of
 from starfish_cli.pruning import PRUNERS
 
 CPU = torch.device("cpu")
@@ -46,9 +46,9 @@ def test_healer_trains_what_it_claims(reference_model, pruned, calibration_image
     assert set(result.trained_parameters) == claimed
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed == claimed
-    for name, layer in prunable_layers(model).items():
+    for name, layer in structure_of(model).prunable_layers().items():
         assert torch.all(layer.weight[~masks[name]] == 0), name
-    assert result.labels_used == (node["name"] == "supervised")
+    assert healer.labels_used == (node["name"] == "supervised")
     assert result.steps > 0 and len(result.loss_history) == result.steps
 
 

@@ -5,8 +5,8 @@ import torch
 
 from starfish_cli.errors import StarfishError
 from starfish_cli.healing import HEALERS
-from starfish_cli.healing.states import forward_with_states, state_alignment_loss
-from starfish_cli.models import prunable_layers
+from starfish_cli.healing.states import collect_states, state_alignment_loss
+from starfish_cli.families import structure_of
 from starfish_cli.pruning import PRUNERS
 
 CPU = torch.device("cpu")
@@ -21,7 +21,7 @@ def pruned(reference_model):
 
 def alignment(model, teacher, images):
     with torch.no_grad():
-        return state_alignment_loss(forward_with_states(model, images)[1], forward_with_states(teacher, images)[1]).item()
+        return state_alignment_loss(structure_of(model).forward_with_states(images)[1], structure_of(teacher).forward_with_states(images)[1]).item()
 
 
 def test_starfish_trains_only_pruned_matrices_and_keeps_zeros(reference_model, pruned, calibration_images):
@@ -29,13 +29,13 @@ def test_starfish_trains_only_pruned_matrices_and_keeps_zeros(reference_model, p
     before = {n: p.clone() for n, p in model.named_parameters()}
     healer = HEALERS.build({"name": "starfish", "epochs": 2, "batch_size": 16})
     result = healer.heal(model, reference_model, masks, calibration_images, CPU)
-    assert result.steps == 8 and not result.labels_used
-    expected = {f"{name}.weight" for name in prunable_layers(model)}
+    assert result.steps == 8
+    expected = {f"{name}.weight" for name in structure_of(model).prunable_layers()}
     assert set(result.trained_parameters) == expected
     for name, parameter in model.named_parameters():
         changed = not torch.equal(parameter, before[name])
         assert changed == (name in expected), name
-    for name, layer in prunable_layers(model).items():
+    for name, layer in structure_of(model).prunable_layers().items():
         assert torch.all(layer.weight[~masks[name]] == 0), name  # exactly zero, not merely small
         assert torch.all((layer.weight != 0) <= masks[name])
 
@@ -91,7 +91,7 @@ def test_bad_healer_config(node, message):
 
 
 def test_teacher_cache_estimate_formula(reference_model):
-    from starfish_cli.healing.starfish import teacher_cache_bytes
+    from starfish_cli.healing.teacher import teacher_cache_bytes
 
     # 240 images × (6 blocks × 50 tokens × 128 wide + 10 logits) × 2 bytes (fp16)
     assert teacher_cache_bytes(reference_model, 240, ("blocks",)) == 240 * (6 * 50 * 128 + 10) * 2
@@ -101,13 +101,13 @@ def test_teacher_cache_estimate_formula(reference_model):
 
 
 def test_auto_teacher_mode_falls_back_to_recompute(monkeypatch):
-    from starfish_cli.healing import starfish
+    from starfish_cli.healing import teacher
 
-    monkeypatch.setattr(starfish, "available_host_bytes", lambda: 64 * 2**30)
+    monkeypatch.setattr(teacher, "available_host_bytes", lambda: 64 * 2**30)
     cpu = torch.device("cpu")
-    assert starfish.choose_teacher_mode("auto", 2 * 2**30, cpu) == "host"
-    assert starfish.choose_teacher_mode("auto", 18 * 2**30, cpu) == "recompute"  # DeiT-B, 5,000 images
-    assert starfish.choose_teacher_mode("recompute", 1, cpu) == "recompute"
+    assert teacher.choose_teacher_mode("auto", 2 * 2**30, cpu) == "host"
+    assert teacher.choose_teacher_mode("auto", 18 * 2**30, cpu) == "recompute"  # DeiT-B, 5,000 images
+    assert teacher.choose_teacher_mode("recompute", 1, cpu) == "recompute"
 
 
 def test_estimate_and_choice_are_logged(reference_model, pruned, calibration_images, caplog):

@@ -8,7 +8,8 @@ import torch
 
 from starfish_cli.errors import StarfishError
 from starfish_cli.healing import HEALERS
-from starfish_cli.models import build_model, forward_with_states, prunable_layers
+from starfish_cli.families import structure_of
+from starfish_cli.families.vision import build_model
 from starfish_cli.pruning import PRUNERS
 
 
@@ -33,16 +34,16 @@ SMALL = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_
 ])
 def test_timm_variants_prune_and_heal_unchanged(name, kwargs, prefix_tokens):
     model = build_model(name, pretrained=False, kwargs=kwargs)
-    assert set(prunable_layers(model)) == {f"blocks.{b}.{l}" for b in range(2)
+    assert set(structure_of(model).prunable_layers()) == {f"blocks.{b}.{l}" for b in range(2)
                                            for l in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")}
-    logits, states = forward_with_states(model, torch.randn(2, 3, 32, 32))
+    logits, states = structure_of(model).forward_with_states(torch.randn(2, 3, 32, 32))
     assert logits.shape == (2, 5) and len(states) == 2 and states[0].shape[1] == 16 + prefix_tokens
     student = copy.deepcopy(model)
     masks = PRUNERS.build({"name": "magnitude", "sparsity": 0.5}).prune(student)
     result = HEALERS.build({"name": "starfish", "epochs": 2, "batch_size": 4}).heal(
         student, model, masks, RandomImages(8, (3, 32, 32)), torch.device("cpu"))
     assert result.steps == 4 and result.loss_history[-1] < result.loss_history[0]
-    for layer_name, layer in prunable_layers(student).items():
+    for layer_name, layer in structure_of(student).prunable_layers().items():
         assert torch.all(layer.weight[~masks[layer_name]] == 0)
 
 

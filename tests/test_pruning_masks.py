@@ -84,11 +84,11 @@ def test_global_threshold_is_one_threshold_across_layers():
 def test_measure_sparsity_counts_zeros(reference_model):
     import copy
 
-    from starfish_cli.models import prunable_layers
+    from starfish_cli.families import structure_of
     from starfish_cli.pruning.masks import apply_masks
 
     model = copy.deepcopy(reference_model)
-    layers = prunable_layers(model)
+    layers = structure_of(model).prunable_layers()
     masks = {name: layer_mask(layer.weight.abs(), 0.25) for name, layer in layers.items()}
     apply_masks(layers, masks)
     measured = measure_sparsity(model, layers)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from starfish_cli.errors import StarfishError
-from starfish_cli.models import forward_with_states, prunable_layers
+from starfish_cli.families import structure_of
 from starfish_cli.pruning import PRUNERS
 from starfish_cli.pruning.base import input_norms
 from starfish_cli.pruning.masks import is_nm_valid
@@ -19,7 +19,7 @@ def test_wanda_scores_by_hand():
 
 def test_input_norms_match_a_direct_computation(reference_model, calibration_batches):
     model = copy.deepcopy(reference_model)
-    layers = prunable_layers(model)
+    layers = structure_of(model).prunable_layers()
     norms = input_norms(model, layers, calibration_batches)
     captured = []
     handle = layers["blocks.2.mlp.fc2"].register_forward_hook(lambda m, i, o: captured.append(i[0]))
@@ -35,7 +35,7 @@ def test_input_norms_match_a_direct_computation(reference_model, calibration_bat
 def test_pruners_reach_target_sparsity_only_on_block_linears(reference_model, calibration_batches, name, sparsity):
     model = copy.deepcopy(reference_model)
     masks = PRUNERS.build({"name": name, "sparsity": sparsity}).prune(model, calibration_batches)
-    for layer_name, layer in prunable_layers(model).items():
+    for layer_name, layer in structure_of(model).prunable_layers().items():
         assert (layer.weight == 0).float().mean().item() == pytest.approx(sparsity, abs=2e-3)
         assert torch.equal(layer.weight != 0, masks[layer_name] & (reference_model.get_submodule(layer_name).weight != 0))
     dense = dict(reference_model.named_parameters())
@@ -49,17 +49,17 @@ def test_nm_pattern_masks_are_valid(reference_model, calibration_batches, patter
     model = copy.deepcopy(reference_model)
     masks = PRUNERS.build({"name": "wanda", "pattern": pattern}).prune(model, calibration_batches)
     assert all(is_nm_valid(mask, n, m) for mask in masks.values())
-    assert all(is_nm_valid(layer.weight != 0, n, m) for layer in prunable_layers(model).values())
+    assert all(is_nm_valid(layer.weight != 0, n, m) for layer in structure_of(model).prunable_layers().values())
 
 
 def test_wanda_keeps_outputs_closer_than_magnitude_and_random(reference_model, calibration_batches):
     x = calibration_batches[0]
-    dense_states = forward_with_states(reference_model, x)[1]
+    dense_states = structure_of(reference_model).forward_with_states(x)[1]
     errors = {}
     for name in ("random", "magnitude", "wanda"):
         model = copy.deepcopy(reference_model)
         PRUNERS.build({"name": name, "sparsity": 0.5}).prune(model, calibration_batches)
-        pruned_states = forward_with_states(model, x)[1]
+        pruned_states = structure_of(model).forward_with_states(x)[1]
         errors[name] = (pruned_states[-1] - dense_states[-1]).norm().item()
     assert errors["wanda"] < errors["random"] and errors["magnitude"] < errors["random"]
 
@@ -80,7 +80,7 @@ def test_unknown_pruner_and_option_are_one_line_errors():
 def test_wanda_comparison_row_or_layer(reference_model, calibration_batches):
     from starfish_cli.pruning.masks import layer_mask, row_mask
 
-    norms = input_norms(reference_model, prunable_layers(reference_model), calibration_batches)
+    norms = input_norms(reference_model, structure_of(reference_model).prunable_layers(), calibration_batches)
     fc1 = "blocks.1.mlp.fc1"
     scores = wanda_scores(reference_model.get_submodule(fc1).weight, norms[fc1])
     for comparison, select in (("row", row_mask), ("layer", layer_mask)):

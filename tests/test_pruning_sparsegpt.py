@@ -3,7 +3,7 @@ import copy
 import pytest
 import torch
 
-from starfish_cli.models import prunable_layers
+from starfish_cli.families import structure_of
 from starfish_cli.pruning import PRUNERS
 from starfish_cli.pruning.magnitude import magnitude_scores
 from starfish_cli.pruning.masks import Pattern, is_nm_valid, layer_mask, nm_mask, parse_pattern, row_mask
@@ -18,7 +18,7 @@ def reconstruction_error(weight, new_weight, x):
 def every_layer_inputs(reference_model, calibration_batches):
     captured = {}
     handles = [layer.register_forward_hook(lambda m, i, o, n=name: captured.setdefault(n, []).append(
-        i[0].reshape(-1, i[0].shape[-1]))) for name, layer in prunable_layers(reference_model).items()]
+        i[0].reshape(-1, i[0].shape[-1]))) for name, layer in structure_of(reference_model).prunable_layers().items()]
     with torch.no_grad():
         for batch in calibration_batches:
             reference_model(batch)
@@ -68,12 +68,12 @@ def test_input_hessian_by_hand():
 def test_sparsegpt_pruner_on_whole_model(reference_model, calibration_batches, pattern):
     model = copy.deepcopy(reference_model)
     masks = PRUNERS.build({"name": "sparsegpt", "sparsity": 0.5, "pattern": pattern}).prune(model, calibration_batches)
-    for name, layer in prunable_layers(model).items():
+    for name, layer in structure_of(model).prunable_layers().items():
         assert torch.all(layer.weight[~masks[name]] == 0)
         assert (~masks[name]).float().mean().item() == pytest.approx(0.5, abs=0.01)
         if pattern == "4:8":
             assert is_nm_valid(masks[name], 4, 8)
-    changed = [n for n, layer in prunable_layers(model).items()
+    changed = [n for n, layer in structure_of(model).prunable_layers().items()
                if not torch.equal(layer.weight[masks[n]], reference_model.get_submodule(n).weight[masks[n]])]
     assert changed, "SparseGPT updates the kept weights"
 
@@ -81,7 +81,7 @@ def test_sparsegpt_pruner_on_whole_model(reference_model, calibration_batches, p
 def test_global_magnitude_leaves_one_threshold(reference_model):
     model = copy.deepcopy(reference_model)
     masks = PRUNERS.build({"name": "global_magnitude", "sparsity": 0.6}).prune(model)
-    layers = prunable_layers(reference_model)
+    layers = structure_of(reference_model).prunable_layers()
     kept = torch.cat([layers[n].weight.abs()[masks[n]] for n in masks])
     dropped = torch.cat([layers[n].weight.abs()[~masks[n]] for n in masks])
     assert kept.min() >= dropped.max()

@@ -1,11 +1,14 @@
+import json
+
 import pytest
 
-from starfish_cli.pruning import PRUNERS
-from starfish_cli.summary import mean_std, option_label, summarize
+from starfish_cli.summary import mean_std, summarize, write_summary
 
 
-def fake_report(healer, seed, top1, dense=90.0, sparsity=0.75, pruner="wanda", seconds=1.0, labels=False):
+def fake_report(healer, seed, top1, dense=90.0, sparsity=0.75, pruner="wanda", seconds=1.0, labels=False,
+                pruner_label=None, healer_label=None):
     return {
+        "labels": {"pruner": pruner_label or pruner, "healer": healer_label or healer["name"]},
         "pruner": {"name": pruner, "pattern": "unstructured"},
         "sparsity": {"prunable": sparsity},
         "healer": healer, "seed": seed, "recovery": top1 / dense,
@@ -13,17 +16,6 @@ def fake_report(healer, seed, top1, dense=90.0, sparsity=0.75, pruner="wanda", s
         "calibration": {"labels_used": labels},
         "stages": {"heal": {"seconds": seconds}},
     }
-
-
-def test_option_label_names_non_default_options():
-    assert option_label({"name": "starfish", "epochs": 10, "lr": 6e-4, "seed": 3}) == "starfish"
-    assert option_label({"name": "starfish", "epochs": 30, "seed": 0}) == "starfish[epochs=30]"
-    assert option_label({"name": "kd", "temperature": 2.0}) == "kd[temperature=2.0]"
-    columns = ("name", "sparsity", "pattern")
-    assert option_label({"name": "wanda", "sparsity": 0.9, "pattern": "2:4", "comparison": "row"},
-                        PRUNERS, columns) == "wanda"
-    assert option_label({"name": "wanda", "sparsity": 0.9, "comparison": "layer"}, PRUNERS, columns) \
-        == "wanda[comparison=layer]"
 
 
 def test_mean_and_sample_std():
@@ -45,9 +37,8 @@ def test_summarize_groups_seeds_by_configuration():
 
 def test_summarize_keeps_pruner_options_apart():
     row_reports = [fake_report({"name": "starfish"}, s, 80.0) for s in range(2)]
-    layer_reports = [fake_report({"name": "starfish"}, s, 84.0) for s in range(2)]
-    for report in layer_reports:
-        report["pruner"]["comparison"] = "layer"
+    layer_reports = [fake_report({"name": "starfish"}, s, 84.0, pruner_label="wanda[comparison=layer]")
+                     for s in range(2)]
     rows = summarize(row_reports + layer_reports)
     assert rows[("wanda", "unstructured", 0.75)]["cells"]["starfish"]["top1"][0] == pytest.approx(80.0)
     assert rows[("wanda[comparison=layer]", "unstructured", 0.75)]["cells"]["starfish"]["top1"][0] \
@@ -55,13 +46,9 @@ def test_summarize_keeps_pruner_options_apart():
 
 
 def test_written_summary_keeps_option_labels_in_the_terminal_table(tmp_path, capsys):
-    import json
-
-    from starfish_cli.summary import write_summary
-
     for seed in range(2):
-        report = fake_report({"name": "starfish", "epochs": 30}, seed, 80.0 + seed)
-        report["pruner"]["comparison"] = "layer"
+        report = fake_report({"name": "starfish", "epochs": 30}, seed, 80.0 + seed,
+                             pruner_label="wanda[comparison=layer]", healer_label="starfish[epochs=30]")
         folder = tmp_path / f"seed{seed}"
         folder.mkdir()
         (folder / "report.json").write_text(json.dumps(report))
@@ -69,3 +56,52 @@ def test_written_summary_keeps_option_labels_in_the_terminal_table(tmp_path, cap
     printed = capsys.readouterr().out
     assert "wanda[comparison=layer]" in printed and "starfish[epochs=30]" in printed
     assert "wanda[comparison=layer]" in (tmp_path / "summary.md").read_text()
+
+
+def test_old_reports_without_labels_get_plain_names():
+    report = fake_report({"name": "kd", "epochs": 30}, 0, 70.0)
+    del report["labels"]
+    assert list(summarize([report]).values())[0]["cells"].keys() == {"kd"}
+
+
+def test_one_seed_shows_no_spread(tmp_path):
+    runs = {"one": [fake_report({"name": "kd"}, 0, 70.0)],
+            "three": [fake_report({"name": "kd"}, s, 70.0 + s) for s in range(3)]}
+    for name, reports in runs.items():
+        for seed, report in enumerate(reports):
+            (tmp_path / name / str(seed)).mkdir(parents=True)
+            (tmp_path / name / str(seed) / "report.json").write_text(json.dumps(report))
+        write_summary(tmp_path / name)
+    assert "70.00 (0.778)" in (tmp_path / "one" / "summary.md").read_text()
+    assert "± 0.00" not in (tmp_path / "one" / "summary.md").read_text()
+    assert "71.00 ± 1.00 (0.789)" in (tmp_path / "three" / "summary.md").read_text()
+
+
+def test_plots_give_each_healer_one_colour_and_one_shared_legend(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from starfish_cli import summary
+
+    figures = []
+    monkeypatch.setattr(summary, "_save", lambda figure, path: figures.append(figure))
+    monkeypatch.setattr(plt, "close", lambda figure: None)
+    reports = []
+    for pruner in ("magnitude", "wanda"):  # two panels; kd is missing from the second
+        for sparsity in (0.5, 0.9):
+            healers = ("kd", "none", "starfish") if pruner == "magnitude" else ("none", "starfish")
+            for seed in range(2):
+                reports += [fake_report({"name": h, "epochs": 10}, seed, 60.0 + seed, sparsity=sparsity,
+                                        pruner=pruner) for h in healers]
+    rows = summarize(reports)
+    summary.plot_accuracy_vs_sparsity(rows, tmp_path / "plot.png")
+    (figure,) = figures
+    colours = {}
+    for axis in figure.axes:
+        assert axis.get_legend() is None  # no per-panel legend
+        for container in axis.containers:  # one errorbar series per healer
+            colours.setdefault(container.get_label(), set()).add(tuple(container.lines[0].get_color()))
+    assert set(colours) == {"kd", "none", "starfish"}
+    assert all(len(found) == 1 for found in colours.values()), colours
+    assert len({next(iter(c)) for c in colours.values()}) == 3  # and the healers differ
+    (legend,) = figure.legends
+    assert sorted(text.get_text() for text in legend.get_texts()) == ["dense", "kd", "none", "starfish"]

@@ -7,16 +7,15 @@ from typing import Any
 
 import torch
 from torch import nn
-
 from torch.nn.parallel import DistributedDataParallel
 
 from starfish_cli import distributed
 from starfish_cli.data import loader
 from starfish_cli.errors import StarfishError
-from starfish_cli.models import prunable_layers
+from starfish_cli.families import structure_of
+from starfish_cli.healing.states import collect_states
 from starfish_cli.progress import progress_bar
 from starfish_cli.runtime import autocast
-from starfish_cli.healing.states import collect_states
 
 
 @dataclass
@@ -24,8 +23,6 @@ class HealResult:
     steps: int = 0
     trained_parameters: list[str] = field(default_factory=list)
     loss_history: list[float] = field(default_factory=list)
-    labels_used: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Healer:
@@ -37,7 +34,7 @@ class Healer:
     """
 
     registered_name = "?"
-    labels_used = False
+    labels_used = False  # True: the healer reads the calibration labels (reports say so)
     changes_weights = True  # False: the healed model is the pruned one, so evaluation runs it once
 
     def describe(self) -> dict[str, Any]:
@@ -64,7 +61,7 @@ def train_only(model: nn.Module, names: list[str]) -> list[nn.Parameter]:
 
 
 def pruned_weight_names(model: nn.Module) -> list[str]:
-    return [f"{name}.weight" for name in prunable_layers(model)]
+    return [f"{name}.weight" for name in structure_of(model).prunable_layers()]
 
 
 def norm_and_bias_names(model: nn.Module) -> list[str]:
@@ -72,11 +69,9 @@ def norm_and_bias_names(model: nn.Module) -> list[str]:
 
     (The final norm only feeds the head, so block-state alignment cannot train it.)
     """
-    names = []
-    for module_name, module in model.named_modules():
-        if isinstance(module, nn.LayerNorm) and module_name.startswith("blocks."):
-            names += [f"{module_name}.{p}" for p, value in module.named_parameters(recurse=False) if value is not None]
-    names += [f"{name}.bias" for name, layer in prunable_layers(model).items() if layer.bias is not None]
+    structure = structure_of(model)
+    names = structure.block_norm_names()
+    names += [f"{name}.bias" for name, layer in structure.prunable_layers().items() if layer.bias is not None]
     return names
 
 
@@ -84,7 +79,7 @@ class FixedMasks:
     """Keeps pruned weights exactly zero: masks their gradients and re-masks after every step."""
 
     def __init__(self, model: nn.Module, masks: Mapping[str, torch.Tensor]):
-        layers = prunable_layers(model)
+        layers = structure_of(model).prunable_layers()
         self._pairs = [(layers[name].weight, mask.to(layers[name].weight.device)) for name, mask in masks.items()]
         self._handles = [
             weight.register_hook(lambda grad, keep=mask: grad * keep.to(grad.dtype))
@@ -120,9 +115,9 @@ class GradientHealer(Healer):
     code (which caches its calibration batches once); `reshuffle=True` draws a new order each epoch.
 
     Subclasses say what trains (`trainable_names`), which student states the loss needs
-    (`student_states`) and what is minimized (`loss`); `prepare` may precompute teacher
-    targets. Under torchrun the student runs in DistributedDataParallel and every rank
-    takes batch_size / world images of each global batch.
+    (`student_states`), what the teacher provides (`teacher_targets`, computed once before the
+    first step) and what is minimized (`loss`). Under torchrun the student runs in
+    DistributedDataParallel and every rank takes batch_size / world images of each global batch.
     """
 
     student_states: tuple[str, ...] = ()
@@ -143,28 +138,30 @@ class GradientHealer(Healer):
     def trainable_names(self, student: nn.Module) -> list[str]:
         return pruned_weight_names(student)
 
-    def prepare(self, student: nn.Module, teacher: nn.Module, calibration, device: torch.device) -> None:
-        pass
+    def teacher_targets(self, teacher: nn.Module, calibration, device: torch.device) -> Any:
+        """What `loss` compares against (e.g. cached teacher states); None when the loss needs no teacher."""
+        return None
 
-    def loss(self, outputs: tuple, batch: tuple, device: torch.device) -> torch.Tensor:
-        """`outputs` = the student's (logits, states) on `batch`."""
+    def loss(self, outputs: tuple, batch: tuple, targets: Any, device: torch.device) -> torch.Tensor:
+        """`outputs` = the student's (logits, states) on `batch`; `targets` = `teacher_targets(…)`."""
         raise NotImplementedError
 
     def heal(self, student, teacher, masks, calibration, device, precision=torch.float32):
-        self._precision = precision
         names = self.trainable_names(student)
-        result = HealResult(trained_parameters=names, labels_used=self.labels_used)
         with autocast(device, precision):
-            self.prepare(student, teacher, calibration, device)
-        forward = StudentForward(student, self.student_states)
-        result.steps = self.optimize(student, names, masks, calibration, device, result.loss_history,
-                                     lambda batch, run: self.loss(run(batch[1].to(device, non_blocking=True)),
-                                                                  batch, device),
-                                     forward=forward)
-        return result
+            targets = self.teacher_targets(teacher, calibration, device)
+        history: list[float] = []
 
-    def optimize(self, model: nn.Module, names: list[str], masks, calibration, device, history: list[float],
-                 loss_of_batch, description: str | None = None, forward: nn.Module | None = None) -> int:
+        def loss_of_batch(batch, forward):
+            return self.loss(forward(batch[1].to(device, non_blocking=True)), batch, targets, device)
+
+        steps = self.optimize(student, names, masks, calibration, device, precision, history, loss_of_batch,
+                              forward=StudentForward(student, self.student_states))
+        return HealResult(steps=steps, trained_parameters=names, loss_history=history)
+
+    def optimize(self, model: nn.Module, names: list[str], masks, calibration, device, precision: torch.dtype,
+                 history: list[float], loss_of_batch, description: str | None = None,
+                 forward: nn.Module | None = None) -> int:
         """Run the recipe over `calibration`; `loss_of_batch(batch, forward)`. Returns the steps taken."""
         parameters = train_only(model, names)
         fixed = FixedMasks(model, masks)
@@ -189,7 +186,7 @@ class GradientHealer(Healer):
                     if sampler is not None and self.reshuffle:
                         sampler.set_epoch(epoch)
                     for batch in batches:
-                        with autocast(device, getattr(self, "_precision", torch.float32)):
+                        with autocast(device, precision):
                             loss = loss_of_batch(batch, forward)
                         optimizer.zero_grad(set_to_none=True)
                         loss.backward()

@@ -1,9 +1,9 @@
 """Logit knowledge distillation: align only the outputs (KL to the dense model's softened logits)."""
 
+from starfish_cli.errors import StarfishError
 from starfish_cli.healing.base import GradientHealer
 from starfish_cli.healing.registry import HEALERS
-from starfish_cli.healing.starfish import TEACHER_MODES, TeacherTargets, logit_kd_loss
-from starfish_cli.errors import StarfishError
+from starfish_cli.healing.teacher import TEACHER_MODES, TeacherTargets, logit_kd_loss
 
 
 @HEALERS.register("kd")
@@ -18,9 +18,9 @@ class LogitKDHealer(GradientHealer):
             raise StarfishError(f"healer.temperature must be > 0 and healer.teacher one of {', '.join(TEACHER_MODES)}")
         self.temperature, self.teacher = temperature, teacher
 
-    def prepare(self, student, teacher, calibration, device):
-        self._targets = TeacherTargets(teacher, (), self.teacher, calibration, self.batch_size, device)
+    def teacher_targets(self, teacher, calibration, device):
+        return TeacherTargets(teacher, (), self.teacher, calibration, self.batch_size, device)
 
-    def loss(self, outputs, batch, device):
-        teacher_logits, _ = self._targets(batch[0], batch[1].to(device, non_blocking=True))
+    def loss(self, outputs, batch, targets, device):
+        teacher_logits, _ = targets(batch[0], batch[1].to(device, non_blocking=True))
         return logit_kd_loss(outputs[0], teacher_logits, self.temperature)

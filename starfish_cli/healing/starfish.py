@@ -7,107 +7,18 @@ the pruned weight matrices train; masks fixed; Adam, lr 6e-4 with per-step cosin
 added logit-KD term, and block-wise healing.
 """
 
-import logging
-
 import torch
-import torch.nn.functional as F
 
 from starfish_cli import distributed
 from starfish_cli.data import loader
 from starfish_cli.errors import StarfishError
+from starfish_cli.families import structure_of
 from starfish_cli.healing.base import GradientHealer, HealResult, pruned_weight_names
 from starfish_cli.healing.registry import HEALERS
-from starfish_cli.healing.states import STATE_KINDS, STATE_LOSSES, collect_states, state_alignment_loss
-from starfish_cli.models import forward_with_states
+from starfish_cli.healing.states import STATE_KINDS, STATE_LOSSES, state_alignment_loss
+from starfish_cli.healing.teacher import TEACHER_MODES, TeacherTargets, logit_kd_loss
 
-log = logging.getLogger("starfish")
-
-TEACHER_MODES = ("auto", "gpu", "host", "recompute")
-CACHE_BUDGET = 0.25  # the teacher cache may take this fraction of free GPU / available host memory
 MODES = ("end_to_end", "blockwise")
-
-
-def logit_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL(teacher ‖ student) on temperature-softened logits, scaled by T² (Hinton et al.)."""
-    return F.kl_div(
-        F.log_softmax(student_logits.float() / temperature, dim=-1),
-        F.log_softmax(teacher_logits.float() / temperature, dim=-1),
-        log_target=True, reduction="batchmean",
-    ) * temperature**2
-
-
-def teacher_cache_bytes(model, images: int, kinds: tuple[str, ...], bytes_per_value: int = 2) -> int:
-    """Memory to cache the teacher's logits and states for every calibration image:
-    images × (blocks × tokens × width per block-level kind + tokens × width for final_norm + classes) × bytes.
-    """
-    tokens = int(model.patch_embed.num_patches) + int(getattr(model, "num_prefix_tokens", 0))
-    width, blocks = int(model.embed_dim), len(model.blocks)
-    per_image = int(model.num_classes)
-    for kind in kinds:
-        per_image += tokens * width * (1 if kind == "final_norm" else blocks)
-    return images * per_image * bytes_per_value
-
-
-def available_host_bytes() -> int:
-    try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def choose_teacher_mode(requested: str, estimate: int, device: torch.device) -> str:
-    """`auto`: cache on the GPU if it fits a quarter of free GPU memory, else on the host if it fits
-    a quarter of available host memory, else recompute the teacher every step."""
-    if requested != "auto":
-        return requested
-    if device.type == "cuda" and estimate <= CACHE_BUDGET * torch.cuda.mem_get_info(device)[0]:
-        return "gpu"
-    if estimate <= CACHE_BUDGET * available_host_bytes():
-        return "host"
-    return "recompute"
-
-
-class TeacherTargets:
-    """The teacher's logits and states for each calibration image: cached once (fp16, on the GPU or
-    in host memory), or recomputed per batch."""
-
-    def __init__(self, teacher, kinds: tuple[str, ...], mode: str, calibration, batch_size: int, device,
-                 cache_dtype=torch.float16):
-        self.teacher, self.kinds, self.device = teacher, kinds, device
-        self.estimate = teacher_cache_bytes(teacher, len(calibration), kinds)
-        self.mode = choose_teacher_mode(mode, self.estimate, device)
-        log.info("teacher cache would take %.2f GB (%d images); teacher=%s → %s",
-                 self.estimate / 1e9, len(calibration), mode,
-                 {"gpu": "cached on the GPU", "host": "cached in host memory",
-                  "recompute": "recomputed every step"}[self.mode])
-        self.cache = None
-        if self.mode != "recompute":
-            where = device if self.mode == "gpu" else torch.device("cpu")
-            self.cache = self._compute_all(calibration, batch_size, cache_dtype, where)
-
-    @torch.no_grad()
-    def _compute_all(self, calibration, batch_size, dtype, where) -> list[torch.Tensor]:
-        cache = None
-        for indices, images, *_ in loader(calibration, batch_size):
-            logits, states = collect_states(self.teacher, images.to(self.device), self.kinds)
-            outputs = [logits, *states]
-            if cache is None:
-                cache = [torch.empty((len(calibration), *t.shape[1:]), dtype=dtype, device=where) for t in outputs]
-            for slot, tensor in zip(cache, outputs, strict=True):
-                slot[indices.to(where)] = tensor.to(where, dtype)
-        return cache or []
-
-    @torch.no_grad()
-    def __call__(self, indices, images) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        if self.cache is None:
-            logits, states = collect_states(self.teacher, images, self.kinds)
-            return logits, states
-        where = self.cache[0].device
-        outputs = [slot[indices.to(where)].to(self.device, non_blocking=True).float() for slot in self.cache]
-        return outputs[0], outputs[1:]
 
 
 @HEALERS.register("starfish")
@@ -148,16 +59,16 @@ class StarfishHealer(GradientHealer):
         described["loss"] = described.pop("loss_name")
         return described
 
-    def prepare(self, student, teacher, calibration, device):
-        self._targets = TeacherTargets(teacher, tuple(self.states), self.teacher, calibration, self.batch_size, device)
+    def teacher_targets(self, teacher, calibration, device):
+        return TeacherTargets(teacher, tuple(self.states), self.teacher, calibration, self.batch_size, device)
 
     @property
     def student_states(self) -> tuple[str, ...]:
         return tuple(self.states)
 
-    def loss(self, outputs, batch, device):
+    def loss(self, outputs, batch, targets, device):
         logits, states = outputs
-        teacher_logits, teacher_states = self._targets(batch[0], batch[1].to(device, non_blocking=True))
+        teacher_logits, teacher_states = targets(batch[0], batch[1].to(device, non_blocking=True))
         loss = state_alignment_loss(states, teacher_states, self.loss_name)
         if self.kd_weight:
             loss = loss + self.kd_weight * logit_kd_loss(logits, teacher_logits, self.kd_temperature)
@@ -166,29 +77,30 @@ class StarfishHealer(GradientHealer):
     def heal(self, student, teacher, masks, calibration, device, precision=torch.float32):
         if self.mode == "end_to_end":
             return super().heal(student, teacher, masks, calibration, device, precision)
-        self._precision = precision
-        return self._heal_blockwise(student, teacher, masks, calibration, device)
+        return self._heal_blockwise(student, teacher, masks, calibration, device, precision)
 
-    def _heal_blockwise(self, student, teacher, masks, calibration, device) -> HealResult:
+    def _heal_blockwise(self, student, teacher, masks, calibration, device, precision) -> HealResult:
         """Each block in turn, on the inputs the already-healed prefix produces, towards the dense block output."""
         if distributed.current().active:
             raise StarfishError("healer.mode=blockwise runs in one process: launch it without torchrun")
         teacher_inputs, teacher_outputs = block_io(teacher, calibration, self.batch_size, device)
         result = HealResult(trained_parameters=pruned_weight_names(student))
+        structure = structure_of(student)
         inputs = teacher_inputs  # embeddings are dense and frozen: block 0 sees the teacher's input
-        for number, block in enumerate(student.blocks):
-            names = [n for n in result.trained_parameters if n.startswith(f"blocks.{number}.")]
+        for number in range(len(structure.blocks)):
+            names = structure.block_parameter_names(result.trained_parameters, number)
             block_set = BlockInputs(inputs)
 
-            def loss_of_batch(batch, _forward, block=block, target=teacher_outputs[number]):
+            def loss_of_batch(batch, _forward, number=number, target=teacher_outputs[number]):
                 indices, x = batch
-                return state_alignment_loss([block(x.to(device))], [target[indices].to(device).float()],
-                                            self.loss_name)
+                return state_alignment_loss([structure.run_block(number, x.to(device))],
+                                            [target[indices].to(device).float()], self.loss_name)
 
-            result.steps += self.optimize(student, names, masks, block_set, device, result.loss_history,
+            result.steps += self.optimize(student, names, masks, block_set, device, precision, result.loss_history,
                                           loss_of_batch, f"healing block {number}")
             with torch.no_grad():
-                inputs = torch.cat([block(x.to(device)).cpu() for _, x in loader(block_set, self.batch_size)])
+                inputs = torch.cat([structure.run_block(number, x.to(device)).cpu()
+                                    for _, x in loader(block_set, self.batch_size)])
         return result
 
 
@@ -206,12 +118,10 @@ class BlockInputs(torch.utils.data.Dataset):
 @torch.no_grad()
 def block_io(model, calibration, batch_size, device) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The input of the first block and the output of every block, for every calibration image (host memory)."""
-    first_inputs, outputs = [], None
-    handle = model.blocks[0].register_forward_pre_hook(lambda _m, args: first_inputs.append(args[0].cpu()))
-    try:
-        for _indices, images, *_ in loader(calibration, batch_size):
-            states = forward_with_states(model, images.to(device))[1]
-            outputs = [[s.cpu()] for s in states] if outputs is None else [o + [s.cpu()] for o, s in zip(outputs, states)]
-    finally:
-        handle.remove()
-    return torch.cat(first_inputs), [torch.cat(o) for o in outputs]
+    structure = structure_of(model)
+    inputs = structure.first_block_inputs(images.to(device) for _indices, images, *_ in loader(calibration, batch_size))
+    outputs, current = [], inputs
+    for number in range(len(structure.blocks)):
+        current = [structure.run_block(number, x) for x in current]
+        outputs.append(torch.cat([x.cpu() for x in current]))
+    return torch.cat([x.cpu() for x in inputs]), outputs

@@ -1,13 +1,13 @@
-"""Internal states of a ViT and how far apart two models' states are.
+"""Internal states of a model and how far apart two models' states are.
 
-States are the outputs of every transformer block (the residual stream, all tokens,
-N×L×D), taken with timm's `forward_intermediates`.
+States are the outputs of every block (the residual stream, all tokens, N×L×D), read
+through the model's family structure (timm's `forward_intermediates` for ViTs).
 """
 
 import torch
 import torch.nn.functional as F
 
-from starfish_cli.models import forward_with_states  # noqa: F401  (re-exported: the one way to read states)
+from starfish_cli.families import structure_of
 
 
 def token_cosine_distance(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -44,29 +44,20 @@ def per_block_cosine(student_states: list[torch.Tensor], teacher_states: list[to
 STATE_KINDS = ("blocks", "attn", "mlp", "final_norm")
 
 
-def _final_norm(model: torch.nn.Module) -> torch.nn.Module:
-    """The norm that feeds the head: `norm`, or `fc_norm` in average-pooled models."""
-    norm = getattr(model, "norm", None)
-    if norm is None or isinstance(norm, torch.nn.Identity):
-        norm = getattr(model, "fc_norm", None)
-    return norm
+def collect_states(model: torch.nn.Module, inputs: torch.Tensor, kinds: tuple[str, ...] = ("blocks",)):
+    """Outputs (logits) and the chosen internal states, in a fixed order, as one flat list.
 
-
-def collect_states(model: torch.nn.Module, images: torch.Tensor, kinds: tuple[str, ...] = ("blocks",)):
-    """Logits and the chosen internal states, in a fixed order, as one flat list.
-
-    blocks: every block output (via `forward_intermediates`); attn / mlp: every block's
-    attention and MLP branch outputs (before the residual add); final_norm: the head's input norm.
+    blocks: every block output; attn / mlp: every block's attention and MLP branch outputs
+    (before the residual add); final_norm: the head's input norm.
     """
+    structure = structure_of(model)
     captured: dict[str, list[torch.Tensor]] = {kind: [] for kind in kinds if kind != "blocks"}
     handles = []
-    blocks = list(model.blocks)
     for kind in captured:
-        modules = [_final_norm(model)] if kind == "final_norm" else [getattr(block, kind) for block in blocks]
-        for module in modules:
+        for module in structure.branch_modules(kind):
             handles.append(module.register_forward_hook(lambda _m, _i, out, k=kind: captured[k].append(out)))
     try:
-        logits, block_states = forward_with_states(model, images)
+        logits, block_states = structure.forward_with_states(inputs)
     finally:
         for handle in handles:
             handle.remove()

@@ -17,5 +17,5 @@ class SupervisedHealer(GradientHealer):
                  weight_decay: float = 0.0, reshuffle: bool = False, seed: int = 0):
         super().__init__(epochs, batch_size, lr, min_lr, weight_decay, seed, reshuffle)
 
-    def loss(self, outputs, batch, device):
+    def loss(self, outputs, batch, targets, device):
         return F.cross_entropy(outputs[0], batch[2].to(device))

@@ -6,7 +6,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from starfish_cli.models import prunable_layers
+from starfish_cli.families import structure_of
 from starfish_cli.pruning.masks import (
     apply_masks,
     check_sparsity,
@@ -54,7 +54,7 @@ class Pruner:
     @torch.no_grad()
     def prune(self, model: nn.Module, calibration: Iterable[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Zero the pruned weights of `model` in place and return the keep-masks by layer name."""
-        layers = prunable_layers(model)
+        layers = structure_of(model).prunable_layers()
         norms = input_norms(model, layers, calibration) if self.needs_calibration else {}
         masks = {}
         for name, layer in layers.items():

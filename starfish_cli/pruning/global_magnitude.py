@@ -5,7 +5,7 @@ from collections.abc import Mapping
 import torch
 
 from starfish_cli.errors import StarfishError
-from starfish_cli.models import prunable_layers
+from starfish_cli.families import structure_of
 from starfish_cli.pruning.base import Pruner
 from starfish_cli.pruning.masks import apply_masks, global_threshold_masks
 from starfish_cli.pruning.registry import PRUNERS
@@ -21,7 +21,7 @@ class GlobalMagnitudePruner(Pruner):
 
     @torch.no_grad()
     def prune(self, model, calibration=None):
-        layers = prunable_layers(model)
+        layers = structure_of(model).prunable_layers()
         masks = global_threshold_masks({name: layer.weight.abs() for name, layer in layers.items()}, self.sparsity)
         apply_masks(layers, masks)
         return masks

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from starfish_cli.models import prunable_layers, transformer_blocks
+from starfish_cli.families import structure_of
 from starfish_cli.pruning.base import Pruner
 from starfish_cli.pruning.masks import Pattern, sparsity_for_layer
 from starfish_cli.pruning.registry import PRUNERS
@@ -89,25 +89,16 @@ class SparseGPTPruner(Pruner):
     def prune(self, model: nn.Module, calibration=None) -> dict[str, torch.Tensor]:
         if calibration is None:
             raise ValueError("sparsegpt needs calibration images")
-        blocks = transformer_blocks(model)
-        block_inputs: list[torch.Tensor] = []
-        handle = blocks[0].register_forward_pre_hook(lambda _m, args: block_inputs.append(args[0]))
-        try:
-            for images in calibration:
-                model(images)
-        finally:
-            handle.remove()
-        layers = prunable_layers(model)
+        structure = structure_of(model)
+        block_inputs = structure.first_block_inputs(calibration)
         masks = {}
-        for number, block in enumerate(blocks):
-            prefix = f"blocks.{number}."
-            for name in [n for n in layers if n.startswith(prefix)]:  # execution order: qkv, proj, fc1, fc2
-                layer = layers[name]
+        for number in range(len(structure.blocks)):
+            for name, layer in structure.block_layers(number).items():  # execution order: qkv, proj, fc1, fc2
                 captured = []
                 hook = layer.register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0]))
                 try:
                     for x in block_inputs:
-                        block(x)
+                        structure.run_block(number, x)
                 finally:
                     hook.remove()
                 hessian = input_hessian(captured, layer.in_features).to(layer.weight.device)
@@ -115,5 +106,5 @@ class SparseGPTPruner(Pruner):
                     layer.weight, hessian, sparsity_for_layer(self.sparsity, name), self.pattern,
                     self.block_size, self.damping)
                 layer.weight.copy_(new_weight)
-            block_inputs = [block(x) for x in block_inputs]  # the pruned block feeds the next
+            block_inputs = [structure.run_block(number, x) for x in block_inputs]  # the pruned block feeds the next
         return masks

@@ -1,7 +1,44 @@
-"""Stage commands: one @hydra.main each; they wire config to library calls and nothing more."""
+"""The stage table: each `starfish` stage is a list of steps run under one primary config.
+
+Importing this package is cheap (the CLI lists stages from it); `launch` does the work.
+"""
+
+from dataclasses import dataclass
 
 from starfish_cli.stages.resolvers import register as _register_resolvers
 
 _register_resolvers()  # before Hydra composes: the run-folder path uses them
 
-STAGES = ("prune", "heal", "eval", "run")
+
+@dataclass(frozen=True)
+class Stage:
+    steps: tuple[str, ...]
+    config_name: str  # primary config in starfish_cli/configs
+    help: str
+
+
+STAGES = {
+    "prune": Stage(("prune",), "prune", "prune the model (pruned.safetensors, shared by every healer)"),
+    "heal": Stage(("heal",), "starfish", "heal the pruned model by internal-state alignment (healed.safetensors)"),
+    "eval": Stage(("eval",), "starfish", "evaluate dense, pruned and healed models (report.json, report.md)"),
+    "run": Stage(("prune", "heal", "eval"), "starfish", "prune, heal and evaluate in one process"),
+}
+
+
+def launch(name: str) -> int:
+    """Run stage `name` through its @hydra.main (argv already rewritten by the CLI); the exit code."""
+    import hydra
+
+    from starfish_cli.stages.pipeline import run_stage
+
+    stage = STAGES[name]
+    failures: list[str] = []
+
+    def task(cfg) -> None:
+        error = run_stage(cfg, stage.steps)
+        if error:
+            failures.append(error)
+
+    task.__module__ = f"starfish_cli.stages.{name}"  # Hydra names the job (and its log file) after it
+    hydra.main(version_base="1.3", config_path="pkg://starfish_cli.configs", config_name=stage.config_name)(task)()
+    return 2 if failures else 0

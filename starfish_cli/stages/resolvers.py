@@ -4,6 +4,13 @@ import re
 
 from omegaconf import OmegaConf
 
+# Overrides that change what `starfish prune` makes: they name the pruned checkpoint's folder.
+PRUNING_KEYS = ("model", "data", "calib", "pruner")
+# Keys already in the folder path, or that do not change results: they stay out of its suffix.
+IN_PATH_OR_NEUTRAL = {"experiment", "model", "model.name", "pruner", "pruner.name", "pruner.sparsity",
+                      "pruner.pattern", "healer", "healer.name", "seed", "device", "output_root", "pruned",
+                      "healed", "skip_finished", "eval.batch_size", "eval.num_workers"}
+
 
 def path_safe(text) -> str:
     """A single path component: '/', ':' and whitespace become '_'."""
@@ -15,9 +22,21 @@ def prune_dir(name, pattern, sparsity) -> str:
     return f"{name}-{path_safe(pattern)}" if str(pattern) != "unstructured" else f"{name}-{sparsity}"
 
 
-def extra_dir(override_dirname) -> str:
-    """Overrides that change results but are not in the path already, appended as `+key=value,...`."""
-    return f"+{path_safe(override_dirname)}" if override_dirname else ""
+def is_pruning_key(key: str) -> bool:
+    return key.split(".")[0] in PRUNING_KEYS
+
+
+def overrides_suffix(part: str, overrides) -> str:
+    """`+key=value,…` for the command-line overrides that belong to `part` (`prune`: model, data,
+    calibration and pruner; `heal`: everything else) and are not in the path already; "" if none."""
+    chosen = []
+    for override in overrides or ():
+        key, _, value = str(override).partition("=")
+        key = key.lstrip("+~")
+        if key in IN_PATH_OR_NEUTRAL or key.startswith("hydra.") or is_pruning_key(key) != (part == "prune"):
+            continue
+        chosen.append(f"{key}={value}")
+    return f"+{path_safe(','.join(sorted(chosen)))}" if chosen else ""
 
 
 def experiment_dir(choice) -> str:
@@ -28,7 +47,7 @@ def register() -> None:
     for name, function in {
         "starfish.safe": path_safe,
         "starfish.prune_dir": prune_dir,
-        "starfish.extra_dir": extra_dir,
+        "starfish.overrides": overrides_suffix,
         "starfish.experiment_dir": experiment_dir,
     }.items():
         OmegaConf.register_new_resolver(name, function, replace=True)

@@ -1,4 +1,4 @@
-"""Building timm vision transformers and finding their blocks and prunable linear layers."""
+"""The vision family: timm vision transformers (ViT, DeiT, DeiT3 …) built by name, and their structure."""
 
 from pathlib import Path
 from typing import Any
@@ -9,6 +9,7 @@ from torch import nn
 
 import starfish_cli.reference_model  # noqa: F401  (registers vit_fmnist with timm)
 from starfish_cli.errors import StarfishError
+from starfish_cli.families.base import ModelStructure, register_family
 
 
 def build_model(
@@ -59,43 +60,49 @@ def _first_line(error: BaseException) -> str:
     return text[0][:200] if text else type(error).__name__
 
 
-def transformer_blocks(model: nn.Module) -> list[nn.Module]:
-    """The transformer blocks whose outputs `forward_intermediates` returns, in order."""
-    blocks = getattr(model, "blocks", None)
-    if not isinstance(blocks, nn.Sequential | nn.ModuleList) or not hasattr(model, "forward_intermediates"):
-        raise StarfishError(
-            f"{type(model).__name__} is not a timm vision transformer with `blocks` and "
-            "`forward_intermediates`: choose a ViT/DeiT model"
-        )
-    return list(blocks)
+@register_family
+class VisionTransformerStructure(ModelStructure):
+    """A timm ViT: `blocks` (pre-norm residual blocks with `attn` and `mlp`), prefix tokens
+    (class/distillation/register tokens) before the patch tokens, and `forward_intermediates`."""
 
+    family = "vision"
+    description = "timm vision transformer (ViT/DeiT) with `blocks` and `forward_intermediates`"
 
-def prunable_layers(model: nn.Module) -> dict[str, nn.Linear]:
-    """Every linear layer inside the transformer blocks (qkv, proj, fc1, fc2 for a ViT), by full name.
+    @classmethod
+    def fits(cls, model):
+        blocks = getattr(model, "blocks", None)
+        return isinstance(blocks, nn.Sequential | nn.ModuleList) and hasattr(model, "forward_intermediates")
 
-    Patch embedding, tokens, norms, biases and the classifier head stay dense.
-    """
-    transformer_blocks(model)
-    return {
-        name: module
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and name.startswith("blocks.")
-    }
+    @property
+    def blocks(self):
+        return list(self.model.blocks)
 
+    def block_name(self, index):
+        return f"blocks.{index}"
 
-def num_prefix_tokens(model: nn.Module) -> int:
-    return int(getattr(model, "num_prefix_tokens", 0))
+    def forward_with_states(self, inputs):
+        """Logits and the output of every block (all tokens, prefix tokens first: N×L×D)."""
+        final, intermediates = self.model.forward_intermediates(
+            inputs, output_fmt="NLC", return_prefix_tokens=True, intermediates_only=False)
+        states = []
+        for item in intermediates:
+            if isinstance(item, tuple):
+                spatial, prefix = item
+                item = spatial if prefix is None else torch.cat([prefix, spatial], dim=1)
+            states.append(item)
+        return self.model.forward_head(final), states
 
+    def branch_modules(self, kind):
+        if kind == "final_norm":  # the norm that feeds the head: `norm`, or `fc_norm` in average-pooled models
+            norm = getattr(self.model, "norm", None)
+            if norm is None or isinstance(norm, nn.Identity):
+                norm = getattr(self.model, "fc_norm", None)
+            return [norm]
+        return [getattr(block, kind) for block in self.blocks]
 
-def forward_with_states(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Logits and the output of every block (all tokens, prefix tokens first: N×L×D)."""
-    final, intermediates = model.forward_intermediates(
-        images, output_fmt="NLC", return_prefix_tokens=True, intermediates_only=False
-    )
-    states = []
-    for item in intermediates:
-        if isinstance(item, tuple):
-            spatial, prefix = item
-            item = spatial if prefix is None else torch.cat([prefix, spatial], dim=1)
-        states.append(item)
-    return model.forward_head(final), states
+    def state_size(self):
+        tokens = int(self.model.patch_embed.num_patches) + int(getattr(self.model, "num_prefix_tokens", 0))
+        return tokens, int(self.model.embed_dim)
+
+    def output_size(self):
+        return int(self.model.num_classes)

@@ -1,0 +1,109 @@
+"""The family seam: a `ModelStructure` answers every architecture question the pipeline asks."""
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from starfish_cli.errors import StarfishError
+
+_FAMILIES: list[type["ModelStructure"]] = []
+
+
+def register_family(cls: type["ModelStructure"]) -> type["ModelStructure"]:
+    _FAMILIES.append(cls)
+    return cls
+
+
+def structure_of(model: nn.Module) -> "ModelStructure":
+    """The structure of `model`, from the first registered family that recognises it."""
+    for family in _FAMILIES:
+        if family.fits(model):
+            return family(model)
+    names = ", ".join(family.description for family in _FAMILIES)
+    raise StarfishError(f"{type(model).__name__} is not a model starfish can prune: choose a {names}")
+
+
+class ModelStructure:
+    """A model seen as a stack of blocks whose linear layers are pruned and whose outputs are aligned.
+
+    Subclasses give `fits`, `blocks`, `block_name`, `forward_with_states`, `branch_modules`,
+    `state_size` and `output_size`; everything else follows from those.
+    """
+
+    family = "?"
+    description = "?"
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    @classmethod
+    def fits(cls, model: nn.Module) -> bool:
+        raise NotImplementedError
+
+    @property
+    def blocks(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def block_name(self, index: int) -> str:
+        """The module name of block `index` (its parameters' names start with it plus a dot)."""
+        raise NotImplementedError
+
+    def forward_with_states(self, inputs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The model's outputs and every block's output (batch × tokens × width)."""
+        raise NotImplementedError
+
+    def branch_modules(self, kind: str) -> list[nn.Module]:
+        """Modules whose outputs are the states of `kind`: `attn` / `mlp` (one per block) or `final_norm`."""
+        raise NotImplementedError
+
+    def state_size(self) -> tuple[int, int]:
+        """(tokens, width) of one input's block state."""
+        raise NotImplementedError
+
+    def output_size(self) -> int:
+        """Values per input in the model's output (classes)."""
+        raise NotImplementedError
+
+    # ---- derived from the above
+    def prunable_layers(self) -> dict[str, nn.Linear]:
+        """Every linear layer inside the blocks, by full name, in execution order within each block."""
+        names = tuple(f"{self.block_name(i)}." for i in range(len(self.blocks)))
+        return {name: module for name, module in self.model.named_modules()
+                if isinstance(module, nn.Linear) and name.startswith(names)}
+
+    def block_layers(self, index: int) -> dict[str, nn.Linear]:
+        prefix = f"{self.block_name(index)}."
+        return {name: layer for name, layer in self.prunable_layers().items() if name.startswith(prefix)}
+
+    def block_parameter_names(self, names: Iterable[str], index: int) -> list[str]:
+        prefix = f"{self.block_name(index)}."
+        return [name for name in names if name.startswith(prefix)]
+
+    def block_norm_names(self) -> list[str]:
+        """Weights and biases of the LayerNorms inside the blocks."""
+        names = []
+        for index in range(len(self.blocks)):
+            prefix = self.block_name(index)
+            for module_name, module in self.blocks[index].named_modules():
+                if isinstance(module, nn.LayerNorm):
+                    names += [f"{prefix}.{module_name}.{p}" for p, value in module.named_parameters(recurse=False)
+                              if value is not None]
+        return names
+
+    @torch.no_grad()
+    def first_block_inputs(self, batches: Iterable[torch.Tensor]) -> list[Any]:
+        """What the first block receives for each batch of inputs (captured with a forward pre-hook)."""
+        captured: list[Any] = []
+        handle = self.blocks[0].register_forward_pre_hook(lambda _module, args: captured.append(args[0]))
+        try:
+            for inputs in batches:
+                self.model(inputs)
+        finally:
+            handle.remove()
+        return captured
+
+    def run_block(self, index: int, block_input: Any) -> Any:
+        """Block `index` on one captured input; its output is the next block's input."""
+        return self.blocks[index](block_input)

@@ -1,0 +1,100 @@
+"""What the dense teacher gives every healer: its logits and states per calibration image (cached
+or recomputed), the memory that caching them takes, and the logit-distillation loss."""
+
+import logging
+
+import torch
+import torch.nn.functional as F
+
+from starfish_cli.data import loader
+from starfish_cli.families import structure_of
+from starfish_cli.healing.states import collect_states
+
+log = logging.getLogger("starfish")
+
+TEACHER_MODES = ("auto", "gpu", "host", "recompute")
+CACHE_BUDGET = 0.25  # the teacher cache may take this fraction of free GPU / available host memory
+
+
+def logit_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher ‖ student) on temperature-softened logits, scaled by T² (Hinton et al.)."""
+    return F.kl_div(
+        F.log_softmax(student_logits.float() / temperature, dim=-1),
+        F.log_softmax(teacher_logits.float() / temperature, dim=-1),
+        log_target=True, reduction="batchmean",
+    ) * temperature**2
+
+
+def teacher_cache_bytes(model, images: int, kinds: tuple[str, ...], bytes_per_value: int = 2) -> int:
+    """Memory to cache the teacher's logits and states for every calibration image:
+    images × (blocks × tokens × width per block-level kind + tokens × width for final_norm + outputs) × bytes.
+    """
+    structure = structure_of(model)
+    tokens, width = structure.state_size()
+    blocks = len(structure.blocks)
+    per_image = structure.output_size()
+    for kind in kinds:
+        per_image += tokens * width * (1 if kind == "final_norm" else blocks)
+    return images * per_image * bytes_per_value
+
+
+def available_host_bytes() -> int:
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def choose_teacher_mode(requested: str, estimate: int, device: torch.device) -> str:
+    """`auto`: cache on the GPU if it fits a quarter of free GPU memory, else on the host if it fits
+    a quarter of available host memory, else recompute the teacher every step."""
+    if requested != "auto":
+        return requested
+    if device.type == "cuda" and estimate <= CACHE_BUDGET * torch.cuda.mem_get_info(device)[0]:
+        return "gpu"
+    if estimate <= CACHE_BUDGET * available_host_bytes():
+        return "host"
+    return "recompute"
+
+
+class TeacherTargets:
+    """The teacher's logits and states for each calibration image: cached once (fp16, on the GPU or
+    in host memory), or recomputed per batch."""
+
+    def __init__(self, teacher, kinds: tuple[str, ...], mode: str, calibration, batch_size: int, device,
+                 cache_dtype=torch.float16):
+        self.teacher, self.kinds, self.device = teacher, kinds, device
+        self.estimate = teacher_cache_bytes(teacher, len(calibration), kinds)
+        self.mode = choose_teacher_mode(mode, self.estimate, device)
+        log.info("teacher cache would take %.2f GB (%d images); teacher=%s → %s",
+                 self.estimate / 1e9, len(calibration), mode,
+                 {"gpu": "cached on the GPU", "host": "cached in host memory",
+                  "recompute": "recomputed every step"}[self.mode])
+        self.cache = None
+        if self.mode != "recompute":
+            where = device if self.mode == "gpu" else torch.device("cpu")
+            self.cache = self._compute_all(calibration, batch_size, cache_dtype, where)
+
+    @torch.no_grad()
+    def _compute_all(self, calibration, batch_size, dtype, where) -> list[torch.Tensor]:
+        cache = None
+        for indices, images, *_ in loader(calibration, batch_size):
+            logits, states = collect_states(self.teacher, images.to(self.device), self.kinds)
+            outputs = [logits, *states]
+            if cache is None:
+                cache = [torch.empty((len(calibration), *t.shape[1:]), dtype=dtype, device=where) for t in outputs]
+            for slot, tensor in zip(cache, outputs, strict=True):
+                slot[indices.to(where)] = tensor.to(where, dtype)
+        return cache or []
+
+    @torch.no_grad()
+    def __call__(self, indices, images) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        if self.cache is None:
+            logits, states = collect_states(self.teacher, images, self.kinds)
+            return logits, states
+        where = self.cache[0].device
+        outputs = [slot[indices.to(where)].to(self.device, non_blocking=True).float() for slot in self.cache]
+        return outputs[0], outputs[1:]

@@ -1,0 +1,90 @@
+"""The stage pipeline through the `starfish` command: prune once, heal many; the run-folder layout;
+sweeps that survive a failing run; options end to end. Subprocesses, shrunk sizes."""
+
+import json
+
+import pytest
+
+from conftest import SHRUNK, needs_fmnist, read_json, run_cli
+from starfish_cli.checkpoint import load_checkpoint, masks_digest
+
+pytestmark = needs_fmnist
+PRUNING = ["pruner.sparsity=0.6", "calib.count=32"]
+HEALING = ["healer.epochs=1", "eval.max_images=256", "eval.batch_size=128"]
+
+
+def results(report):
+    """What a run computed, without its timings."""
+    accuracy = {name: {k: v for k, v in entry.items() if k != "images_per_second"}
+                for name, entry in report["accuracy"].items() if isinstance(entry, dict)}
+    return json.dumps([accuracy, report["healing"], report["sparsity"]], sort_keys=True)
+
+
+def test_prune_once_heal_with_two_healers_and_eval_each(tmp_path):
+    run_cli("prune", *PRUNING, cwd=tmp_path)
+    for healer in ("kd", "starfish"):
+        run_cli("heal", *PRUNING, f"healer={healer}", *HEALING, cwd=tmp_path)
+    run_cli("eval", *PRUNING, "healer=kd", *HEALING, cwd=tmp_path)
+    pruning = tmp_path / "outputs/default/vit_fmnist/wanda-0.6+calib.count=32/seed0"
+    assert {p.name for p in pruning.glob("*.safetensors")} == {"pruned.safetensors"}
+    assert (pruning / "calibration_indices.json").is_file()
+    pruned = load_checkpoint(pruning / "pruned.safetensors", "prune")
+    folders = {healer: pruning / f"{healer}+eval.max_images=256,healer.epochs=1" for healer in ("kd", "starfish")}
+    healed = {healer: load_checkpoint(folder / "healed.safetensors", "heal") for healer, folder in folders.items()}
+    for checkpoint in healed.values():  # both healed the one pruned checkpoint
+        assert checkpoint.metadata["pruned_masks_digest"] == pruned.metadata["masks_digest"]
+        assert masks_digest(checkpoint.masks) == masks_digest(pruned.masks)
+    report = read_json(folders["kd"] / "report.json")
+    assert report["healer"]["name"] == "kd" and report["labels"] == {"pruner": "wanda", "healer": "kd[epochs=1]"}
+    assert report["accuracy"]["images"] == 256 and set(report["stages"]) == {"prune", "heal", "eval"}
+    assert report["checkpoints"]["pruned_masks_digest"] == pruned.metadata["masks_digest"]
+
+
+def test_sweep_over_healers_prunes_once_with_the_numbers_of_separate_runs(tmp_path):
+    sweep = run_cli("run", "-m", "pruner=sparsegpt", *PRUNING, "healer=norm,kd", *HEALING, cwd=tmp_path)
+    log = sweep.stdout + sweep.stderr
+    assert log.count("pruned with sparsegpt") == 1 and log.count("reusing") == 1
+    pruning = tmp_path / "outputs/default/vit_fmnist/sparsegpt-0.6+calib.count=32/seed0"
+    swept = {healer: read_json(next(pruning.glob(f"{healer}+*")) / "report.json") for healer in ("norm", "kd")}
+    assert "reused" not in swept["norm"]["stages"]["prune"] and swept["kd"]["stages"]["prune"]["reused"]
+    alone = run_cli("run", "pruner=sparsegpt", *PRUNING, "healer=kd", *HEALING, "hydra.run.dir=alone", cwd=tmp_path)
+    assert "pruned with sparsegpt" in alone.stdout + alone.stderr
+    assert results(read_json(tmp_path / "alone" / "report.json")) == results(swept["kd"])
+
+
+def test_a_failing_run_of_a_sweep_leaves_the_others(tmp_path):
+    result = run_cli("run", "-m", "pruner.sparsity=0.5,1.0", *SHRUNK, cwd=tmp_path, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("starfish: error:")]
+    assert len(errors) == 1 and "pruner.sparsity=1.0" in errors[0] and "outside [0, 1)" in errors[0]
+    sweep = tmp_path / "outputs" / "default"
+    assert (sweep / "multirun.yaml").is_file()
+    assert [p.parent.parent.name for p in sweep.rglob("healed.safetensors")] == ["seed0"]
+    assert not list(sweep.glob("vit_fmnist/wanda-1.0*")), "the failed run left its folder"
+    assert "accuracy" in read_json(next(sweep.rglob("seed0/starfish+*/report.json")))
+
+
+def test_supervised_healer_says_it_used_labels(tmp_path):
+    run_cli("run", *SHRUNK, "healer=supervised", "hydra.run.dir=out", cwd=tmp_path)
+    report = read_json(tmp_path / "out" / "report.json")
+    assert report["calibration"]["labels_used"] is True and report["healer"]["name"] == "supervised"
+    assert report["healing"]["steps"] == 1
+    assert "labels used: true" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_per_layer_sparsity_mapping_with_sparsegpt(tmp_path):
+    mapping = "{blocks.0.*:0.25,*.mlp.*:0.8,*:0.5}"  # Hydra's dict syntax: globs need no quotes
+    run_cli("run", *SHRUNK, "pruner=sparsegpt", f"pruner.sparsity={mapping}", "hydra.run.dir=out", cwd=tmp_path)
+    per_layer = read_json(tmp_path / "out" / "report.json")["sparsity"]["per_layer"]
+    assert per_layer["blocks.0.mlp.fc1"] == pytest.approx(0.25, abs=0.01)  # the first matching glob wins
+    assert per_layer["blocks.3.mlp.fc2"] == pytest.approx(0.8, abs=0.01)
+    assert per_layer["blocks.3.attn.qkv"] == pytest.approx(0.5, abs=0.01)
+    healed = load_checkpoint(tmp_path / "out" / "healed.safetensors", "heal")
+    for layer, mask in healed.masks.items():  # healing kept every pruned weight at zero
+        assert not healed.weights[f"{layer}.weight"][~mask].any()
+
+
+def test_compiled_blocks_run_end_to_end(tmp_path):
+    run_cli("run", *SHRUNK, "compile=true", "hydra.run.dir=out", cwd=tmp_path)
+    report = read_json(tmp_path / "out" / "report.json")
+    assert report["accuracy"]["healed"]["top1"] > 0 and report["healing"]["steps"] == 1
