@@ -90,7 +90,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report.get("stages"):
         lines += ["## Stages", "", "| stage | wall time s | peak memory MB | memory kind |", "|---|---|---|---|"]
         for stage, entry in report["stages"].items():
-            lines.append(f"| {stage} | {entry['seconds']:.1f} | {entry['peak_memory_mb']:.0f} | {entry['memory_kind']} |")
+            reused = " (reused)" if entry.get("reused") else ""  # an earlier invocation's figures
+            lines.append(f"| {stage} | {entry['seconds']:.1f} | {entry['peak_memory_mb']:.0f} | "
+                         f"{entry['memory_kind']}{reused} |")
         lines.append("")
     environment = report.get("environment", {})
     if environment:

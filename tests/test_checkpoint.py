@@ -54,3 +54,15 @@ def test_foreign_architecture(saved):
     other = timm.create_model("vit_fmnist", pretrained=False, depth=2)
     with pytest.raises(StarfishError, match="different architecture"):
         restore(other, load_checkpoint(path, "prune"), path)
+
+
+def test_metadata_is_read_from_the_header_alone(saved, tmp_path):
+    from starfish_cli.checkpoint import read_metadata
+
+    path, _, masks = saved
+    assert read_metadata(path)["masks_digest"] == masks_digest(masks)
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"weight": torch.zeros(3)}, str(foreign))
+    (tmp_path / "junk.safetensors").write_bytes(b"not a file")
+    assert read_metadata(foreign) is None and read_metadata(tmp_path / "junk.safetensors") is None
+    assert read_metadata(tmp_path / "missing.safetensors") is None

@@ -62,3 +62,11 @@ def test_models_under_one_key_run_once_and_share_results(reference_model, test_i
     assert shared["models"]["healed"] == shared["models"]["pruned"]
     fresh = evaluate(models, test_images, torch.device("cpu"), batch_size=64)
     assert shared["models"]["healed"]["top1"] == fresh["models"]["healed"]["top1"]
+
+
+def test_no_evaluation_images_is_a_clear_error(reference_model, test_images):
+    from starfish_cli.errors import StarfishError
+
+    empty = torch.utils.data.Subset(test_images, [])
+    with pytest.raises(StarfishError, match="no images"):
+        evaluate({"dense": reference_model, "pruned": reference_model}, empty, torch.device("cpu"))

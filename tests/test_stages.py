@@ -88,3 +88,35 @@ def test_compiled_blocks_run_end_to_end(tmp_path):
     run_cli("run", *SHRUNK, "compile=true", "hydra.run.dir=out", cwd=tmp_path)
     report = read_json(tmp_path / "out" / "report.json")
     assert report["accuracy"]["healed"]["top1"] > 0 and report["healing"]["steps"] == 1
+
+
+def test_checkpoints_of_an_old_run_folder_still_heal_and_evaluate(tmp_path):
+    """Version 0.1.0 folders put the pruned checkpoint beside the healed one, with less metadata:
+    `pruned=PATH healed=PATH` reads them."""
+    from starfish_cli.checkpoint import save_checkpoint
+
+    run_cli("run", *SHRUNK, "healer=norm", "hydra.run.dir=new", cwd=tmp_path)
+    old = tmp_path / "old"
+    for name, dropped in (("pruned", ("pruning_config", "timing")),
+                          ("healed", ("labels_used", "changes_weights", "healing", "timing"))):
+        checkpoint = load_checkpoint(tmp_path / "new" / f"{name}.safetensors", name)
+        model = {k: v for k, v in checkpoint.weights.items()}
+        metadata = {k: v for k, v in checkpoint.metadata.items() if k not in dropped}
+
+        class Weights:  # what save_checkpoint reads from a module
+            @staticmethod
+            def state_dict():
+                return model
+
+        save_checkpoint(old / f"{name}.safetensors", Weights, checkpoint.masks, metadata)
+    run_cli("eval", *SHRUNK, f"pruned={old / 'pruned.safetensors'}", f"healed={old / 'healed.safetensors'}",
+            "hydra.run.dir=evaluated", cwd=tmp_path)
+    report, new = read_json(tmp_path / "evaluated" / "report.json"), read_json(tmp_path / "new" / "report.json")
+    assert "healing" not in report  # the old checkpoint did not record it
+    for model in ("dense", "pruned", "healed"):
+        assert report["accuracy"][model]["top1"] == new["accuracy"][model]["top1"]
+        assert report["accuracy"][model]["block_cosine"] == new["accuracy"][model]["block_cosine"]
+    assert report["calibration"]["labels_used"] is False and report["labels"]["healer"] == "norm[epochs=1]"
+    run_cli("heal", *SHRUNK, f"pruned={old / 'pruned.safetensors'}", "hydra.run.dir=healed", cwd=tmp_path)
+    assert load_checkpoint(tmp_path / "healed" / "healed.safetensors", "heal").metadata["pruned_masks_digest"] \
+        == new["checkpoints"]["pruned_masks_digest"]

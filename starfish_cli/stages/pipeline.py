@@ -315,7 +315,8 @@ def assemble_report(context: Context, pruned: Pruned, healed: Healed | None,
         report["healer"] = healed.metadata["healer"]
         report["calibration"] = healed.metadata["calibration"]
         report["labels"]["healer"] = HEALERS.label(healed.metadata["healer"])
-        report["healing"] = healed.metadata.get("healing")
+        if "healing" in healed.metadata:  # checkpoints of version 0.1.0 did not record it
+            report["healing"] = healed.metadata["healing"]
         stages["heal"] = healed.metadata.get("timing", {})
     if evaluation is not None:
         models = evaluation.results["models"]
