@@ -31,15 +31,32 @@ def launched_world() -> World:
                  int(os.environ.get("LOCAL_RANK", 0)))
 
 
-def setup(device_name: str) -> World:
-    """Join the process group torchrun describes: NCCL on CUDA, gloo on CPU."""
+# NCCL reduces only CUDA tensors: host-side values (counts, masks drawn on the CPU) go through gloo.
+CUDA_BACKEND = "cpu:gloo,cuda:nccl"
+
+
+def backend_for(use_cuda: bool, requested: str = "auto") -> str:
+    """The process-group backend: `auto` is NCCL for CUDA tensors plus gloo for host tensors on a GPU
+    machine, gloo on a CPU one; anything else is passed to `init_process_group` as it is."""
+    if requested != "auto":
+        return requested
+    return CUDA_BACKEND if use_cuda else "gloo"
+
+
+def setup(device_name: str, backend: str = "auto") -> World:
+    """Join the process group torchrun describes (see `backend_for`)."""
     world = launched_world()
     if world.active and not dist.is_initialized():
         use_cuda = device_name != "cpu" and torch.cuda.is_available()
         if use_cuda:
             torch.cuda.set_device(world.local_rank)
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        dist.init_process_group(backend=backend_for(use_cuda, backend))
     return world
+
+
+def processes_per_machine() -> int:
+    """Ranks that share this machine's host memory (torchrun's LOCAL_WORLD_SIZE)."""
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
 
 
 def current() -> World:

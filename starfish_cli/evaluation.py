@@ -80,7 +80,7 @@ def evaluate(
     cached = cache.reference_for(reference_key)
     recorded = [] if reference_key is not None and cached is None else None
     seen = 0
-    batches = loader(shard(dataset), batch_size, num_workers=num_workers)
+    batches = loader(shard(dataset), batch_size, num_workers=num_workers, device=device)
     with progress_bar("evaluating", len(batches) if hasattr(batches.dataset, "__len__") else None) as advance:
         for number, (_indices, images, labels) in enumerate(batches):
             images, labels = images.to(device, non_blocking=True), labels.to(device)
@@ -90,6 +90,8 @@ def evaluate(
                     logits, states = cached[number]
                     outputs[name] = (logits.to(device), [state.to(device) for state in states])
                     continue
+                if device.type == "cuda":  # the host-to-device copy is not the model's time
+                    torch.cuda.synchronize(device)
                 started = time.perf_counter()
                 with autocast(device, precision):
                     outputs[name] = collect_states(model, images)

@@ -30,8 +30,9 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype:
     """Compute dtype for autocast: bf16 on CUDA by default, fp32 elsewhere. Weights stay fp32."""
     if name not in PRECISIONS:
         raise StarfishError(f"precision={name!r}: choose one of {', '.join(PRECISIONS)}")
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    if name == "auto":  # bf16 where the GPU has it in hardware (Ampere and later), not emulated
+        native = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+        return torch.bfloat16 if native else torch.float32
     return torch.bfloat16 if name == "bf16" else torch.float32
 
 

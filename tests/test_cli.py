@@ -110,6 +110,7 @@ def _bad_checkpoint(tmp_path, kind):
     (["heal", "pruned=FOREIGN"], "not a starfish checkpoint"),
     (["eval", "pruned=ARCH"], "different architecture"),
     (["bogus"], "unknown stage"),
+    (["run", "compile=true", "healer.states=[attn]"], "compile=true"),
 ])
 def test_bad_input_is_one_line_exit_2_nothing_left(tmp_path, args, message):
     work = tmp_path / "work"

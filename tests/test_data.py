@@ -109,3 +109,13 @@ def test_loader_order_fixed_or_new_each_epoch():
     new_first, new_second = epochs(reshuffle=True)
     assert new_first != new_second and sorted(new_second) == list(range(40))
     assert epochs(reshuffle=False) == [fixed_first, fixed_second]  # seeded
+
+
+def test_batches_are_pinned_only_for_a_gpu():
+    import torch
+
+    from starfish_cli.data import loader
+
+    data = torch.utils.data.TensorDataset(torch.zeros(4, 2))
+    assert not loader(data, 2).pin_memory and not loader(data, 2, device=torch.device("cpu")).pin_memory
+    assert loader(data, 2, device=torch.device("cuda")).pin_memory

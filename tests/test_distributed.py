@@ -13,13 +13,46 @@ from starfish_cli.checkpoint import load_checkpoint
 pytestmark = needs_fmnist
 
 
+def torchrun(*args, cwd, port):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
+         "-m", "starfish_cli", "run", *SHRUNK, "device=cpu", *args],
+        cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_default_backend_sends_host_tensors_through_gloo_next_to_nccl():
+    from starfish_cli.distributed import backend_for
+
+    assert backend_for(use_cuda=True) == "cpu:gloo,cuda:nccl" and backend_for(use_cuda=False) == "gloo"
+    assert backend_for(use_cuda=True, requested="nccl") == "nccl"
+
+
+def test_a_cuda_only_group_fails_on_host_tensors_as_nccl_does(tmp_path):
+    """`cuda:gloo` is a process group for CUDA tensors only, like NCCL: the emulation below is faithful."""
+    result = torchrun("dist_backend=cuda:gloo", "hydra.run.dir=cuda_only", cwd=tmp_path, port=29518)
+    assert result.returncode != 0 and "No backend type associated with device type cpu" in result.stderr
+
+
+def test_mixed_backend_edge_cases_reach_a_report(tmp_path):
+    """The production GPU backend's host half (cpu:gloo beside a CUDA-only backend) with a rank that
+    evaluates nothing, masks drawn on the host (random pruner) and a loss that leaves the last MLP
+    without gradients (attention states only)."""
+    result = torchrun("dist_backend='cpu:gloo,cuda:gloo'", "eval.max_images=1", "pruner=random",
+                      "healer.states=[attn]", "healer.epochs=2", "hydra.run.dir=edge", cwd=tmp_path, port=29519)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = read_json(tmp_path / "edge" / "report.json")
+    assert report["accuracy"]["images"] == 1 and report["environment"]["processes"] == 2
+    assert report["healing"]["steps"] == 2 and report["healer"]["states"] == ["attn"]  # 32 images: 1 global batch
+    healed = load_checkpoint(tmp_path / "edge" / "healed.safetensors", "heal")
+    for layer, mask in healed.masks.items():
+        assert not healed.weights[f"{layer}.weight"][~mask].any()
+    assert "get no gradient from this loss" in result.stdout + result.stderr
+
+
 def test_two_gloo_processes_match_one(tmp_path):
     run_cli("run", *SHRUNK, "device=cpu", "hydra.run.dir=single", cwd=tmp_path)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
-         "-m", "starfish_cli", "run", *SHRUNK, "device=cpu", "hydra.run.dir=ddp"],
-        cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    result = torchrun("hydra.run.dir=ddp", cwd=tmp_path, port=29517)
     assert result.returncode == 0, result.stderr[-3000:]
     single, ddp = (load_checkpoint(tmp_path / d / "pruned.safetensors", "prune") for d in ("single", "ddp"))
     assert all(torch.equal(single.masks[k], ddp.masks[k]) for k in single.masks)

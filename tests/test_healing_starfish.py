@@ -134,3 +134,30 @@ def test_bf16_autocast_healing_agrees_with_fp32(reference_model, pruned, calibra
     before = alignment(pruned[0], reference_model, held_out)
     after = {name: alignment(model, reference_model, held_out) for name, (model, _) in healed.items()}
     assert after["fp32"] < 0.8 * before and after["bf16"] == pytest.approx(after["fp32"], abs=0.002)
+
+
+def test_host_budget_is_shared_by_the_ranks_of_a_machine(monkeypatch):
+    from starfish_cli.healing import teacher
+
+    monkeypatch.setattr(teacher, "available_host_bytes", lambda: 64 * 2**30)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # 8 ranks: each may take 1/8 of a quarter (2 GiB)
+    assert teacher.choose_teacher_mode("auto", 3 * 2**30, CPU) == "recompute"
+    assert teacher.choose_teacher_mode("auto", 1 * 2**30, CPU) == "host"
+
+
+def test_teacher_states_beyond_fp16_range_are_cached_in_bf16(reference_model, calibration_images):
+    from starfish_cli.healing.teacher import TeacherTargets
+
+    loud = copy.deepcopy(reference_model)
+    with torch.no_grad():  # patch embeddings ×1e5: residual streams far beyond fp16's 65504
+        loud.patch_embed.proj.weight.mul_(1e5)
+        loud.patch_embed.proj.bias.mul_(1e5)
+    subset = torch.utils.data.Subset(calibration_images, range(8))
+    targets = TeacherTargets(loud, ("blocks",), "host", subset, 4, CPU)
+    logits, states = targets(torch.arange(8), None)
+    assert targets.cache[0].dtype == torch.float16  # logits fit
+    assert {slot.dtype for slot in targets.cache[1:]} == {torch.bfloat16}
+    assert all(torch.isfinite(state).all() for state in states)
+    exact = collect_states(loud, torch.stack([subset[i][1] for i in range(8)]))[1]
+    for cached, reference in zip(states, exact):
+        assert torch.allclose(cached, reference, rtol=1e-2, atol=1e-2 * reference.abs().max().item())

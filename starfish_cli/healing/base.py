@@ -1,5 +1,6 @@
 """What every healer shares: fixed masks, the parameters it may train, and the optimization loop."""
 
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ from starfish_cli.families import structure_of
 from starfish_cli.healing.states import collect_states
 from starfish_cli.progress import progress_bar
 from starfish_cli.runtime import autocast
+
+log = logging.getLogger("starfish")
 
 
 @dataclass
@@ -36,6 +39,7 @@ class Healer:
     registered_name = "?"
     labels_used = False  # True: the healer reads the calibration labels (reports say so)
     changes_weights = True  # False: the healed model is the pruned one, so evaluation runs it once
+    student_states: tuple[str, ...] = ()  # the internal states the loss reads from the student
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.registered_name, **{k: v for k, v in vars(self).items() if not k.startswith("_")}}
@@ -96,6 +100,23 @@ class FixedMasks:
             handle.remove()
 
 
+def reaching_loss(parameters: list[nn.Parameter], loss_of_batch, batch, forward, device, precision) -> list[nn.Parameter]:
+    """The parameters that get a gradient from the loss on `batch`; the others are frozen (e.g. the
+    last block's MLP when only attention outputs are aligned). Training is the same: Adam leaves a
+    parameter without a gradient as it is."""
+    with autocast(device, precision):
+        loss = loss_of_batch(batch, forward)
+    loss.backward()
+    reached = [parameter for parameter in parameters if parameter.grad is not None]
+    for parameter in parameters:
+        parameter.requires_grad_(parameter.grad is not None)
+        parameter.grad = None
+    if len(reached) < len(parameters):
+        log.info("%d of %d trainable tensors get no gradient from this loss: left as they are",
+                 len(parameters) - len(reached), len(parameters))
+    return reached
+
+
 class StudentForward(nn.Module):
     """`images → (logits, states)` as a module's forward, so DistributedDataParallel can wrap it."""
 
@@ -119,8 +140,6 @@ class GradientHealer(Healer):
     first step) and what is minimized (`loss`). Under torchrun the student runs in
     DistributedDataParallel and every rank takes batch_size / world images of each global batch.
     """
-
-    student_states: tuple[str, ...] = ()
 
     def __init__(self, epochs: int = 10, batch_size: int = 32, lr: float = 6e-4, min_lr: float = 1e-6,
                  weight_decay: float = 0.0, seed: int = 0, reshuffle: bool = False):
@@ -166,17 +185,19 @@ class GradientHealer(Healer):
         parameters = train_only(model, names)
         fixed = FixedMasks(model, masks)
         world = distributed.current()
-        if world.active and forward is not None:
-            forward = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
-        optimizer = torch.optim.Adam(parameters, lr=self.lr, weight_decay=self.weight_decay)
         sampler = None
         if world.active:
             sampler = torch.utils.data.DistributedSampler(calibration, world.size, world.rank, shuffle=True,
                                                           seed=self.seed)
-            batches = torch.utils.data.DataLoader(calibration, batch_size=max(1, self.batch_size // world.size),
-                                                  sampler=sampler)
+            batches = loader(calibration, max(1, self.batch_size // world.size), sampler=sampler, device=device)
         else:
-            batches = loader(calibration, self.batch_size, shuffle=True, seed=self.seed, reshuffle=self.reshuffle)
+            batches = loader(calibration, self.batch_size, shuffle=True, seed=self.seed, reshuffle=self.reshuffle,
+                             device=device)
+        if world.active and forward is not None:
+            # DDP waits for a gradient of every parameter it holds: hand it only those the loss reaches
+            parameters = reaching_loss(parameters, loss_of_batch, next(iter(batches)), forward, device, precision)
+            forward = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
+        optimizer = torch.optim.Adam(parameters, lr=self.lr, weight_decay=self.weight_decay)
         total = self.epochs * len(batches)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total, 1), eta_min=self.min_lr)
         model.eval()  # no dropout/drop-path: the targets are deterministic

@@ -100,7 +100,7 @@ class StarfishHealer(GradientHealer):
                                           loss_of_batch, f"healing block {number}")
             with torch.no_grad():
                 inputs = torch.cat([structure.run_block(number, x.to(device)).cpu()
-                                    for _, x in loader(block_set, self.batch_size)])
+                                    for _, x in loader(block_set, self.batch_size, device=device)])
         return result
 
 
@@ -119,7 +119,7 @@ class BlockInputs(torch.utils.data.Dataset):
 def block_io(model, calibration, batch_size, device) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The input of the first block and the output of every block, for every calibration image (host memory)."""
     structure = structure_of(model)
-    inputs = structure.first_block_inputs(images.to(device) for _indices, images, *_ in loader(calibration, batch_size))
+    inputs = structure.first_block_inputs(images.to(device) for _indices, images, *_ in loader(calibration, batch_size, device=device))
     outputs, current = [], inputs
     for number in range(len(structure.blocks)):
         current = [structure.run_block(number, x) for x in current]

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from starfish_cli.data import loader
+from starfish_cli.distributed import processes_per_machine
 from starfish_cli.families import structure_of
 from starfish_cli.healing.states import collect_states
 
@@ -14,6 +15,7 @@ log = logging.getLogger("starfish")
 
 TEACHER_MODES = ("auto", "gpu", "host", "recompute")
 CACHE_BUDGET = 0.25  # the teacher cache may take this fraction of free GPU / available host memory
+FP16_MAX = torch.finfo(torch.float16).max
 
 
 def logit_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -50,19 +52,20 @@ def available_host_bytes() -> int:
 
 def choose_teacher_mode(requested: str, estimate: int, device: torch.device) -> str:
     """`auto`: cache on the GPU if it fits a quarter of free GPU memory, else on the host if it fits
-    a quarter of available host memory, else recompute the teacher every step."""
+    a quarter of available host memory (shared by every rank on the machine), else recompute the
+    teacher every step."""
     if requested != "auto":
         return requested
     if device.type == "cuda" and estimate <= CACHE_BUDGET * torch.cuda.mem_get_info(device)[0]:
         return "gpu"
-    if estimate <= CACHE_BUDGET * available_host_bytes():
+    if estimate <= CACHE_BUDGET * available_host_bytes() / processes_per_machine():
         return "host"
     return "recompute"
 
 
 class TeacherTargets:
     """The teacher's logits and states for each calibration image: cached once (fp16, on the GPU or
-    in host memory), or recomputed per batch."""
+    in host memory; a state with values beyond fp16's range is kept in bf16), or recomputed per batch."""
 
     def __init__(self, teacher, kinds: tuple[str, ...], mode: str, calibration, batch_size: int, device,
                  cache_dtype=torch.float16):
@@ -81,13 +84,17 @@ class TeacherTargets:
     @torch.no_grad()
     def _compute_all(self, calibration, batch_size, dtype, where) -> list[torch.Tensor]:
         cache = None
-        for indices, images, *_ in loader(calibration, batch_size):
+        for indices, images, *_ in loader(calibration, batch_size, device=self.device):
             logits, states = collect_states(self.teacher, images.to(self.device), self.kinds)
             outputs = [logits, *states]
             if cache is None:
                 cache = [torch.empty((len(calibration), *t.shape[1:]), dtype=dtype, device=where) for t in outputs]
-            for slot, tensor in zip(cache, outputs, strict=True):
-                slot[indices.to(where)] = tensor.to(where, dtype)
+            for number, tensor in enumerate(outputs):
+                if cache[number].dtype == torch.float16 and tensor.abs().max() > FP16_MAX:
+                    log.warning("teacher output %d exceeds fp16's range (|x| up to %.3g): cached in bf16",
+                                number, float(tensor.abs().max()))
+                    cache[number] = cache[number].to(torch.bfloat16)
+                cache[number][indices.to(where)] = tensor.to(where, cache[number].dtype)
         return cache or []
 
     @torch.no_grad()

@@ -113,13 +113,17 @@ def pruning_config(cfg: DictConfig) -> dict[str, Any]:
 def prepare(cfg: DictConfig, folders: RunFolders, steps: tuple[str, ...]) -> tuple[Context, Inputs]:
     seed = int(cfg.seed)
     seed_everything(seed)
-    world = distributed.setup(str(cfg.device))
+    world = distributed.setup(str(cfg.device), str(cfg.dist_backend))
     device = resolve_device(str(cfg.device))
     if world.active and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
     precision = resolve_precision(str(cfg.precision), device)
     pruner = PRUNERS.build(plain(cfg.pruner), seed=seed) if "prune" in steps else None
     healer = HEALERS.build(plain(cfg.healer), seed=seed) if "heal" in steps else None
+    if cfg.compile and healer is not None and {"attn", "mlp"} & set(healer.student_states):
+        # hooks inside a compiled block change its guards on every step: it would recompile each time
+        raise StarfishError("compile=true compiles whole blocks, and healer.states attn/mlp read inside them: "
+                            "use compile=false, or healer.states=[blocks] / [final_norm]")
     check_arguments(CalibrationSampler, plain(cfg.calib), "calib", prefix="calib")
     sampler = CalibrationSampler(**plain(cfg.calib))
     data = DATASETS.build(plain(cfg.data))
@@ -195,7 +199,7 @@ def load_healed(context: Context, path: Path, pruned: Pruned) -> Healed:
 # ---- the steps
 def prune(context: Context, pruner: Pruner, calibration: Calibration) -> Pruned:
     cfg, device = context.cfg, context.device
-    batches = [batch[1].to(device) for batch in loader(calibration.images, 32)]
+    batches = [batch[1].to(device) for batch in loader(calibration.images, 32, device=device)]
     timing: dict[str, Any] = {}
     with measure("prune", device, timing):
         model = copy.deepcopy(context.dense)
