@@ -9,3 +9,5 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/nvi
 "$python" scripts/gpu_check.py "$out" 2>&1 | tee "$out/gpu_check.log"
 "$python" scripts/bench_heal.py --model deit_base_patch16_224 --images 256 --device cuda 2>&1 | tee "$out/bench_heal.txt"
 "$python" scripts/bench_eval.py --model deit_base_patch16_224 --images 1024 --device cuda 2>&1 | tee "$out/bench_eval.txt"
+"$python" scripts/scale_rehearsal.py --device cuda --calib 500 --eval 5000 --batch-size 128 --folder "$out/imagenet_like" \
+    --out "$out/rehearsal" 2>&1 | tail -n 12 | tee "$out/rehearsal.txt"

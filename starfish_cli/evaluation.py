@@ -36,9 +36,9 @@ class SweepCache:
         return self.batches if key is not None and key == self.key else None
 
     def store_reference(self, key: str, batches: list, seconds: float) -> None:
-        size = sum(t.numel() * t.element_size() for logits, states in batches for t in (logits, *states))
-        if size <= self.max_bytes:
-            self.key, self.batches, self.seconds = key, batches, seconds
+        self.key, self.batches, self.seconds = key, batches, seconds
+
+
 
 
 SWEEP_CACHE = SweepCache()
@@ -55,13 +55,16 @@ def evaluate(
     precision: torch.dtype = torch.float32,
     cache_keys: Mapping[str, str] | None = None,
     cache: SweepCache = SWEEP_CACHE,
+    record_reference: bool = False,
 ) -> dict:
     """Run every model on the same labelled batches; alignment and agreement are against `reference`.
 
     Under torchrun every rank evaluates its shard and the counts are summed across ranks.
     `cache_keys` name what a model's results depend on (weights, data, settings): the reference
     model's per-batch outputs, and any other keyed model's finished results, are reused from
-    `cache` when the key matches, and stored there otherwise.
+    `cache` when the key matches; finished results are stored there. The reference outputs are
+    recorded only with `record_reference` (a sweep, where later runs reuse them) and only while
+    they fit the cache's cap: memory does not grow with the number of images otherwise.
 
     Returns `images` and, per model under `models`: top1, top5, agreement (percent), block_cosine (per block), images_per_second.
     """
@@ -78,7 +81,8 @@ def evaluate(
               if name not in known and same_as.get(name, name) == name}
     totals = {name: {"top1": 0, "top5": 0, "agree": 0, "seconds": 0.0, "cosine": None} for name in to_run}
     cached = cache.reference_for(reference_key)
-    recorded = [] if reference_key is not None and cached is None else None
+    recorded = [] if record_reference and reference_key is not None and cached is None else None
+    recorded_bytes = 0
     seen = 0
     batches = loader(shard(dataset), batch_size, num_workers=num_workers, device=device)
     with progress_bar("evaluating", len(batches) if hasattr(batches.dataset, "__len__") else None) as advance:
@@ -100,7 +104,11 @@ def evaluate(
                 totals[name]["seconds"] += time.perf_counter() - started
             ref_logits, ref_states = outputs[reference]
             if recorded is not None:
-                recorded.append((ref_logits.float().cpu(), [state.float().cpu() for state in ref_states]))
+                recorded_bytes += 4 * (ref_logits.numel() + sum(state.numel() for state in ref_states))
+                if recorded_bytes > cache.max_bytes:
+                    recorded = None  # it will not fit: stop recording now, not after the loop
+                else:
+                    recorded.append((ref_logits.float().cpu(), [state.float().cpu() for state in ref_states]))
             ref_pred = ref_logits.argmax(-1)
             for name, (logits, states) in outputs.items():
                 entry = totals[name]

@@ -119,3 +119,44 @@ def test_batches_are_pinned_only_for_a_gpu():
     data = torch.utils.data.TensorDataset(torch.zeros(4, 2))
     assert not loader(data, 2).pin_memory and not loader(data, 2, device=torch.device("cpu")).pin_memory
     assert loader(data, 2, device=torch.device("cuda")).pin_memory
+
+
+@needs_fmnist
+def test_calibration_is_decoded_once_and_gives_the_same_tensors(reference_model, fmnist):
+    """A 10-epoch heal (and the pruning pass) read decoded pixels: each image is decoded and resized
+    once, and what the healer sees is bit-identical to preprocessing every time."""
+    import copy
+
+    import torch
+
+    from starfish_cli.data import DecodedImages, ImageTensors, model_transform
+    from starfish_cli.healing import HEALERS
+    from starfish_cli.pruning import PRUNERS
+
+    split = fmnist.load("train").select(range(24)).remove_columns("label")
+    transform = model_transform(reference_model)
+    decodes = []
+    first_step = transform.transforms[0]
+    transform.transforms[0] = lambda image: decodes.append(1) or first_step(image)
+    decoded = DecodedImages(split, transform, channels=1)
+    assert len(decodes) == 24 and decoded.images.dtype == torch.uint8
+    fresh = ImageTensors(split, model_transform(reference_model), channels=1)
+    assert all(torch.equal(decoded[i][1], fresh[i][1]) for i in range(24))
+    student = copy.deepcopy(reference_model)
+    masks = PRUNERS.build({"name": "magnitude", "sparsity": 0.5}).prune(student)
+    HEALERS.build({"name": "starfish", "epochs": 10, "batch_size": 8}).heal(
+        student, reference_model, masks, decoded, torch.device("cpu"))
+    assert len(decodes) == 24  # 30 steps later: still one decode per image
+
+
+def test_a_transform_without_tensor_conversion_is_stored_as_its_output():
+    import datasets
+    import torch
+    from PIL import Image
+
+    from starfish_cli.data import DecodedImages
+
+    split = datasets.Dataset.from_dict({"image": [Image.new("L", (4, 4), 7)] * 3},
+                                       features=datasets.Features({"image": datasets.Image()}))
+    decoded = DecodedImages(split, lambda image: torch.full((1, 2, 2), float(image.getpixel((0, 0)))), channels=1)
+    assert decoded.finish is None and torch.equal(decoded[2][1], torch.full((1, 2, 2), 7.0))

@@ -37,8 +37,12 @@ def test_sweep_cache_gives_identical_numbers(reference_model, test_images):
     cache = SweepCache()
     fresh = evaluate(models, test_images, torch.device("cpu"), batch_size=64)
     keys = {"dense": "k", "pruned": "p"}
-    first = evaluate(models, test_images, torch.device("cpu"), batch_size=64, cache_keys=keys, cache=cache)
+    single = evaluate(models, test_images, torch.device("cpu"), batch_size=64, cache_keys=keys, cache=cache)
+    assert cache.key is None  # one run records nothing: its memory does not grow with the images
+    first = evaluate(models, test_images, torch.device("cpu"), batch_size=64, cache_keys=keys, cache=cache,
+                     record_reference=True)
     assert cache.key == "k" and len(cache.batches) == 4
+    assert single["models"]["dense"]["top1"] == fresh["models"]["dense"]["top1"]
     again = evaluate(models, test_images, torch.device("cpu"), batch_size=64, cache_keys=keys, cache=cache)
     for results in (first, again):
         for name in models:
@@ -70,3 +74,17 @@ def test_no_evaluation_images_is_a_clear_error(reference_model, test_images):
     empty = torch.utils.data.Subset(test_images, [])
     with pytest.raises(StarfishError, match="no images"):
         evaluate({"dense": reference_model, "pruned": reference_model}, empty, torch.device("cpu"))
+
+
+def test_a_sweep_stops_recording_when_the_cap_would_be_exceeded(reference_model, test_images):
+    from starfish_cli.evaluation import SweepCache
+
+    per_batch = 64 * (10 + 6 * 50 * 128) * 4  # logits and six block states of 64 images, fp32
+    cache = SweepCache(max_bytes=2 * per_batch + 1)  # room for 2 of the 4 batches
+    results = evaluate({"dense": reference_model}, test_images, torch.device("cpu"), batch_size=64,
+                       cache_keys={"dense": "k"}, cache=cache, record_reference=True)
+    assert cache.key is None and cache.batches is None and results["images"] == 256
+    roomy = SweepCache(max_bytes=4 * per_batch)
+    evaluate({"dense": reference_model}, test_images, torch.device("cpu"), batch_size=64,
+             cache_keys={"dense": "k"}, cache=roomy, record_reference=True)
+    assert roomy.key == "k" and len(roomy.batches) == 4

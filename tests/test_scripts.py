@@ -33,3 +33,14 @@ def test_gpu_check_code_path_on_cpu(tmp_path):
                "--model", "vit_tiny_patch16_224", "--images", "4", cwd=tmp_path)
     figures = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     assert figures["heal_bf16_images_per_second"] > 0 and "prune_sparsegpt_unstructured_seconds" in figures
+
+
+def test_scale_rehearsal_reports_every_stage_and_extrapolates(tmp_path):
+    printed = run_script(str(SCRIPTS / "scale_rehearsal.py"), "--model", "vit_tiny_patch16_224", "--calib", "4",
+                         "--eval", "8", "--classes", "2", "--batch-size", "4", "--folder", str(tmp_path / "images"),
+                         "--out", str(tmp_path / "out"), cwd=tmp_path)
+    summary = json.loads((tmp_path / "out" / "rehearsal.json").read_text())
+    assert set(summary["stages"]) == {"calibration", "prune", "heal", "eval"}
+    assert summary["stages"]["eval"]["paper_images"] == 50_000 and summary["paper_total_hours"] > 0
+    assert 0.0 <= summary["stages"]["eval"]["waiting_for_data"] < 1.0
+    assert "| total |" in printed and len(list((tmp_path / "images" / "val").rglob("*.JPEG"))) == 8

@@ -8,6 +8,7 @@ leaves no half-written run folder behind. Each step returns an explicit value (`
 import copy
 import json
 import logging
+import os
 import platform
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from starfish_cli import distributed
 from starfish_cli.atomic import write_text_atomically
 from starfish_cli.calibration import CalibrationSampler
 from starfish_cli.checkpoint import load_checkpoint, masks_digest, read_metadata, restore, save_checkpoint
-from starfish_cli.data import DATASETS, ImageTensors, evaluation_tensors, loader, model_transform
+from starfish_cli.data import DATASETS, DecodedImages, evaluation_tensors, loader, model_transform
 from starfish_cli.errors import StarfishError
 from starfish_cli.evaluation import evaluate
 from starfish_cli.families import structure_of
@@ -58,6 +59,7 @@ class Context:
     device: torch.device
     precision: torch.dtype
     dense: nn.Module
+    sweep: bool  # one of several runs in this process (Hydra multirun): worth caching what they share
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class Calibration:
     images: torch.utils.data.Dataset  # (index, image) items, or (index, image, label) for a healer that uses labels
     indices: list[int]
     info: dict[str, Any]  # count, source, balanced, indices_file
+    timing: dict[str, Any]  # sampling, decoding and preprocessing the images
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,7 @@ class Inputs:
     calibration: Calibration | None
     eval_set: torch.utils.data.Dataset | None
     eval_source: str | None
+    eval_workers: int
 
 
 def plain(node: Any) -> Any:
@@ -128,11 +132,13 @@ def prepare(cfg: DictConfig, folders: RunFolders, steps: tuple[str, ...]) -> tup
     sampler = CalibrationSampler(**plain(cfg.calib))
     data = DATASETS.build(plain(cfg.data))
     dense = build_model(**plain(cfg.model)).to(device)
-    context = Context(cfg, folders, world, device, precision, dense)
+    context = Context(cfg, folders, world, device, precision, dense,
+                      sweep=HydraConfig.get().mode == RunMode.MULTIRUN)
     transform = model_transform(dense)
     channels = int(timm.data.resolve_data_config(model=dense)["input_size"][0])
 
     pruned = healed = calibration = eval_set = eval_source = None
+    workers = eval_workers(cfg.eval.num_workers)
     if "prune" in steps:
         pruned = reusable_pruning(context) if cfg.skip_finished else None
     else:
@@ -141,7 +147,7 @@ def prepare(cfg: DictConfig, folders: RunFolders, steps: tuple[str, ...]) -> tup
         healed = load_healed(context, Path(cfg.healed) if cfg.healed else folders.run_dir / HEALED_FILE, pruned)
     if "prune" in steps or "heal" in steps:
         with_labels = bool(healer and healer.labels_used)
-        subset, indices, balanced = data.calibration_split(sampler, seed=seed)
+        subset, indices, balanced = data.calibration_split(sampler, seed=seed)  # the images stay encoded here
         if with_labels and "label" not in subset.column_names:
             raise StarfishError(f"healer={healer.registered_name} needs labels, and "
                                 f"{data.describe(data.calib_split)} has none: choose a labelled split")
@@ -149,11 +155,14 @@ def prepare(cfg: DictConfig, folders: RunFolders, steps: tuple[str, ...]) -> tup
             subset = subset.remove_columns("label")  # healing never sees labels
         info = {"count": len(indices), "source": data.describe(data.calib_split), "balanced": balanced,
                 "indices_file": INDICES_FILE}
-        calibration = Calibration(ImageTensors(subset, transform, channels, with_labels=with_labels), indices, info)
+        timing: dict[str, Any] = {}
+        with measure("calibration", device, timing):  # decoded and preprocessed once, for every epoch
+            images = DecodedImages(subset, transform, channels, with_labels=with_labels)
+        calibration = Calibration(images, indices, info, timing["calibration"])
     if "eval" in steps:
         eval_set = evaluation_tensors(data.evaluation_split(cfg.eval.max_images), transform, channels)
         eval_source = data.describe(data.eval_split)
-    return context, Inputs(pruner, healer, pruned, healed, calibration, eval_set, eval_source)
+    return context, Inputs(pruner, healer, pruned, healed, calibration, eval_set, eval_source, workers)
 
 
 def _student(context: Context, checkpoint, path: Path) -> tuple[nn.Module, dict[str, torch.Tensor]]:
@@ -254,7 +263,8 @@ def heal(context: Context, healer: Healer, pruned: Pruned, calibration: Calibrat
     return Healed(student, metadata)
 
 
-def evaluate_models(context: Context, pruned: Pruned, healed: Healed, eval_set, eval_source: str) -> Evaluation:
+def evaluate_models(context: Context, pruned: Pruned, healed: Healed, eval_set, eval_source: str,
+                    workers: int) -> Evaluation:
     cfg = context.cfg
     models = {"dense": context.dense, "pruned": pruned.model, "healed": healed.model}
     if cfg.compile:
@@ -271,9 +281,18 @@ def evaluate_models(context: Context, pruned: Pruned, healed: Healed, eval_set, 
     timing: dict[str, Any] = {}
     with measure("eval", context.device, timing):
         results = evaluate(models, eval_set, context.device, batch_size=int(cfg.eval.batch_size),
-                           num_workers=int(cfg.eval.num_workers), precision=context.precision,
-                           cache_keys=cache_keys)
+                           num_workers=workers, precision=context.precision,
+                           cache_keys=cache_keys, record_reference=context.sweep)
     return Evaluation(results, eval_source, timing["eval"])
+
+
+def eval_workers(setting) -> int:
+    """`auto`: one loader process per spare core (at most 8), so decoding overlaps the forward passes."""
+    if str(setting) == "auto":
+        return min(8, max(0, (os.cpu_count() or 1) - 1))
+    if isinstance(setting, bool) or not isinstance(setting, int) or setting < 0:
+        raise StarfishError(f"eval.num_workers={setting!r}: give auto or a whole number ≥ 0")
+    return setting
 
 
 # ---- the report
@@ -301,8 +320,8 @@ def environment(context: Context) -> dict[str, Any]:
     }
 
 
-def assemble_report(context: Context, pruned: Pruned, healed: Healed | None,
-                    evaluation: Evaluation | None) -> dict[str, Any]:
+def assemble_report(context: Context, pruned: Pruned, healed: Healed | None, evaluation: Evaluation | None,
+                    calibration: Calibration | None = None) -> dict[str, Any]:
     """report.json's content, from the values the steps returned (labels included: `starfish report`
     reads reports only)."""
     report: dict[str, Any] = {
@@ -314,7 +333,8 @@ def assemble_report(context: Context, pruned: Pruned, healed: Healed | None,
         "labels": {"pruner": PRUNERS.label(pruned.metadata["pruner"], ("name", "sparsity", "pattern"))},
         "checkpoints": {"pruned_masks_digest": pruned.metadata["masks_digest"]},
     }
-    stages = {"prune": {**pruned.metadata.get("timing", {}), **({"reused": True} if pruned.reused else {})}}
+    stages = {"calibration": calibration.timing if calibration else {},
+              "prune": {**pruned.metadata.get("timing", {}), **({"reused": True} if pruned.reused else {})}}
     if healed is not None:
         report["healer"] = healed.metadata["healer"]
         report["calibration"] = healed.metadata["calibration"]
@@ -338,9 +358,9 @@ def assemble_report(context: Context, pruned: Pruned, healed: Healed | None,
 def execute(context: Context, inputs: Inputs, steps: tuple[str, ...]) -> dict[str, Any]:
     pruned = inputs.pruned if inputs.pruned is not None else prune(context, inputs.pruner, inputs.calibration)
     healed = heal(context, inputs.healer, pruned, inputs.calibration) if "heal" in steps else inputs.healed
-    evaluation = (evaluate_models(context, pruned, healed, inputs.eval_set, inputs.eval_source)
+    evaluation = (evaluate_models(context, pruned, healed, inputs.eval_set, inputs.eval_source, inputs.eval_workers)
                   if "eval" in steps else None)
-    report = assemble_report(context, pruned, healed, evaluation)
+    report = assemble_report(context, pruned, healed, evaluation, inputs.calibration)
     if context.world.is_main:  # only rank 0 writes
         run_dir = context.folders.run_dir
         write_text_atomically(context.folders.record(run_dir / CONFIG_FILE),
