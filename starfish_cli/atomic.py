@@ -7,8 +7,15 @@ from contextlib import suppress
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp_path)`, then rename tmp_path to `path`; a crash leaves no partial `path`."""
+    """Call `write(tmp_path)`, then rename tmp_path to `path`; a crash leaves no partial `path`.
+    The file gets the mode any other new file would (0666 less the umask), not mkstemp's private 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -16,6 +23,7 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         with suppress(FileNotFoundError):
