@@ -35,6 +35,8 @@ def test_run_writes_a_complete_run_folder(tmp_path):
     assert report["recovery"] == pytest.approx(report["accuracy"]["healed"]["top1"] / report["accuracy"]["dense"]["top1"])
     assert len(json.loads((folder / "calibration_indices.json").read_text())["indices"]) == 32
     assert "pruned" in result.stdout and "healed" in result.stdout  # the rich table
+    assert "Loading pretrained weights" not in result.stdout  # timm's chatter is in the log file only
+    assert "Loading pretrained weights" in (folder / "run.log").read_text()
     assert "wanda" in (folder / "config.yaml").read_text()
 
 
@@ -106,9 +108,11 @@ def _bad_checkpoint(tmp_path, kind):
     (["run", "data.path=/does/not/exist"], "data.path"),
     (["run", "data.system_dir=null", "data.hub_id=null", "data.path=EMPTY"], "not found"),
     (["heal"], "no checkpoint"),
+    (["heal", "pruned=/no/such.safetensors"], "no checkpoint at /no/such.safetensors"),
+    (["run", "eval.num_workers=-1"], "eval.num_workers=-1"),
     (["heal", "pruned=TRUNCATED"], "truncated"),
     (["heal", "pruned=FOREIGN"], "not a starfish checkpoint"),
-    (["eval", "pruned=ARCH"], "different architecture"),
+    (["heal", "pruned=ARCH"], "different architecture"),
     (["bogus"], "unknown stage"),
     (["run", "compile=true", "healer.states=[attn]"], "compile=true"),
 ])
@@ -128,6 +132,7 @@ def test_bad_input_is_one_line_exit_2_nothing_left(tmp_path, args, message):
     lines = [line for line in result.stderr.splitlines() if line.startswith("starfish: error:")]
     assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+    assert "timm" not in result.stdout  # library chatter goes to the log file, not the console
     assert list(work.iterdir()) == [], "a failed run left files behind"
 
 

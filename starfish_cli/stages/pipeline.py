@@ -130,6 +130,12 @@ def prepare(cfg: DictConfig, folders: RunFolders, steps: tuple[str, ...]) -> tup
                             "use compile=false, or healer.states=[blocks] / [final_norm]")
     check_arguments(CalibrationSampler, plain(cfg.calib), "calib", prefix="calib")
     sampler = CalibrationSampler(**plain(cfg.calib))
+    workers = eval_workers(cfg.eval.num_workers)
+    # checkpoints first: a missing or foreign file is found before any model or data is loaded
+    pruned_path = Path(cfg.pruned) if cfg.pruned else folders.prune_dir / PRUNED_FILE
+    pruned_checkpoint = load_checkpoint(pruned_path, "prune") if "prune" not in steps else None
+    healed_path = Path(cfg.healed) if cfg.healed else folders.run_dir / HEALED_FILE
+    healed_checkpoint = load_checkpoint(healed_path, "heal") if "eval" in steps and "heal" not in steps else None
     data = DATASETS.build(plain(cfg.data))
     dense = build_model(**plain(cfg.model)).to(device)
     context = Context(cfg, folders, world, device, precision, dense,
@@ -138,13 +144,12 @@ def prepare(cfg: DictConfig, folders: RunFolders, steps: tuple[str, ...]) -> tup
     channels = int(timm.data.resolve_data_config(model=dense)["input_size"][0])
 
     pruned = healed = calibration = eval_set = eval_source = None
-    workers = eval_workers(cfg.eval.num_workers)
     if "prune" in steps:
         pruned = reusable_pruning(context) if cfg.skip_finished else None
     else:
-        pruned = load_pruned(context, Path(cfg.pruned) if cfg.pruned else folders.prune_dir / PRUNED_FILE)
-    if "eval" in steps and "heal" not in steps:
-        healed = load_healed(context, Path(cfg.healed) if cfg.healed else folders.run_dir / HEALED_FILE, pruned)
+        pruned = pruned_from(context, pruned_checkpoint, pruned_path)
+    if healed_checkpoint is not None:
+        healed = healed_from(context, healed_checkpoint, healed_path, pruned)
     if "prune" in steps or "heal" in steps:
         with_labels = bool(healer and healer.labels_used)
         subset, indices, balanced = data.calibration_split(sampler, seed=seed)  # the images stay encoded here
@@ -175,8 +180,7 @@ def _student(context: Context, checkpoint, path: Path) -> tuple[nn.Module, dict[
     return model.to(context.device).eval(), masks
 
 
-def load_pruned(context: Context, path: Path) -> Pruned:
-    checkpoint = load_checkpoint(path, "prune")
+def pruned_from(context: Context, checkpoint, path: Path) -> Pruned:
     model, masks = _student(context, checkpoint, path)
     return Pruned(model, masks, checkpoint.metadata)
 
@@ -187,14 +191,13 @@ def reusable_pruning(context: Context) -> Pruned | None:
     metadata = read_metadata(path)
     if metadata is None or metadata.get("pruning_config") != pruning_config(context.cfg):
         return None
-    pruned = load_pruned(context, path)
+    pruned = pruned_from(context, load_checkpoint(path, "prune"), path)
     log.info("reusing %s: pruned earlier with the same model, data, calibration, pruner and seed "
              "(skip_finished=false prunes again)", path)
     return Pruned(pruned.model, pruned.masks, pruned.metadata, reused=True)
 
 
-def load_healed(context: Context, path: Path, pruned: Pruned) -> Healed:
-    checkpoint = load_checkpoint(path, "heal")
+def healed_from(context: Context, checkpoint, path: Path, pruned: Pruned) -> Healed:
     if checkpoint.metadata.get("pruned_masks_digest") != pruned.metadata["masks_digest"]:
         raise StarfishError(f"{path} was healed from a different pruned checkpoint: rerun `starfish heal`")
     model, _ = _student(context, checkpoint, path)
