@@ -84,6 +84,80 @@ def check_group_choices(overrides: list[str], extra_dirs: list[Path]) -> None:
                 raise StarfishError(f"unknown {group} {value.strip()!r}: choose one of {', '.join(options)}{hint}")
 
 
+def _as_single(override, value: str) -> str:
+    prefix = {"ADD": "+", "FORCE_ADD": "++", "DEL": "~"}.get(override.type.name, "")
+    return f"{prefix}{override.key_or_group}={value}"
+
+
+def _flat_keys(node, prefix: str = "") -> list[str]:
+    from omegaconf import DictConfig
+
+    keys = []
+    for key in node.keys() if isinstance(node, DictConfig) else ():
+        dotted = f"{prefix}{key}"
+        keys.append(dotted)
+        child = node._get_node(key)
+        if isinstance(child, DictConfig):
+            keys += _flat_keys(child, f"{dotted}.")
+    return keys
+
+
+def check_overrides(config_name: str, overrides: list[str], extra_dirs: list[Path]) -> None:
+    """Every override parses and names a key the config has (a sweep's values are tried one group
+    choice at a time), so that Hydra's multi-line errors become one line, with a close key named."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as error:
+        raise StarfishError(f"cannot read the overrides ({str(error).splitlines()[0]}): write key=value, "
+                            "quote values with spaces or commas, e.g. 'dist_backend=\"cpu:gloo,cuda:nccl\"'") from error
+    checked = [o for o in parsed if not o.key_or_group.startswith(("hydra.", "hydra/")) and o.key_or_group != "hydra"]
+    first = {id(o): next(o.sweep_string_iterator()) if o.is_sweep_override() else None for o in checked}
+    base = [o.input_line if first[id(o)] is None else _as_single(o, first[id(o)]) for o in checked]
+    variants = [base]
+    for number, override in enumerate(checked):  # every choice of a swept group
+        if override.is_sweep_override() and override.key_or_group in CONFIG_GROUPS:
+            for value in list(override.sweep_string_iterator())[1:]:
+                variants.append(base[:number] + [_as_single(override, value)] + base[number + 1:])
+    searchpath = [f"hydra.searchpath=[{','.join('file://' + str(d.resolve()) for d in extra_dirs)}]"] if extra_dirs else []
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module="starfish_cli.configs", version_base="1.3"):
+            for variant in variants:
+                try:
+                    compose(config_name=config_name, overrides=variant + searchpath)
+                except (HydraException, OmegaConfBaseException) as error:
+                    raise StarfishError(_override_problem(error, variant, config_name, searchpath, compose)) from error
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _override_problem(error, variant: list[str], config_name: str, searchpath: list[str], compose) -> str:
+    import difflib
+
+    text = " ".join(str(error).split())
+    match = re.search(r"Could not (?:override|append to config) '([^']+)'", text) or re.search(r"Key '([^']+)'", text)
+    if match and ("not in struct" in text or "Could not override" in text):
+        key = match.group(1)
+        groups = [o for o in variant if _GROUP_OVERRIDE.match(o)]
+        try:
+            known = _flat_keys(compose(config_name=config_name, overrides=groups + searchpath))
+        except Exception:  # the group choices themselves are the problem
+            known = []
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
+        hint = f": did you mean {close[0]}?" if close else ": `starfish run --cfg job` lists the keys"
+        if key.startswith("model.kwargs."):
+            hint = f": model.kwargs takes new keys with a +, e.g. +{key}=…"
+        context = f" (with {' '.join(groups)})" if groups else ""
+        return f"unknown key {key!r}{context}{hint}"
+    return f"bad override ({text[:200]})"
+
+
 def experiment_arguments(config: str, workdir: Path) -> tuple[list[str], list[str]]:
     """Hydra flags and overrides that apply the experiment file `config` over the stage's primary config."""
     path = Path(config).expanduser()
@@ -137,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                 flags, overrides = extra_flags + flags, extra_overrides + overrides
             extra_dirs = [Path(flags[i + 1]) for i, f in enumerate(flags[:-1]) if f in ("--config-dir", "-cd")]
             check_group_choices(overrides, extra_dirs)
+            if stage in PIPELINE_STAGES:
+                check_overrides(PIPELINE_STAGES[stage].config_name, overrides, extra_dirs)
             if int(os.environ.get("RANK", "0")) > 0:  # under torchrun only rank 0 writes the run folder
                 overrides += ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
             sys.argv = [f"starfish {stage}", *flags, *overrides]

@@ -5,7 +5,9 @@ mistyped keys are errors, never silently ignored.
 """
 
 import inspect
-from collections.abc import Mapping
+import types
+import typing
+from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Generic, TypeVar
 
 from starfish_cli.errors import StarfishError
@@ -60,6 +62,7 @@ class Registry(Generic[T]):
             raise StarfishError(f"the {self.kind} config has no 'name' key: set {self.kind}=<name>")
         cls = self.get(str(name))
         check_arguments(cls, options, f"{self.kind} {name!r}", prefix=self.kind)
+        check_types(cls, options, prefix=self.kind)
         accepted = inspect.signature(cls).parameters
         extra = {key: value for key, value in extra.items() if key in accepted and key not in options}
         return cls(**options, **extra)
@@ -77,3 +80,40 @@ def check_arguments(cls: Callable, options: Mapping[str, Any], what: str, prefix
                 f"{what} has no option {key!r}: valid options are "
                 f"{', '.join(f'{prefix}.{v}' for v in valid) or 'none'}"
             )
+
+
+# what a YAML value may be for a constructor annotation, and how to say it
+_KINDS = {bool: ((bool,), "true or false"), int: ((int,), "a whole number"), float: ((int, float), "a number"),
+          str: ((str,), "text"), list: ((list, tuple), "a list"), tuple: ((list, tuple), "a list"),
+          Mapping: ((Mapping,), "a mapping"), dict: ((Mapping,), "a mapping"), Sequence: ((list, tuple), "a list")}
+
+
+def _accepted(annotation) -> list[tuple[tuple[type, ...], str]] | None:
+    """The kinds of value an annotation accepts; None when it says nothing checkable."""
+    if annotation is None or annotation is type(None):
+        return [((type(None),), "null")]
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        kinds = [_accepted(arg) for arg in typing.get_args(annotation)]
+        return None if any(kind is None for kind in kinds) else [k for kind in kinds for k in kind]
+    base = origin or annotation
+    for known, kind in _KINDS.items():
+        if base is known or (isinstance(base, type) and known is not bool and issubclass(base, known)
+                             and base is not bool):
+            return [kind]
+    return None
+
+
+def check_types(cls: Callable, options: Mapping[str, Any], prefix: str) -> None:
+    """A one-line error for a value of the wrong kind (`healer.lr=fast`), before the constructor runs."""
+    parameters = inspect.signature(cls).parameters
+    for key, value in options.items():
+        if key not in parameters or parameters[key].annotation is inspect.Parameter.empty:
+            continue
+        kinds = _accepted(parameters[key].annotation)
+        if kinds is None:
+            continue
+        plain_bool = isinstance(value, bool) and not any(bool in types_ for types_, _ in kinds)
+        if plain_bool or not any(isinstance(value, types_) for types_, _ in kinds):
+            allowed = " or ".join(dict.fromkeys(text for _, text in kinds))
+            raise StarfishError(f"{prefix}.{key}={value!r} must be {allowed}")

@@ -115,6 +115,12 @@ def _bad_checkpoint(tmp_path, kind):
     (["heal", "pruned=ARCH"], "different architecture"),
     (["bogus"], "unknown stage"),
     (["run", "compile=true", "healer.states=[attn]"], "compile=true"),
+    (["run", "pruner.sparsty=0.5"], "unknown key 'pruner.sparsty': did you mean pruner.sparsity?"),
+    (["run", "healer.lr=fast"], "healer.lr='fast' must be a number"),
+    (["run", "healer.epochs=2.5"], "healer.epochs=2.5 must be a whole number"),
+    (["run", "pruner.sparsity=[0.5"], "cannot read the overrides"),
+    (["run", "model.kwargs.depth=2"], "+model.kwargs.depth"),
+    (["run", "-m", "healer=none,kd"], "unknown key 'healer.epochs' (with healer=none)"),
 ])
 def test_bad_input_is_one_line_exit_2_nothing_left(tmp_path, args, message):
     work = tmp_path / "work"

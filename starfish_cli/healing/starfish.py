@@ -31,7 +31,7 @@ class StarfishHealer(GradientHealer):
         min_lr: float = 1e-6,
         weight_decay: float = 0.0,
         reshuffle: bool = False,
-        states: list[str] | tuple[str, ...] = ("blocks",),
+        states: str | list[str] | tuple[str, ...] = ("blocks",),
         loss: str = "cosine",
         kd_weight: float = 0.0,
         kd_temperature: float = 1.0,
