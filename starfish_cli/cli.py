@@ -24,6 +24,8 @@ CONFIG_GROUPS = ("model", "data", "calib", "pruner", "healer", "experiment")
 _VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
                 "--config-dir", "-cd", "--experimental-rerun", "--shell-completion", "-sc"}
 _INFO_TOPICS = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
+# config nodes whose keys are the user's (timm.create_model kwargs, preprocessing): `model.kwargs.depth=2` adds a key
+_OPEN_NODES = re.compile(r"^(model\.kwargs|model\.data_config)(\.[^=]*)?=")
 _GROUP_OVERRIDE = re.compile(rf"^[+]{{0,2}}({'|'.join(CONFIG_GROUPS)})=(.*)$")
 
 USAGE = """usage: starfish <stage> [--config FILE] [-m] [hydra flags] [key=value ...]
@@ -61,6 +63,11 @@ def split_flags(arguments: list[str]) -> tuple[list[str], list[str]]:
             overrides.append(token)
         i += 1
     return flags, overrides
+
+
+def open_node_overrides(overrides: list[str]) -> list[str]:
+    """`model.kwargs=…` and `model.kwargs.KEY=…` as written: Hydra would need `+`/`++` for new keys."""
+    return [f"++{o}" if _OPEN_NODES.match(o) else o for o in overrides]
 
 
 def group_options(group: str, extra_dirs: list[Path]) -> list[str]:
@@ -151,8 +158,6 @@ def _override_problem(error, variant: list[str], config_name: str, searchpath: l
             known = []
         close = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
         hint = f": did you mean {close[0]}?" if close else ": `starfish run --cfg job` lists the keys"
-        if key.startswith("model.kwargs."):
-            hint = f": model.kwargs takes new keys with a +, e.g. +{key}=…"
         context = f" (with {' '.join(groups)})" if groups else ""
         return f"unknown key {key!r}{context}{hint}"
     return f"bad override ({text[:200]})"
@@ -209,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             if known.config:
                 extra_flags, extra_overrides = experiment_arguments(known.config, Path(workdir))
                 flags, overrides = extra_flags + flags, extra_overrides + overrides
+            overrides = open_node_overrides(overrides)
             extra_dirs = [Path(flags[i + 1]) for i, f in enumerate(flags[:-1]) if f in ("--config-dir", "-cd")]
             check_group_choices(overrides, extra_dirs)
             if stage in PIPELINE_STAGES:

@@ -119,7 +119,7 @@ def _bad_checkpoint(tmp_path, kind):
     (["run", "healer.lr=fast"], "healer.lr='fast' must be a number"),
     (["run", "healer.epochs=2.5"], "healer.epochs=2.5 must be a whole number"),
     (["run", "pruner.sparsity=[0.5"], "cannot read the overrides"),
-    (["run", "model.kwargs.depth=2"], "+model.kwargs.depth"),
+    (["run", "model.kwargs={depth:2", ], "cannot read the overrides"),
     (["run", "-m", "healer=none,kd"], "unknown key 'healer.epochs' (with healer=none)"),
 ])
 def test_bad_input_is_one_line_exit_2_nothing_left(tmp_path, args, message):

@@ -49,3 +49,12 @@ def test_known_group_choices_pass(override):
 def test_unknown_group_choices_fail(override, message):
     with pytest.raises(StarfishError, match=message):
         check_group_choices([override], [])
+
+
+def test_model_kwargs_take_new_keys_as_written():
+    from starfish_cli.cli import open_node_overrides
+
+    assert open_node_overrides(["model.kwargs={img_size:28,in_chans:1}", "model.kwargs.depth=2", "+model.kwargs.x=1",
+                                "model.name=vit_fmnist", "seed=1"]) == [
+        "++model.kwargs={img_size:28,in_chans:1}", "++model.kwargs.depth=2", "+model.kwargs.x=1",
+        "model.name=vit_fmnist", "seed=1"]

@@ -71,3 +71,24 @@ def test_hub_failure_is_actionable(monkeypatch):
     monkeypatch.setattr(timm, "create_model", offline)
     with pytest.raises(StarfishError, match="checkpoint_path"):
         build_model("deit_tiny_patch16_224", pretrained=True)
+
+
+def test_a_local_checkpoint_keeps_its_classifier_and_the_users_overlay(tmp_path):
+    from safetensors.torch import save_file
+
+    shape = dict(img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=32, depth=1, num_heads=2)
+    source = timm.create_model("vit_small_patch16_224", pretrained=False, **shape)
+    path = tmp_path / "grey.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    loaded = build_model("vit_small_patch16_224", checkpoint_path=str(path),
+                         kwargs={**shape, "pretrained_cfg_overlay": {"crop_pct": 1.0}})
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), source.state_dict().values()))
+    config = timm.data.resolve_data_config(model=loaded)
+    assert config["crop_pct"] == 1.0 and config["input_size"] == (1, 28, 28)
+    assert len(config["mean"]) == 1 and config["mean"][0] == pytest.approx(sum(source.pretrained_cfg["mean"]) / 3)
+    own = build_model("vit_small_patch16_224", checkpoint_path=str(path), kwargs=shape,
+                      data_config={"mean": [0.5], "std": 0.25, "interpolation": "bilinear"})
+    config = timm.data.resolve_data_config(model=own)
+    assert config["mean"] == (0.5,) and config["std"] == (0.25,) and config["interpolation"] == "bilinear"
+    with pytest.raises(StarfishError, match="has no key 'means'"):
+        build_model("vit_fmnist", data_config={"means": [0.5]})

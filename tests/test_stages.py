@@ -120,3 +120,35 @@ def test_checkpoints_of_an_old_run_folder_still_heal_and_evaluate(tmp_path):
     run_cli("heal", *SHRUNK, f"pruned={old / 'pruned.safetensors'}", "hydra.run.dir=healed", cwd=tmp_path)
     assert load_checkpoint(tmp_path / "healed" / "healed.safetensors", "heal").metadata["pruned_masks_digest"] \
         == new["checkpoints"]["pruned_masks_digest"]
+
+
+def test_a_greyscale_timm_vit_from_a_local_checkpoint_with_its_own_normalization(tmp_path):
+    """A shape the project does not ship, weights from a file written here, mean/std from the config:
+    the report's dense top-1 is what plain timm code gives for the same weights and normalization."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    from starfish_cli.data import DATASETS, ImageTensors
+
+    shape = dict(img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=64, depth=3, num_heads=2)
+    torch.manual_seed(0)
+    source = timm.create_model("vit_small_patch16_224", pretrained=False, **shape)
+    path = tmp_path / "grey.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    kwargs = "{" + ",".join(f"{k}:{v}" for k, v in shape.items()) + "}"
+    run_cli("run", "model.name=vit_small_patch16_224", f"model.checkpoint_path={path}", f"model.kwargs={kwargs}",
+            "model.data_config={mean:[0.5],std:[0.5]}", *SHRUNK, "hydra.run.dir=out", cwd=tmp_path)
+    report = read_json(tmp_path / "out" / "report.json")
+    assert report["sparsity"]["prunable"] == pytest.approx(0.75, abs=1e-3) and report["healing"]["steps"] == 1
+
+    plain = timm.create_model("vit_small_patch16_224", pretrained=True, **shape, pretrained_cfg_overlay=dict(
+        file=str(path), num_classes=10, mean=(0.5,), std=(0.5,), input_size=(1, 28, 28))).eval()
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), source.state_dict().values()))
+    transform = timm.data.create_transform(**timm.data.resolve_data_config(model=plain))
+    test = ImageTensors(DATASETS.build({"name": "fashion_mnist", "hub_id": None}).load("test").select(range(256)),
+                        transform, channels=1, with_labels=True)
+    with torch.no_grad():
+        logits = plain(torch.stack([test[i][1] for i in range(256)]))
+    correct = (logits.argmax(-1) == torch.tensor([test[i][2] for i in range(256)])).sum().item()
+    assert report["accuracy"]["dense"]["top1"] == pytest.approx(100.0 * correct / 256, abs=1e-9)

@@ -12,14 +12,26 @@ from starfish_cli.errors import StarfishError
 from starfish_cli.families.base import ModelStructure, register_family
 
 
+DATA_CONFIG_KEYS = ("mean", "std", "input_size", "crop_pct", "crop_mode", "interpolation")
+
+
 def build_model(
     name: str,
     pretrained: bool = True,
     checkpoint_path: str | None = None,
     kwargs: dict[str, Any] | None = None,
+    data_config: dict[str, Any] | None = None,
 ) -> nn.Module:
-    """A timm model by registry name, with pretrained weights from the hub or a local checkpoint."""
+    """A timm model by registry name, with pretrained weights from the hub or a local checkpoint.
+
+    `data_config` sets the model's own preprocessing (`mean`, `std`, `input_size`, `crop_pct`,
+    `crop_mode`, `interpolation`) in its `pretrained_cfg`, where timm's `resolve_data_config` reads it.
+    """
     kwargs = dict(kwargs or {})
+    data_config = dict(data_config or {})
+    unknown = sorted(set(data_config) - set(DATA_CONFIG_KEYS))
+    if unknown:
+        raise StarfishError(f"model.data_config has no key {unknown[0]!r}: use {', '.join(DATA_CONFIG_KEYS)}")
     if not timm.is_model(name) and not name.startswith("hf-hub:"):
         close = timm.list_models(f"*{name.split('.')[0][:8]}*")[:5]
         hint = f" (close: {', '.join(close)})" if close else ""
@@ -28,7 +40,12 @@ def build_model(
         path = Path(checkpoint_path).expanduser()
         if not path.is_file():
             raise StarfishError(f"model.checkpoint_path {str(path)!r} does not exist: give the path of a weights file")
-        kwargs["pretrained_cfg_overlay"] = dict(file=str(path))
+        # the user's own overlay (e.g. mean/std) stays: the file is added to it; the file's class count
+        # is the model's, or timm would drop its classifier as one for other classes
+        overlay = {**dict(kwargs.get("pretrained_cfg_overlay") or {}), "file": str(path)}
+        if "num_classes" in kwargs:
+            overlay["num_classes"] = kwargs["num_classes"]
+        kwargs["pretrained_cfg_overlay"] = overlay
         pretrained = True
     try:
         model = timm.create_model(name, pretrained=pretrained, **kwargs)
@@ -39,19 +56,34 @@ def build_model(
                 "to the HF hub, or set model.checkpoint_path=FILE or model.pretrained=false"
             ) from error
         raise StarfishError(f"could not build model {name!r}: {_first_line(error)}") from error
-    return _match_data_config(model).eval()
+    return _match_data_config(model, data_config).eval()
 
 
-def _match_data_config(model: nn.Module) -> nn.Module:
-    """Keep the timm data config's input size equal to the model's (e.g. after kwargs img_size=…)."""
+def _match_data_config(model: nn.Module, data_config: dict[str, Any]) -> nn.Module:
+    """Make the timm data config describe the model as built: its input size (e.g. after kwargs
+    img_size=…), mean and std with one value per input channel (a greyscale model built from an RGB
+    config gets the channel average, as timm averages a pretrained first conv), then the user's
+    `data_config` on top."""
     patch_embed = getattr(model, "patch_embed", None)
     img_size = getattr(patch_embed, "img_size", None)
     proj = getattr(patch_embed, "proj", None)
     config = dict(getattr(model, "pretrained_cfg", {}) or {})
     if img_size and isinstance(proj, nn.Conv2d):
-        input_size = (proj.in_channels, *img_size)
-        if tuple(config.get("input_size", ())) != input_size:
-            model.pretrained_cfg = {**config, "input_size": input_size}
+        channels = proj.in_channels
+        config["input_size"] = (channels, *img_size)
+        for key in ("mean", "std"):
+            values = tuple(config.get(key) or ())
+            if values and len(values) != channels:
+                config[key] = (sum(values) / len(values),) * channels
+    for key, value in data_config.items():
+        if key in ("mean", "std"):
+            value = tuple(float(v) for v in (value if isinstance(value, list | tuple) else [value]))
+            channels = int(config.get("input_size", (len(value),))[0])
+            if len(value) not in (1, channels):
+                raise StarfishError(f"model.data_config.{key} has {len(value)} values for a {channels}-channel model")
+            value = value * channels if len(value) == 1 else value
+        config[key] = tuple(value) if isinstance(value, list) else value
+    model.pretrained_cfg = config
     return model
 
 
