@@ -152,3 +152,35 @@ def test_a_greyscale_timm_vit_from_a_local_checkpoint_with_its_own_normalization
         logits = plain(torch.stack([test[i][1] for i in range(256)]))
     correct = (logits.argmax(-1) == torch.tensor([test[i][2] for i in range(256)])).sum().item()
     assert report["accuracy"]["dense"]["top1"] == pytest.approx(100.0 * correct / 256, abs=1e-9)
+
+
+def test_a_healing_killed_midway_resumes_to_the_same_weights(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    args = ["run", "calib.count=64", "healer.batch_size=8", "healer.epochs=12", "healer.save_every=10",
+            "eval.max_images=64"]
+    run_cli(*args, "hydra.run.dir=whole", cwd=tmp_path)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "starfish_cli", *args, "hydra.run.dir=killed"], cwd=tmp_path,
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = tmp_path / "killed" / "heal_state.pt"
+    deadline = time.monotonic() + 300
+    while not state.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert state.exists() and not (tmp_path / "killed" / "healed.safetensors").exists()
+    resumed = run_cli(*args, "hydra.run.dir=killed", cwd=tmp_path)
+    # it resumed (a restart from step 0 would reach the same weights too, only later)
+    assert "resuming healing from" in resumed.stdout + resumed.stderr and not state.exists()
+    whole = load_checkpoint(tmp_path / "whole" / "healed.safetensors", "heal")
+    again = load_checkpoint(tmp_path / "killed" / "healed.safetensors", "heal")
+    assert all(torch.equal(whole.weights[name], again.weights[name]) for name in whole.weights)
+    assert read_json(tmp_path / "killed" / "report.json")["healing"] \
+        == read_json(tmp_path / "whole" / "report.json")["healing"]  # the loss history too

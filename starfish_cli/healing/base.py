@@ -4,6 +4,7 @@ import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -11,9 +12,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from starfish_cli import distributed
+from starfish_cli.checkpoint import masks_digest
 from starfish_cli.data import loader
 from starfish_cli.errors import StarfishError
 from starfish_cli.families import structure_of
+from starfish_cli.healing.resume import ResumeState
 from starfish_cli.healing.states import collect_states
 from starfish_cli.progress import progress_bar
 from starfish_cli.runtime import autocast
@@ -46,7 +49,8 @@ class Healer:
 
     def heal(self, student: nn.Module, teacher: nn.Module, masks: Mapping[str, torch.Tensor],
              calibration: torch.utils.data.Dataset, device: torch.device,
-             precision: torch.dtype = torch.float32) -> HealResult:
+             precision: torch.dtype = torch.float32, state_file: Path | None = None) -> HealResult:
+        """`state_file`: where a healer that trains keeps its resumable state (see `healing.resume`)."""
         raise NotImplementedError
 
 
@@ -142,7 +146,7 @@ class GradientHealer(Healer):
     """
 
     def __init__(self, epochs: int = 10, batch_size: int = 32, lr: float = 6e-4, min_lr: float = 1e-6,
-                 weight_decay: float = 0.0, seed: int = 0, reshuffle: bool = False):
+                 weight_decay: float = 0.0, seed: int = 0, reshuffle: bool = False, save_every: int = 200):
         if not isinstance(epochs, int) or epochs < 0:
             raise StarfishError(f"healer.epochs={epochs!r} must be a whole number ≥ 0")
         if not isinstance(batch_size, int) or batch_size <= 0:
@@ -152,7 +156,9 @@ class GradientHealer(Healer):
         self.epochs, self.batch_size, self.lr, self.min_lr = epochs, batch_size, lr, min_lr
         if not isinstance(reshuffle, bool):
             raise StarfishError(f"healer.reshuffle={reshuffle!r} must be true or false")
-        self.weight_decay, self.seed, self.reshuffle = weight_decay, seed, reshuffle
+        if not isinstance(save_every, int) or isinstance(save_every, bool) or save_every < 0:
+            raise StarfishError(f"healer.save_every={save_every!r}: a whole number of steps ≥ 0 (0: never)")
+        self.weight_decay, self.seed, self.reshuffle, self.save_every = weight_decay, seed, reshuffle, save_every
 
     def trainable_names(self, student: nn.Module) -> list[str]:
         return pruned_weight_names(student)
@@ -165,7 +171,7 @@ class GradientHealer(Healer):
         """`outputs` = the student's (logits, states) on `batch`; `targets` = `teacher_targets(…)`."""
         raise NotImplementedError
 
-    def heal(self, student, teacher, masks, calibration, device, precision=torch.float32):
+    def heal(self, student, teacher, masks, calibration, device, precision=torch.float32, state_file=None):
         names = self.trainable_names(student)
         with autocast(device, precision):
             targets = self.teacher_targets(teacher, calibration, device)
@@ -175,13 +181,14 @@ class GradientHealer(Healer):
             return self.loss(forward(batch[1].to(device, non_blocking=True)), batch, targets, device)
 
         steps = self.optimize(student, names, masks, calibration, device, precision, history, loss_of_batch,
-                              forward=StudentForward(student, self.student_states))
+                              forward=StudentForward(student, self.student_states), state_file=state_file)
         return HealResult(steps=steps, trained_parameters=names, loss_history=history)
 
     def optimize(self, model: nn.Module, names: list[str], masks, calibration, device, precision: torch.dtype,
                  history: list[float], loss_of_batch, description: str | None = None,
-                 forward: nn.Module | None = None) -> int:
-        """Run the recipe over `calibration`; `loss_of_batch(batch, forward)`. Returns the steps taken."""
+                 forward: nn.Module | None = None, state_file: Path | None = None) -> int:
+        """Run the recipe over `calibration`; `loss_of_batch(batch, forward)`. Returns the steps taken.
+        With `state_file` (one process), the state is saved every `save_every` steps and resumed."""
         parameters = train_only(model, names)
         fixed = FixedMasks(model, masks)
         world = distributed.current()
@@ -200,13 +207,23 @@ class GradientHealer(Healer):
         optimizer = torch.optim.Adam(parameters, lr=self.lr, weight_decay=self.weight_decay)
         total = self.epochs * len(batches)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total, 1), eta_min=self.min_lr)
+        trained = {name: parameter for name, parameter in model.named_parameters() if parameter.requires_grad}
+        resume = ResumeState(None if world.active else state_file, self.save_every,
+                             [self.describe(), description, masks_digest(dict(masks)), len(calibration), sorted(trained)])
+        saved = resume.load()
+        step = ResumeState.restore(saved, trained, optimizer, scheduler, history) if saved else 0
         model.eval()  # no dropout/drop-path: the targets are deterministic
         try:
             with progress_bar(description or f"healing ({self.registered_name})", total) as advance:
+                done = 0
                 for epoch in range(self.epochs):
                     if sampler is not None and self.reshuffle:
                         sampler.set_epoch(epoch)
-                    for batch in batches:
+                    for batch in batches:  # a resumed run walks the same order up to its step
+                        done += 1
+                        if done <= step:
+                            advance()
+                            continue
                         with autocast(device, precision):
                             loss = loss_of_batch(batch, forward)
                         optimizer.zero_grad(set_to_none=True)
@@ -219,6 +236,9 @@ class GradientHealer(Healer):
                             raise StarfishError(f"healing diverged (loss {value}): lower healer.lr")
                         history.append(value)
                         advance(loss=value)
+                        if resume.due(done, total):
+                            resume.save(done, trained, optimizer, scheduler, history)
+            resume.remove()  # finished: the healed weights are the result
         finally:
             fixed.remove()
             for parameter in model.parameters():

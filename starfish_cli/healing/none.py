@@ -8,5 +8,5 @@ from starfish_cli.healing.registry import HEALERS
 class NoHealer(Healer):
     changes_weights = False
 
-    def heal(self, student, teacher, masks, calibration, device, precision=None):
+    def heal(self, student, teacher, masks, calibration, device, precision=None, state_file=None):
         return HealResult()

@@ -13,8 +13,9 @@ class NormBiasHealer(GradientHealer):
     student_states = ("blocks",)
 
     def __init__(self, epochs: int = 10, batch_size: int = 32, lr: float = 6e-4, min_lr: float = 1e-6,
-                 weight_decay: float = 0.0, reshuffle: bool = False, teacher: str = "auto", seed: int = 0):
-        super().__init__(epochs, batch_size, lr, min_lr, weight_decay, seed, reshuffle)
+                 weight_decay: float = 0.0, reshuffle: bool = False, save_every: int = 200, teacher: str = "auto",
+                 seed: int = 0):
+        super().__init__(epochs, batch_size, lr, min_lr, weight_decay, seed, reshuffle, save_every)
         if teacher not in TEACHER_MODES:
             raise StarfishError(f"healer.teacher={teacher!r}: choose one of {', '.join(TEACHER_MODES)}")
         self.teacher = teacher

@@ -30,7 +30,7 @@ class StarfishHealer(GradientHealer):
         lr: float = 6e-4,
         min_lr: float = 1e-6,
         weight_decay: float = 0.0,
-        reshuffle: bool = False,
+        reshuffle: bool = False, save_every: int = 200,
         states: str | list[str] | tuple[str, ...] = ("blocks",),
         loss: str = "cosine",
         kd_weight: float = 0.0,
@@ -39,7 +39,7 @@ class StarfishHealer(GradientHealer):
         teacher: str = "auto",
         seed: int = 0,
     ):
-        super().__init__(epochs, batch_size, lr, min_lr, weight_decay, seed, reshuffle)
+        super().__init__(epochs, batch_size, lr, min_lr, weight_decay, seed, reshuffle, save_every)
         states = (states,) if isinstance(states, str) else tuple(states)
         for name, value, allowed in (("teacher", teacher, TEACHER_MODES), ("loss", loss, tuple(STATE_LOSSES)),
                                      ("mode", mode, MODES)):
@@ -74,9 +74,9 @@ class StarfishHealer(GradientHealer):
             loss = loss + self.kd_weight * logit_kd_loss(logits, teacher_logits, self.kd_temperature)
         return loss
 
-    def heal(self, student, teacher, masks, calibration, device, precision=torch.float32):
+    def heal(self, student, teacher, masks, calibration, device, precision=torch.float32, state_file=None):
         if self.mode == "end_to_end":
-            return super().heal(student, teacher, masks, calibration, device, precision)
+            return super().heal(student, teacher, masks, calibration, device, precision, state_file)
         return self._heal_blockwise(student, teacher, masks, calibration, device, precision)
 
     def _heal_blockwise(self, student, teacher, masks, calibration, device, precision) -> HealResult:

@@ -21,6 +21,7 @@ PRUNED_FILE = "pruned.safetensors"
 HEALED_FILE = "healed.safetensors"
 INDICES_FILE = "calibration_indices.json"
 CONFIG_FILE = "config.yaml"
+HEAL_STATE_FILE = "heal_state.pt"  # healing's resumable state while it runs (healer.save_every)
 
 
 @dataclass

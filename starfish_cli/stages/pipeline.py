@@ -40,7 +40,7 @@ from starfish_cli.registry import check_arguments
 from starfish_cli.report import print_summary, write_report
 from starfish_cli.runtime import compile_blocks, measure, resolve_device, resolve_precision, seed_everything
 from starfish_cli.stages.layout import (
-    CONFIG_FILE, HEALED_FILE, INDICES_FILE, PRUNED_FILE, RunFolders, finished, has_results,
+    CONFIG_FILE, HEAL_STATE_FILE, HEALED_FILE, INDICES_FILE, PRUNED_FILE, RunFolders, finished, has_results,
 )
 
 log = logging.getLogger("starfish")
@@ -240,9 +240,10 @@ def heal(context: Context, healer: Healer, pruned: Pruned, calibration: Calibrat
         compile_blocks(student)
         compile_blocks(context.dense)
     timing: dict[str, Any] = {}
+    state_file = context.folders.record(context.folders.run_dir / HEAL_STATE_FILE)  # removed again on bad input
     with measure("heal", context.device, timing):
         result = healer.heal(student, context.dense, pruned.masks, calibration.images, context.device,
-                             context.precision)
+                             context.precision, state_file if context.world.is_main else None)
     student.eval()
     log.info("healed with %s: %d steps, final loss %s", healer.registered_name, result.steps,
              f"{result.loss_history[-1]:.5f}" if result.loss_history else "–")
