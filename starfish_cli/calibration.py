@@ -15,7 +15,7 @@ class CalibrationSampler:
     """
 
     def __init__(self, fraction: float = 0.004, count: int | None = None, balanced: bool = True):
-        if count is None and not 0.0 < float(fraction) <= 1.0:
+        if not 0.0 < float(fraction) <= 1.0:
             raise StarfishError(f"calib.fraction={fraction} must be in (0, 1]: e.g. calib.fraction=0.004")
         if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count <= 0):
             raise StarfishError(f"calib.count={count!r} must be a positive whole number of images, e.g. calib.count=240")

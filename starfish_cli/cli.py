@@ -12,6 +12,9 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+
 from starfish_cli.errors import StarfishError
 from starfish_cli.stages import STAGES as PIPELINE_STAGES
 from starfish_cli.stages import launch
@@ -210,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
                 folders = [o for o in overrides if "=" not in o]
                 if len(folders) != 1:
                     raise StarfishError("usage: starfish report DIR (the folder of a sweep, e.g. outputs)")
+                if not Path(folders[0]).is_dir():  # before Hydra, which would make it as its run folder
+                    raise StarfishError(f"{folders[0]} is not a folder: give the folder of a sweep, "
+                                        "e.g. starfish report outputs")
                 overrides = [f"dir={_hydra_quote(folders[0])}"] + [o for o in overrides if "=" in o]
             if known.config:
                 extra_flags, extra_overrides = experiment_arguments(known.config, Path(workdir))
@@ -222,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
             if int(os.environ.get("RANK", "0")) > 0:  # under torchrun only rank 0 writes the run folder
                 overrides += ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
             sys.argv = [f"starfish {stage}", *flags, *overrides]
+            # Hydra re-raises what fails in it (a run folder it cannot create) instead of printing a
+            # stack trace and exiting 1: this function turns it into one line
+            os.environ["HYDRA_FULL_ERROR"] = "1"
             if stage == "report":
                 from starfish_cli.stages.report import main as report_main
 
@@ -230,6 +239,13 @@ def main(argv: list[str] | None = None) -> int:
             return launch(stage)
     except StarfishError as error:
         print(f"starfish: error: {error}", file=sys.stderr)
+        return 2
+    except (HydraException, OmegaConfBaseException) as error:  # a config problem the checks above missed
+        print(f"starfish: error: {' '.join(str(error).split())[:300]}", file=sys.stderr)
+        return 2
+    except OSError as error:  # the file system said no: a folder that cannot be made, a full disk
+        print(f"starfish: error: {error.strerror or error} ({error.filename or 'output folder'}): "
+              "choose a writable output_root or hydra.run.dir", file=sys.stderr)
         return 2
 
 

@@ -134,10 +134,13 @@ class ImageFolder(ImageSource):
         self.path = str(Path(path).expanduser())
 
     def load(self, split: str) -> datasets.Dataset:
+        datasets.disable_progress_bars()  # indexing the folder once: its bars are noise on the console
         try:
             splits = datasets.load_dataset("imagefolder", data_dir=self.path)
         except Exception as error:
             raise StarfishError(f"could not read image folders under {self.path}: {str(error).splitlines()[0][:150]}") from error
+        finally:
+            datasets.enable_progress_bars()
         if split not in splits:
             raise StarfishError(f"{self.path} has no {split!r} split (found {', '.join(splits)}): "
                                 "set data.calib_split / data.eval_split")
@@ -223,8 +226,12 @@ class ImageTensors(torch.utils.data.Dataset):
         return len(self.split)
 
     def __getitem__(self, index: int):
-        row = self.split[int(index)]
-        image = self.transform(row["image"].convert(self.mode))
+        try:
+            row = self.split[int(index)]
+            image = self.transform(row["image"].convert(self.mode))
+        except (OSError, ValueError, SyntaxError) as error:  # PIL's errors for files that are not images
+            raise StarfishError(f"image {index} of the split cannot be read ({_first_line(error)}): "
+                                "remove or replace the damaged file") from error
         return (index, image, row["label"]) if self.with_labels else (index, image)
 
 
@@ -262,6 +269,11 @@ class DecodedImages(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         image = self.images[index] if self.finish is None else self.finish(self.images[index])
         return (index, image) if self.labels is None else (index, image, self.labels[index])
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:150] if text else type(error).__name__
 
 
 class StreamedImageTensors(torch.utils.data.IterableDataset):

@@ -121,19 +121,49 @@ def _bad_checkpoint(tmp_path, kind):
     (["run", "pruner.sparsity=[0.5"], "cannot read the overrides"),
     (["run", "model.kwargs={depth:2", ], "cannot read the overrides"),
     (["run", "-m", "healer=none,kd"], "unknown key 'healer.epochs' (with healer=none)"),
+    (["run", "calib.fraction=2"], "calib.fraction=2 must be in (0, 1]"),
+    (["run", "calib.balanced=maybe"], "calib.balanced='maybe' must be true or false"),
+    (["run", "eval.batch_size=0"], "eval.batch_size=0 must be a whole number ≥ 1"),
+    (["run", "eval.max_images=abc"], "eval.max_images='abc'"),
+    (["run", "seed=abc"], "seed='abc' must be a whole number"),
+    (["run", "device=tpu"], "device='tpu' is not a device"),
+    (["run", "precision=fp8"], "precision='fp8'"),
+    (["run", "model.checkpoint_path=TRUNCATED"], "could not build model 'vit_fmnist'"),
+    (["run", "model.pretrained=maybe"], "model.pretrained='maybe' must be true or false"),
+    (["run", "model.data_config={means:[0.5]}"], "model.data_config has no key 'means'"),
+    (["run", "pruner=sparsegpt", "pruner.block_size=0"], "pruner.block_size=0"),
+    (["run", "healer.teacher=nowhere"], "healer.teacher='nowhere'"),
+    (["run", "healer.kd_weight=-1"], "healer.kd_weight must be ≥ 0"),
+    (["run", "healer.save_every=-1"], "healer.save_every=-1"),
+    (["run", "data=imagefolder", "data.path=EMPTY"], "could not read image folders"),
+    (["run", "data=imagefolder", "data.path=BADIMAGES", "calib.count=2", "model=deit_tiny", "model.pretrained=false"],
+     "cannot be read"),
+    (["run", "output_root=/proc/starfish"], "choose a writable output_root"),
+    (["prune", "pruner.sparsity=2"], "outside [0, 1)"),
+    (["eval"], "no checkpoint"),
+    (["heal", "pruned=ARCH", "model=deit_tiny", "model.pretrained=false"], "was made for model 'vit_fmnist'"),
+    (["report", "/no/such/folder"], "is not a folder"),
 ])
 def test_bad_input_is_one_line_exit_2_nothing_left(tmp_path, args, message):
+    """The CLI's fuzz test: bad values of every config group and stage, typos, missing, corrupt or
+    foreign files, a checkpoint of another model, empty or unreadable data, an output folder that
+    cannot be made. (A read-only folder cannot be had as root, which CI is.)"""
     work = tmp_path / "work"
     work.mkdir()
     (tmp_path / "empty").mkdir()
     replacements = {"EMPTY": str(tmp_path / "empty"), "TRUNCATED": str(_bad_checkpoint(tmp_path, "truncated")),
-                    "FOREIGN": str(_bad_checkpoint(tmp_path, "foreign"))}
+                    "FOREIGN": str(_bad_checkpoint(tmp_path, "foreign")), "BADIMAGES": str(tmp_path / "bad")}
+    for split in ("train", "val"):  # an image folder whose files are not images
+        (tmp_path / "bad" / split / "n0").mkdir(parents=True)
+        for i in range(4):
+            (tmp_path / "bad" / split / "n0" / f"{i}.JPEG").write_bytes(b"not a jpeg")
     if "pruned=ARCH" in args:  # a real pruned checkpoint of a 2-block variant of the reference model
         run_cli("prune", *SHRUNK, "model.pretrained=false", "+model.kwargs.depth=2", "hydra.run.dir=arch", cwd=tmp_path)
         replacements["ARCH"] = str(tmp_path / "arch" / "pruned.safetensors")
     args = [a.replace(k, v) if "=" in a else a for a in args for k, v in [next(
         ((k, v) for k, v in replacements.items() if k in a), ("", ""))]]
-    result = run_cli(args[0], *SHRUNK, *args[1:], cwd=work, check=False)
+    shrunk = SHRUNK if args[0] in ("run", "prune", "heal", "eval") else []
+    result = run_cli(args[0], *shrunk, *args[1:], cwd=work, check=False)
     assert result.returncode == 2, result.stderr[-2000:]
     lines = [line for line in result.stderr.splitlines() if line.startswith("starfish: error:")]
     assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]

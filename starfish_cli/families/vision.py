@@ -5,6 +5,7 @@ from typing import Any
 
 import timm
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 import starfish_cli.reference_model  # noqa: F401  (registers vit_fmnist with timm)
@@ -49,7 +50,7 @@ def build_model(
         pretrained = True
     try:
         model = timm.create_model(name, pretrained=pretrained, **kwargs)
-    except (RuntimeError, OSError, ValueError) as error:
+    except (RuntimeError, OSError, ValueError, TypeError, KeyError, SafetensorError) as error:
         if pretrained and not checkpoint_path:
             raise StarfishError(
                 f"could not load pretrained weights for {name!r} ({_first_line(error)}): check network access "

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from starfish_cli.errors import StarfishError
 from starfish_cli.families import structure_of
 from starfish_cli.pruning.base import Pruner
 from starfish_cli.pruning.masks import Pattern, sparsity_for_layer
@@ -80,6 +81,10 @@ class SparseGPTPruner(Pruner):
 
     def __init__(self, sparsity=0.5, pattern="unstructured", block_size: int = 128, damping: float = 0.01):
         super().__init__(sparsity, pattern)
+        if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+            raise StarfishError(f"pruner.block_size={block_size!r} must be a whole number ≥ 1 (columns per lazy update)")
+        if isinstance(damping, bool) or not isinstance(damping, int | float) or damping < 0:
+            raise StarfishError(f"pruner.damping={damping!r} must be a number ≥ 0 (a fraction of mean diag H)")
         self.block_size, self.damping = block_size, damping
 
     def describe(self):

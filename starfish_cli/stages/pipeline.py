@@ -36,7 +36,7 @@ from starfish_cli.families.vision import build_model
 from starfish_cli.healing import HEALERS, Healer
 from starfish_cli.pruning import PRUNERS, Pruner
 from starfish_cli.pruning.masks import measure_sparsity
-from starfish_cli.registry import check_arguments
+from starfish_cli.registry import check_arguments, check_types
 from starfish_cli.report import print_summary, write_report
 from starfish_cli.runtime import compile_blocks, measure, resolve_device, resolve_precision, seed_everything
 from starfish_cli.stages.layout import (
@@ -114,7 +114,28 @@ def pruning_config(cfg: DictConfig) -> dict[str, Any]:
 
 
 # ---- validation: everything that can be wrong with the input, before anything is written
+def check_settings(cfg: DictConfig) -> None:
+    """The top-level keys and `eval.*`: one line for a value of the wrong kind or range."""
+    def whole(value, minimum: int) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+    problems = {
+        "seed": (whole(cfg.seed, 0), "a whole number ≥ 0"),
+        "eval.batch_size": (whole(cfg.eval.batch_size, 1), "a whole number ≥ 1"),
+        "eval.max_images": (cfg.eval.max_images is None or whole(cfg.eval.max_images, 1), "a whole number ≥ 1 or null"),
+        "skip_finished": (isinstance(cfg.skip_finished, bool), "true or false"),
+        "compile": (isinstance(cfg.compile, bool), "true or false"),
+    }
+    for key, (fine, allowed) in problems.items():
+        if not fine:
+            raise StarfishError(f"{key}={OmegaConf.select(cfg, key)!r} must be {allowed}")
+    check_types(build_model, plain(cfg.model), prefix="model")
+    check_arguments(CalibrationSampler, plain(cfg.calib), "calib", prefix="calib")
+    check_types(CalibrationSampler, plain(cfg.calib), prefix="calib")
+
+
 def prepare(cfg: DictConfig, folders: RunFolders, steps: tuple[str, ...]) -> tuple[Context, Inputs]:
+    check_settings(cfg)
     seed = int(cfg.seed)
     seed_everything(seed)
     world = distributed.setup(str(cfg.device), str(cfg.dist_backend))
@@ -128,7 +149,6 @@ def prepare(cfg: DictConfig, folders: RunFolders, steps: tuple[str, ...]) -> tup
         # hooks inside a compiled block change its guards on every step: it would recompile each time
         raise StarfishError("compile=true compiles whole blocks, and healer.states attn/mlp read inside them: "
                             "use compile=false, or healer.states=[blocks] / [final_norm]")
-    check_arguments(CalibrationSampler, plain(cfg.calib), "calib", prefix="calib")
     sampler = CalibrationSampler(**plain(cfg.calib))
     workers = eval_workers(cfg.eval.num_workers)
     # checkpoints first: a missing or foreign file is found before any model or data is loaded
