@@ -31,7 +31,7 @@ _INFO_TOPICS = {"all", "config", "defaults", "defaults-tree", "plugins", "search
 _OPEN_NODES = re.compile(r"^(model\.kwargs|model\.data_config)(\.[^=]*)?=")
 _GROUP_OVERRIDE = re.compile(rf"^[+]{{0,2}}({'|'.join(CONFIG_GROUPS)})=(.*)$")
 
-USAGE = """usage: starfish <stage> [--config FILE] [-m] [hydra flags] [key=value ...]
+USAGE = """usage: starfish <stage> [--config FILE] [-m] [-v] [hydra flags] [key=value ...]
 
 stages:
 {stages}
@@ -209,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
             raise StarfishError(f"unknown stage {stage!r}: choose one of {', '.join(STAGES)} (starfish --help)")
         with tempfile.TemporaryDirectory(prefix="starfish-config-") as workdir:
             flags, overrides = split_flags(remaining)
+            if any(flag in ("-v", "--verbose") for flag in flags):  # library logging back on the console
+                flags = [flag for flag in flags if flag not in ("-v", "--verbose")]
+                overrides.append("hydra.verbose=true")
             if stage == "report":  # `starfish report DIR`: the folder is a positional argument
                 folders = [o for o in overrides if "=" not in o]
                 if len(folders) != 1:
