@@ -65,8 +65,12 @@ class RunFolders:
 
 
 def _remove_empty_parents(folder: Path, stop: Path) -> None:
-    while folder != folder.parent and folder != stop and folder.is_dir() and not any(folder.iterdir()):
-        folder.rmdir()
+    """Remove `folder` (if it is still there) and every parent up to `stop` that is left empty."""
+    while folder != folder.parent and folder != stop:
+        if folder.is_dir():
+            if any(folder.iterdir()):
+                return
+            folder.rmdir()
         folder = folder.parent
 
 
