@@ -17,6 +17,8 @@ from starfish_cli.errors import StarfishError
 FORMAT = "starfish-checkpoint"
 VERSION = 1
 _MASK_PREFIX = "mask::"
+PRUNED_FILE = "pruned.safetensors"  # a run folder's checkpoints (stages/layout.py places them)
+HEALED_FILE = "healed.safetensors"
 
 
 @dataclass
@@ -42,14 +44,21 @@ def save_checkpoint(path: Path, model: nn.Module, masks: dict[str, torch.Tensor]
     write_atomically(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata={"starfish": json.dumps(header)}))
 
 
-def read_metadata(path: Path) -> dict[str, Any] | None:
-    """The starfish metadata of a checkpoint file (header only, no tensors); None if there is none."""
+def read_header(path: Path) -> dict[str, Any] | None:
+    """The starfish metadata of a safetensors file (a checkpoint's or an export's; header only, no
+    tensors); None if there is none."""
     try:
         with safe_open(str(path), framework="pt") as handle:
-            metadata = json.loads((handle.metadata() or {}).get("starfish", "null"))
+            header = json.loads((handle.metadata() or {}).get("starfish", "null"))
     except (SafetensorError, OSError, ValueError):
         return None
-    return metadata if isinstance(metadata, dict) and metadata.get("format") == FORMAT else None
+    return header if isinstance(header, dict) else None
+
+
+def read_metadata(path: Path) -> dict[str, Any] | None:
+    """The starfish metadata of a checkpoint file; None if it is not one."""
+    metadata = read_header(path)
+    return metadata if metadata is not None and metadata.get("format") == FORMAT else None
 
 
 def load_checkpoint(path: Path, stage_hint: str) -> Checkpoint:

@@ -29,6 +29,7 @@ _VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--con
 _INFO_TOPICS = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
 # config nodes whose keys are the user's (timm.create_model kwargs, preprocessing): `model.kwargs.depth=2` adds a key
 _OPEN_NODES = re.compile(r"^(model\.kwargs|model\.data_config)(\.[^=]*)?=")
+_EXPORT_SHORTHAND = re.compile(r"^(format|dtype)=")  # `starfish export format=onnx`: keys of the export node
 _GROUP_OVERRIDE = re.compile(rf"^[+]{{0,2}}({'|'.join(CONFIG_GROUPS)})=(.*)$")
 
 USAGE = """usage: starfish <stage> [--config FILE] [-m] [-v] [hydra flags] [key=value ...]
@@ -71,6 +72,11 @@ def split_flags(arguments: list[str]) -> tuple[list[str], list[str]]:
 def open_node_overrides(overrides: list[str]) -> list[str]:
     """`model.kwargs=…` and `model.kwargs.KEY=…` as written: Hydra would need `+`/`++` for new keys."""
     return [f"++{o}" if _OPEN_NODES.match(o) else o for o in overrides]
+
+
+def export_shorthand(overrides: list[str]) -> list[str]:
+    """`format=…` and `dtype=…` after `starfish export` are `export.format=…` and `export.dtype=…`."""
+    return [f"export.{o}" if _EXPORT_SHORTHAND.match(o) else o for o in overrides]
 
 
 def group_options(group: str, extra_dirs: list[Path]) -> list[str]:
@@ -224,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
                 extra_flags, extra_overrides = experiment_arguments(known.config, Path(workdir))
                 flags, overrides = extra_flags + flags, extra_overrides + overrides
             overrides = open_node_overrides(overrides)
+            if stage == "export":
+                overrides = export_shorthand(overrides)
             extra_dirs = [Path(flags[i + 1]) for i, f in enumerate(flags[:-1]) if f in ("--config-dir", "-cd")]
             check_group_choices(overrides, extra_dirs)
             if stage in PIPELINE_STAGES:

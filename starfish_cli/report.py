@@ -94,10 +94,27 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {stage} | {entry['seconds']:.1f} | {entry['peak_memory_mb']:.0f} | "
                          f"{entry['memory_kind']}{reused} |")
         lines.append("")
+    lines += export_lines(report.get("export"))
     environment = report.get("environment", {})
     if environment:
         lines += ["## Environment", ""] + [f"- {k}: {v}" for k, v in environment.items()] + [""]
     return "\n".join(lines)
+
+
+def export_lines(export: dict[str, Any] | None) -> list[str]:
+    """report.md's section on `starfish export`: the files, their size against the dense model, ONNX's check."""
+    if not export:
+        return []
+    lines = [f"## Export ({export['folder']}/, {export['dtype']})", "", "| file | bytes |", "|---|---|"]
+    lines += [f"| {name} | {size} |" for name, size in export["files"].items()]
+    lines += ["", f"model.safetensors: **{export['ratio']:.3f}×** the dense model's safetensors file "
+                  f"({export['dense_bytes']} bytes)", ""]
+    onnx = export.get("onnx")
+    if onnx:
+        lines += [f"ONNX on {onnx['images']} images: top-1 {_fmt(onnx['top1_onnxruntime'])}% in onnxruntime, "
+                  f"{_fmt(onnx['top1_pytorch'])}% in PyTorch; {onnx['images_per_second_onnxruntime']:.0f} vs "
+                  f"{onnx['images_per_second_pytorch']:.0f} images/s (CPU)", ""]
+    return lines
 
 
 def print_summary(report: dict[str, Any], console: Console | None = None) -> None:

@@ -26,3 +26,23 @@ def test_a_failed_write_leaves_nothing(tmp_path):
     with pytest.raises(RuntimeError):
         write_atomically(tmp_path / "pruned.safetensors", fail)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_folder_is_replaced_whole_or_not_at_all(tmp_path):
+    from starfish_cli.atomic import write_folder_atomically
+
+    def fill(folder, text):
+        write_text_atomically(folder / "model.json", text)
+
+    def fail(folder):
+        fill(folder, "half")
+        raise RuntimeError("export failed")
+
+    write_folder_atomically(tmp_path / "export", lambda folder: fill(folder, "first"))
+    (tmp_path / "export" / "stale.onnx").write_text("old")
+    write_folder_atomically(tmp_path / "export", lambda folder: fill(folder, "second"))
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["model.json"]
+    with pytest.raises(RuntimeError):
+        write_folder_atomically(tmp_path / "export", fail)
+    assert (tmp_path / "export" / "model.json").read_text() == "second"
+    assert [p.name for p in tmp_path.iterdir()] == ["export"]

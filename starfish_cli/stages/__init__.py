@@ -22,6 +22,8 @@ STAGES = {
     "heal": Stage(("heal",), "starfish", "heal the pruned model by internal-state alignment (healed.safetensors)"),
     "eval": Stage(("eval",), "starfish", "evaluate dense, pruned and healed models (report.json, report.md)"),
     "run": Stage(("prune", "heal", "eval"), "starfish", "prune, heal and evaluate in one process"),
+    "export": Stage(("export",), "starfish", "compress the healed model to ship (export/: model.safetensors, "
+                    "model.json; format=onnx: model.onnx)"),
 }
 
 

@@ -14,11 +14,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from starfish_cli.checkpoint import read_metadata
+from starfish_cli.checkpoint import HEALED_FILE, PRUNED_FILE, read_metadata
 from starfish_cli.report import read_report
 
-PRUNED_FILE = "pruned.safetensors"
-HEALED_FILE = "healed.safetensors"
 INDICES_FILE = "calibration_indices.json"
 CONFIG_FILE = "config.yaml"
 HEAL_STATE_FILE = "heal_state.pt"  # healing's resumable state while it runs (healer.save_every)

@@ -31,6 +31,7 @@ from starfish_cli.checkpoint import load_checkpoint, masks_digest, read_metadata
 from starfish_cli.data import DATASETS, DecodedImages, evaluation_tensors, loader, model_transform
 from starfish_cli.errors import StarfishError
 from starfish_cli.evaluation import evaluate
+from starfish_cli.export import check_options as check_export_options
 from starfish_cli.families import structure_of
 from starfish_cli.families.vision import build_model
 from starfish_cli.healing import HEALERS, Healer
@@ -132,6 +133,7 @@ def check_settings(cfg: DictConfig) -> None:
     check_types(build_model, plain(cfg.model), prefix="model")
     check_arguments(CalibrationSampler, plain(cfg.calib), "calib", prefix="calib")
     check_types(CalibrationSampler, plain(cfg.calib), prefix="calib")
+    check_export_options(cfg.export.format, cfg.export.dtype)
 
 
 def prepare(cfg: DictConfig, folders: RunFolders, steps: tuple[str, ...]) -> tuple[Context, Inputs]:
@@ -408,8 +410,13 @@ def run_stage(cfg: DictConfig, steps: tuple[str, ...]) -> str | None:
                  folders.run_dir)
         return None
     try:
-        context, inputs = prepare(cfg, folders, steps)
-        execute(context, inputs, steps)
+        if steps == ("export",):  # reads a finished run: no dense model, calibration or pruning
+            from starfish_cli.stages.export import export_run
+
+            export_run(cfg, folders)
+        else:
+            context, inputs = prepare(cfg, folders, steps)
+            execute(context, inputs, steps)
     except StarfishError as error:
         if distributed.launched_world().is_main:
             folders.discard(earlier_results)

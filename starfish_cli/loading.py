@@ -1,0 +1,75 @@
+"""`starfish_cli.load(PATH)`: the one way from a run folder, checkpoint or export back to a timm model."""
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from starfish_cli.checkpoint import HEALED_FILE, PRUNED_FILE, Checkpoint, load_checkpoint, read_header, restore
+from starfish_cli.errors import StarfishError
+from starfish_cli.export import EXPORT_DIR, FORMAT as EXPORT_FORMAT, MODEL_FILE, read_export
+from starfish_cli.families import structure_of
+from starfish_cli.families.vision import DATA_CONFIG_KEYS, build_model
+
+
+def load(path: str | Path) -> nn.Module:
+    """The model in `path`, in eval mode, with `pretrained_cfg` holding its data config (so that
+    `timm.data.create_transform(**timm.data.resolve_data_config(model=model))` preprocesses for it).
+
+    `path`: a healer's run folder (its export when there is one, else healed.safetensors), an export
+    folder or its model.safetensors, or a starfish checkpoint (pruned or healed .safetensors).
+    Nothing is fetched: the model is built from its recorded config and the weights come from the file.
+    """
+    file = model_file(Path(path).expanduser())
+    weights, metadata = read_weights(file)
+    model = rebuild(metadata["model"], metadata.get("structure"), metadata.get("data_config"))
+    restore(model, Checkpoint(weights, {}, metadata), file)
+    return model.eval()
+
+
+def model_file(path: Path) -> Path:
+    """The file `load` reads for `path`."""
+    if path.is_dir():
+        for candidate in (path / EXPORT_DIR / MODEL_FILE, path / MODEL_FILE, path / HEALED_FILE):
+            if candidate.is_file():
+                return candidate
+        if (path / PRUNED_FILE).is_file():
+            raise StarfishError(f"{path} is a pruning folder: give one of its healer folders (e.g. {path / 'starfish'}) "
+                                f"or {path / PRUNED_FILE} itself")
+        raise StarfishError(f"{path} holds no starfish model: give a run folder with {HEALED_FILE} or "
+                            f"{EXPORT_DIR}/, an export folder, or a .safetensors file")
+    if not path.is_file():
+        raise StarfishError(f"{path} does not exist: give a run folder, an export folder or a .safetensors file")
+    return path
+
+
+def read_weights(file: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Dense weights and metadata of a checkpoint or an export file."""
+    header = read_header(file)
+    if header is not None and header.get("format") == EXPORT_FORMAT:
+        return read_export(file)
+    checkpoint = load_checkpoint(file, "heal")  # not starfish's: a clear error
+    return checkpoint.weights, checkpoint.metadata
+
+
+def rebuild(model_config: dict[str, Any], structure: dict[str, Any] | None = None,
+            data_config: dict[str, Any] | None = None) -> nn.Module:
+    """A fresh model of the recorded config, without pretrained weights (nothing is fetched),
+    sliced to `structure` (structured pruning's kept sizes) when there is one."""
+    config = {**model_config, "pretrained": False, "checkpoint_path": None}
+    if data_config is not None:
+        config["data_config"] = data_config
+    model = build_model(**config)
+    if structure:
+        resize = getattr(structure_of(model), "resize", None)
+        if resize is None:
+            raise StarfishError("this model was pruned structurally, and this starfish cannot resize models: "
+                                "update starfish")
+        resize(structure)
+    return model
+
+
+def data_config_of(model: nn.Module) -> dict[str, Any]:
+    """The preprocessing keys of the model's timm `pretrained_cfg`, as build_model's `data_config`."""
+    config = getattr(model, "pretrained_cfg", {}) or {}
+    return {key: config[key] for key in DATA_CONFIG_KEYS if config.get(key) is not None}

@@ -1,0 +1,95 @@
+"""The `export` stage: the healed checkpoint of a run folder → export/ (model.safetensors, model.json,
+with export.format=onnx also model.onnx checked in onnxruntime), and an `export` section in the report."""
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import timm
+from omegaconf import DictConfig
+
+from starfish_cli.atomic import write_folder_atomically, write_text_atomically
+from starfish_cli.checkpoint import HEALED_FILE, Checkpoint, load_checkpoint, restore
+from starfish_cli.data import DATASETS, evaluation_tensors, model_transform
+from starfish_cli.export import (
+    DTYPES, EXPORT_DIR, MANIFEST_FILE, MODEL_FILE, ONNX_FILE, byte_counts, compress, manifest, safetensors_bytes,
+    write_export,
+)
+from starfish_cli.loading import data_config_of, rebuild
+from starfish_cli.report import read_report, write_report
+from starfish_cli.stages.layout import RunFolders
+from starfish_cli.stages.pipeline import check_settings, plain
+
+log = logging.getLogger("starfish")
+REPORT_KEYS = ("seed", "pruner", "sparsity", "calibration", "healer")  # a report made here, when the folder has none
+
+
+def export_run(cfg: DictConfig, folders: RunFolders) -> dict[str, Any]:
+    """Write the run folder's export; bad input is a StarfishError before anything is written."""
+    check_settings(cfg)
+    dtype, onnx = str(cfg.export.dtype), cfg.export.format == "onnx"
+    if onnx:
+        from starfish_cli.onnx_export import require_onnx
+
+        require_onnx()
+    path = Path(cfg.healed) if cfg.healed else folders.run_dir / HEALED_FILE
+    checkpoint = load_checkpoint(path, "heal")
+    metadata = checkpoint.metadata
+    structure = metadata.get("structure")
+    full_size = rebuild(metadata["model"])
+    dense_bytes = safetensors_bytes(full_size.state_dict())  # the dense model's own file
+    model = rebuild(metadata["model"], structure) if structure else full_size
+    restore(model, Checkpoint(checkpoint.weights, {}, metadata), path)
+    compressed = compress(checkpoint.weights, checkpoint.masks, metadata.get("pruner", {}).get("pattern", "unstructured"),
+                          DTYPES[dtype])
+    header = {"model": metadata["model"], "data_config": data_config_of(model), "structure": structure, "dtype": dtype}
+    eval_set = None
+    if onnx:  # the images are read before anything is written
+        data = DATASETS.build(plain(cfg.data))
+        channels = int(timm.data.resolve_data_config(model=model)["input_size"][0])
+        eval_set = evaluation_tensors(data.evaluation_split(cfg.eval.max_images), model_transform(model), channels)
+    report = read_report(folders.run_dir) or {"model": {"name": metadata["model"]["name"]},
+                                               **{key: metadata[key] for key in REPORT_KEYS if key in metadata}}
+    section: dict[str, Any] = {}
+
+    def fill(folder: Path) -> None:
+        write_export(folder / MODEL_FILE, compressed, header)
+        onnx_result = None
+        if onnx:
+            from starfish_cli.onnx_export import compare_with_pytorch, export_onnx
+
+            input_size = tuple(timm.data.resolve_data_config(model=model)["input_size"])
+            export_onnx(model, folder / ONNX_FILE, input_size)
+            onnx_result = compare_with_pytorch(folder / ONNX_FILE, model, eval_set, int(cfg.eval.batch_size))
+        files = {file.name: file.stat().st_size for file in sorted(folder.iterdir()) if not file.name.startswith(".")}
+        sizes = {"export_bytes": files[MODEL_FILE], "dense_bytes": dense_bytes,
+                 "ratio": files[MODEL_FILE] / dense_bytes, "data_bytes": byte_counts(compressed),
+                 "compressed_matrices": len(compressed.layouts),
+                 "layouts": sorted({layout["layout"] for layout in compressed.layouts.values()})}
+        described = manifest(metadata, header, files, sizes, _accuracy(report), onnx_result)
+        write_text_atomically(folder / MANIFEST_FILE, json.dumps(described, indent=2) + "\n")
+        section.update({"folder": EXPORT_DIR, "format": str(cfg.export.format), "dtype": dtype,
+                        "files": files, **sizes, **({"onnx": onnx_result} if onnx_result else {})})
+
+    write_folder_atomically(folders.run_dir / EXPORT_DIR, fill)
+    write_report(folders.run_dir, {**report, "export": section})
+    log.info("exported %s: %s of %d bytes = %.3f × the dense model's %d bytes", folders.run_dir / EXPORT_DIR,
+             MODEL_FILE, section["export_bytes"], section["ratio"], dense_bytes)
+    if "onnx" in section:
+        result = section["onnx"]
+        log.info("%s: top-1 %.2f%% in onnxruntime vs %.2f%% in PyTorch on %d images; %.0f vs %.0f images/s",
+                 ONNX_FILE, result["top1_onnxruntime"], result["top1_pytorch"], result["images"],
+                 result["images_per_second_onnxruntime"], result["images_per_second_pytorch"])
+    return section
+
+
+def _accuracy(report: dict[str, Any]) -> dict[str, Any] | None:
+    """The report's top-1/top-5 of the dense and the healed model, and the recovery; None before `eval`."""
+    accuracy = report.get("accuracy")
+    if not accuracy:
+        return None
+    models = {name: {key: accuracy[name][key] for key in ("top1", "top5")} for name in ("dense", "healed")
+              if name in accuracy}
+    return {"split": accuracy.get("split"), "images": accuracy.get("images"), **models,
+            "recovery": report.get("recovery")}
