@@ -11,7 +11,7 @@ $(PYTHON):
 
 $(INSTALLED): pyproject.toml | $(PYTHON)
 	$(PYTHON) -m pip install --quiet --upgrade pip
-	$(PYTHON) -m pip install --quiet -e '.[dev]'
+	$(PYTHON) -m pip install --quiet -e '.[dev,deploy]'
 	touch $(INSTALLED)
 
 # Fashion-MNIST from Debian's dataset-fashion-mnist where we can install it (root + apt).
