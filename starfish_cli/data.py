@@ -300,6 +300,16 @@ def evaluation_tensors(split, transform: Callable, channels: int) -> torch.utils
     return ImageTensors(split, transform, channels, with_labels=True)
 
 
+def evaluation_pixels(split, transform: Callable, channels: int) -> tuple[torch.utils.data.Dataset, Callable | None]:
+    """The evaluation split as uint8 pixels, and `finish`, which turns a batch of them into exactly
+    what `transform` gives: a quarter of the bytes go through the loader (and to the GPU), and the
+    batch becomes floats only where it is used. (float tensors, None) for a transform of another shape."""
+    to_pixels, finish = split_at_tensor(transform)
+    if finish is not None:
+        to_pixels = Compose([to_pixels, pil_to_tensor])
+    return evaluation_tensors(split, to_pixels, channels), finish
+
+
 def loader(dataset: torch.utils.data.Dataset, batch_size: int, shuffle: bool = False, seed: int = 0,
            num_workers: int = 0, reshuffle: bool = True, device: torch.device | None = None,
            sampler=None) -> torch.utils.data.DataLoader:

@@ -1,7 +1,7 @@
 """Evaluation: top-1/top-5, agreement with the dense model, per-block alignment, throughput."""
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
@@ -10,7 +10,7 @@ from starfish_cli.data import loader
 from starfish_cli.distributed import all_reduce_sum, current, shard
 from starfish_cli.errors import StarfishError
 from starfish_cli.families import structure_of
-from starfish_cli.healing.states import collect_states, per_block_cosine
+from starfish_cli.healing.states import block_cosine
 from starfish_cli.progress import progress_bar
 from starfish_cli.runtime import autocast
 
@@ -39,9 +39,25 @@ class SweepCache:
         self.key, self.batches, self.seconds = key, batches, seconds
 
 
-
-
 SWEEP_CACHE = SweepCache()
+
+
+class _Clock:
+    """Adds each model's own compute time (not the data's, nor the other models') to its total."""
+
+    def __init__(self, device: torch.device, totals: dict[str, dict]):
+        self.device, self.totals = device, totals
+
+    def run(self, name: str, precision: torch.dtype, step, *arguments):
+        if self.device.type == "cuda":  # the host-to-device copy and the other models are not its time
+            torch.cuda.synchronize(self.device)
+        started = time.perf_counter()
+        with autocast(self.device, precision):
+            result = step(*arguments)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.totals[name]["seconds"] += time.perf_counter() - started
+        return result
 
 
 @torch.no_grad()
@@ -56,6 +72,7 @@ def evaluate(
     cache_keys: Mapping[str, str] | None = None,
     cache: SweepCache = SWEEP_CACHE,
     record_reference: bool = False,
+    finish: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict:
     """Run every model on the same labelled batches; alignment and agreement are against `reference`.
 
@@ -64,7 +81,9 @@ def evaluate(
     model's per-batch outputs, and any other keyed model's finished results, are reused from
     `cache` when the key matches; finished results are stored there. The reference outputs are
     recorded only with `record_reference` (a sweep, where later runs reuse them) and only while
-    they fit the cache's cap: memory does not grow with the number of images otherwise.
+    they fit the cache's cap: memory does not grow with the number of images otherwise. `finish`
+    turns each batch the dataset gives into the models' inputs, on the device (e.g. uint8 pixels →
+    normalized floats).
 
     Returns `images` and, per model under `models`: top1, top5, agreement (percent), block_cosine (per block), images_per_second.
     """
@@ -84,38 +103,50 @@ def evaluate(
     recorded = [] if record_reference and reference_key is not None and cached is None else None
     recorded_bytes = 0
     seen = 0
+    structures = {name: structure_of(model) for name, model in to_run.items()}
+    blocks = len(structure_of(models[reference]).blocks)
     batches = loader(shard(dataset), batch_size, num_workers=num_workers, device=device)
     with progress_bar("evaluating", len(batches) if hasattr(batches.dataset, "__len__") else None) as advance:
         for number, (_indices, images, labels) in enumerate(batches):
             images, labels = images.to(device, non_blocking=True), labels.to(device)
-            outputs = {}
-            for name, model in to_run.items():
-                if name == reference and cached is not None:
-                    logits, states = cached[number]
-                    outputs[name] = (logits.to(device), [state.to(device) for state in states])
-                    continue
-                if device.type == "cuda":  # the host-to-device copy is not the model's time
-                    torch.cuda.synchronize(device)
-                started = time.perf_counter()
-                with autocast(device, precision):
-                    outputs[name] = collect_states(model, images)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                totals[name]["seconds"] += time.perf_counter() - started
-            ref_logits, ref_states = outputs[reference]
+            if finish is not None:
+                images = finish(images)
+            reference_batch = cached[number] if cached is not None else None
+            running = {name: structure for name, structure in structures.items()
+                       if not (name == reference and reference_batch is not None)}
+            clock = _Clock(device, totals)
+            # the models go through the blocks side by side, so only one block's states are held at a time
+            hidden = {name: clock.run(name, precision, structure.embed, images) for name, structure in running.items()}
+            cosines: dict[str, list[torch.Tensor]] = {name: [] for name in to_run}
+            reference_states = []
+            for block in range(blocks):
+                for name, structure in running.items():
+                    hidden[name] = clock.run(name, precision, structure.run_block, block, hidden[name])
+                ref_state = reference_batch[1][block].to(device) if reference_batch is not None else hidden[reference]
+                for name in to_run:
+                    state = ref_state if name == reference and reference_batch is not None else hidden[name]
+                    cosines[name].append(block_cosine(state, ref_state))
+                if recorded is not None:
+                    reference_states.append(ref_state.float().cpu())
+            logits = {name: clock.run(name, precision, structure.head, hidden[name])
+                      for name, structure in running.items()}
+            del hidden
+            if reference_batch is not None:
+                logits[reference] = reference_batch[0].to(device)
+            ref_logits = logits[reference]
             if recorded is not None:
-                recorded_bytes += 4 * (ref_logits.numel() + sum(state.numel() for state in ref_states))
+                recorded_bytes += 4 * (ref_logits.numel() + sum(state.numel() for state in reference_states))
                 if recorded_bytes > cache.max_bytes:
                     recorded = None  # it will not fit: stop recording now, not after the loop
                 else:
-                    recorded.append((ref_logits.float().cpu(), [state.float().cpu() for state in ref_states]))
+                    recorded.append((ref_logits.float().cpu(), reference_states))
             ref_pred = ref_logits.argmax(-1)
-            for name, (logits, states) in outputs.items():
+            for name, model_logits in logits.items():
                 entry = totals[name]
-                entry["top1"] += topk_correct(logits, labels, 1)
-                entry["top5"] += topk_correct(logits, labels, 5)
-                entry["agree"] += int((logits.argmax(-1) == ref_pred).sum())
-                cosine = per_block_cosine(states, ref_states).cpu() * len(labels)
+                entry["top1"] += topk_correct(model_logits, labels, 1)
+                entry["top5"] += topk_correct(model_logits, labels, 5)
+                entry["agree"] += int((model_logits.argmax(-1) == ref_pred).sum())
+                cosine = torch.stack(cosines[name]).cpu() * len(labels)
                 entry["cosine"] = cosine if entry["cosine"] is None else entry["cosine"] + cosine
             seen += len(labels)
             advance()
@@ -128,7 +159,6 @@ def evaluate(
     counts = torch.tensor([[totals[n]["top1"], totals[n]["top5"], totals[n]["agree"], totals[n]["seconds"]]
                            for n in names], dtype=torch.float64)
     # a rank that saw no images still joins every reduction, with zeros
-    blocks = len(structure_of(models[reference]).blocks)
     cosines = torch.stack([totals[n]["cosine"].double() if totals[n]["cosine"] is not None
                            else torch.zeros(blocks, dtype=torch.float64) for n in names])
     seen_total = int(all_reduce_sum(torch.tensor([seen], dtype=torch.float64)).item())

@@ -88,3 +88,33 @@ def test_a_sweep_stops_recording_when_the_cap_would_be_exceeded(reference_model,
     evaluate({"dense": reference_model}, test_images, torch.device("cpu"), batch_size=64,
              cache_keys={"dense": "k"}, cache=roomy, record_reference=True)
     assert roomy.key == "k" and len(roomy.batches) == 4
+
+
+def test_side_by_side_evaluation_equals_each_model_run_whole(reference_model, test_images):
+    """The models go through the blocks together (one block's states held at a time): the numbers are
+    those of running each model whole and comparing all its states at once."""
+    from starfish_cli.healing.states import collect_states, per_block_cosine
+
+    pruned = copy.deepcopy(reference_model)
+    PRUNERS.build({"name": "magnitude", "sparsity": 0.8}).prune(pruned)
+    images = torch.stack([test_images[i][1] for i in range(len(test_images))])
+    labels = torch.tensor([test_images[i][2] for i in range(len(test_images))])
+    dense_logits, dense_states = collect_states(reference_model, images)
+    pruned_logits, pruned_states = collect_states(pruned, images)
+    results = evaluate({"dense": reference_model, "pruned": pruned}, test_images, torch.device("cpu"),
+                       batch_size=len(test_images))["models"]["pruned"]
+    assert results["top1"] == 100.0 * topk_correct(pruned_logits, labels, 1) / len(labels)
+    assert results["agreement"] == 100.0 * float((pruned_logits.argmax(-1) == dense_logits.argmax(-1)).float().mean())
+    assert results["block_cosine"] == pytest.approx(per_block_cosine(pruned_states, dense_states).tolist(), abs=1e-6)
+
+
+def test_evaluation_pixels_finish_to_the_full_transform(reference_model, fmnist):
+    from starfish_cli.data import evaluation_pixels, evaluation_tensors, model_transform
+
+    split = fmnist.evaluation_split(16)
+    transform = model_transform(reference_model)
+    pixels, finish = evaluation_pixels(split, transform, 1)
+    full = evaluation_tensors(split, transform, 1)
+    assert finish is not None and pixels[0][1].dtype == torch.uint8  # a quarter of the bytes through the loader
+    batch = torch.stack([pixels[i][1] for i in range(16)])
+    assert torch.equal(finish(batch), torch.stack([full[i][1] for i in range(16)]))  # bit-identical

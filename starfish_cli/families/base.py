@@ -54,6 +54,14 @@ class ModelStructure:
         """The model's outputs and every block's output (batch × tokens × width)."""
         raise NotImplementedError
 
+    def embed(self, inputs: torch.Tensor) -> Any:
+        """What the first block receives for `inputs` (the model up to its first block)."""
+        raise NotImplementedError
+
+    def head(self, last_state: Any) -> torch.Tensor:
+        """The model's outputs from the last block's output (the model after its last block)."""
+        raise NotImplementedError
+
     def branch_modules(self, kind: str) -> list[nn.Module]:
         """Modules whose outputs are the states of `kind`: `attn` / `mlp` (one per block) or `final_norm`."""
         raise NotImplementedError

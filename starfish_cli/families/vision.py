@@ -125,6 +125,13 @@ class VisionTransformerStructure(ModelStructure):
             states.append(item)
         return self.model.forward_head(final), states
 
+    def embed(self, inputs):
+        model = self.model  # the steps of timm's forward_features before its blocks
+        return model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(inputs))))
+
+    def head(self, last_state):
+        return self.model.forward_head(self.model.norm(last_state))
+
     def branch_modules(self, kind):
         if kind == "final_norm":  # the norm that feeds the head: `norm`, or `fc_norm` in average-pooled models
             norm = getattr(self.model, "norm", None)

@@ -33,12 +33,14 @@ def state_alignment_loss(
 
 
 @torch.no_grad()
+def block_cosine(student_state: torch.Tensor, teacher_state: torch.Tensor) -> torch.Tensor:
+    """Mean token cosine similarity of one block's output (1 = perfectly aligned)."""
+    return F.cosine_similarity(student_state.float(), teacher_state.float(), dim=-1).mean()
+
+
 def per_block_cosine(student_states: list[torch.Tensor], teacher_states: list[torch.Tensor]) -> torch.Tensor:
-    """Mean token cosine similarity of each block's output (1 = perfectly aligned), shape (blocks,)."""
-    return torch.stack([
-        F.cosine_similarity(s.float(), t.float(), dim=-1).mean()
-        for s, t in zip(student_states, teacher_states, strict=True)
-    ])
+    """`block_cosine` of each block, shape (blocks,)."""
+    return torch.stack([block_cosine(s, t) for s, t in zip(student_states, teacher_states, strict=True)])
 
 
 STATE_KINDS = ("blocks", "attn", "mlp", "final_norm")

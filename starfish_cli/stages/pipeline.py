@@ -28,7 +28,7 @@ from starfish_cli import distributed
 from starfish_cli.atomic import write_text_atomically
 from starfish_cli.calibration import CalibrationSampler
 from starfish_cli.checkpoint import load_checkpoint, masks_digest, read_metadata, restore, save_checkpoint
-from starfish_cli.data import DATASETS, DecodedImages, evaluation_tensors, loader, model_transform
+from starfish_cli.data import DATASETS, DecodedImages, evaluation_pixels, loader, model_transform
 from starfish_cli.errors import StarfishError
 from starfish_cli.evaluation import evaluate
 from starfish_cli.export import check_options as check_export_options
@@ -93,6 +93,13 @@ class Evaluation:
 
 
 @dataclass(frozen=True)
+class EvaluationData:
+    images: torch.utils.data.Dataset  # (index, pixels, label) items
+    finish: Any  # batch of pixels → the models' inputs, on the device (None: items are inputs already)
+    source: str
+
+
+@dataclass(frozen=True)
 class Inputs:
     """Everything a stage's steps read, validated before any of them runs."""
 
@@ -101,8 +108,7 @@ class Inputs:
     pruned: Pruned | None  # loaded from disk (heal/eval) or an earlier identical pruning (run/prune)
     healed: Healed | None  # loaded from disk (eval)
     calibration: Calibration | None
-    eval_set: torch.utils.data.Dataset | None
-    eval_source: str | None
+    eval_data: EvaluationData | None
     eval_workers: int
 
 
@@ -165,7 +171,7 @@ def prepare(cfg: DictConfig, folders: RunFolders, steps: tuple[str, ...]) -> tup
     transform = model_transform(dense)
     channels = int(timm.data.resolve_data_config(model=dense)["input_size"][0])
 
-    pruned = healed = calibration = eval_set = eval_source = None
+    pruned = healed = calibration = eval_data = None
     if "prune" in steps:
         pruned = reusable_pruning(context) if cfg.skip_finished else None
     else:
@@ -187,9 +193,9 @@ def prepare(cfg: DictConfig, folders: RunFolders, steps: tuple[str, ...]) -> tup
             images = DecodedImages(subset, transform, channels, with_labels=with_labels)
         calibration = Calibration(images, indices, info, timing["calibration"])
     if "eval" in steps:
-        eval_set = evaluation_tensors(data.evaluation_split(cfg.eval.max_images), transform, channels)
-        eval_source = data.describe(data.eval_split)
-    return context, Inputs(pruner, healer, pruned, healed, calibration, eval_set, eval_source, workers)
+        pixels, finish = evaluation_pixels(data.evaluation_split(cfg.eval.max_images), transform, channels)
+        eval_data = EvaluationData(pixels, finish, data.describe(data.eval_split))
+    return context, Inputs(pruner, healer, pruned, healed, calibration, eval_data, workers)
 
 
 def _student(context: Context, checkpoint, path: Path) -> tuple[nn.Module, dict[str, torch.Tensor]]:
@@ -289,7 +295,7 @@ def heal(context: Context, healer: Healer, pruned: Pruned, calibration: Calibrat
     return Healed(student, metadata)
 
 
-def evaluate_models(context: Context, pruned: Pruned, healed: Healed, eval_set, eval_source: str,
+def evaluate_models(context: Context, pruned: Pruned, healed: Healed, data: EvaluationData,
                     workers: int) -> Evaluation:
     cfg = context.cfg
     models = {"dense": context.dense, "pruned": pruned.model, "healed": healed.model}
@@ -297,7 +303,7 @@ def evaluate_models(context: Context, pruned: Pruned, healed: Healed, eval_set, 
         for model in models.values():
             compile_blocks(model)
     # a sweep re-evaluates the same dense model, and each pruned checkpoint under every healer
-    size = len(eval_set) if hasattr(eval_set, "__len__") else None
+    size = len(data.images) if hasattr(data.images, "__len__") else None
     cache_key = json.dumps([plain(cfg.model), plain(cfg.data), cfg.eval.max_images, size,
                             int(cfg.eval.batch_size), str(context.precision), str(context.device)], sort_keys=True)
     pruned_key = cache_key + pruned.metadata["masks_digest"] + json.dumps(pruned.metadata["pruner"])
@@ -306,10 +312,10 @@ def evaluate_models(context: Context, pruned: Pruned, healed: Healed, eval_set, 
         cache_keys["healed"] = pruned_key
     timing: dict[str, Any] = {}
     with measure("eval", context.device, timing):
-        results = evaluate(models, eval_set, context.device, batch_size=int(cfg.eval.batch_size),
+        results = evaluate(models, data.images, context.device, batch_size=int(cfg.eval.batch_size),
                            num_workers=workers, precision=context.precision,
-                           cache_keys=cache_keys, record_reference=context.sweep)
-    return Evaluation(results, eval_source, timing["eval"])
+                           cache_keys=cache_keys, record_reference=context.sweep, finish=data.finish)
+    return Evaluation(results, data.source, timing["eval"])
 
 
 def eval_workers(setting) -> int:
@@ -384,7 +390,7 @@ def assemble_report(context: Context, pruned: Pruned, healed: Healed | None, eva
 def execute(context: Context, inputs: Inputs, steps: tuple[str, ...]) -> dict[str, Any]:
     pruned = inputs.pruned if inputs.pruned is not None else prune(context, inputs.pruner, inputs.calibration)
     healed = heal(context, inputs.healer, pruned, inputs.calibration) if "heal" in steps else inputs.healed
-    evaluation = (evaluate_models(context, pruned, healed, inputs.eval_set, inputs.eval_source, inputs.eval_workers)
+    evaluation = (evaluate_models(context, pruned, healed, inputs.eval_data, inputs.eval_workers)
                   if "eval" in steps else None)
     report = assemble_report(context, pruned, healed, evaluation, inputs.calibration)
     if context.world.is_main:  # only rank 0 writes
