@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save, save_file
 from starfish_cli.atomic import write_atomically
 from starfish_cli.checkpoint import read_header
 from starfish_cli.errors import StarfishError
-from starfish_cli.pruning.masks import parse_pattern
+from starfish_cli.pruning.masks import Pattern, parse_pattern
 from starfish_cli.sparse_format import compress_bitmask, compress_nm, expand_bitmask, expand_nm, is_exact_nm
 
 FORMAT = "starfish-export"
@@ -50,7 +50,7 @@ def compress(weights: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], p
     """The export of a checkpoint's tensors: each masked weight in the N:M layout when its mask keeps
     exactly N of every M (`pattern` "N:M"), else as a bitmask, unless that would not be smaller;
     floating-point values cast to `dtype`."""
-    nm = parse_pattern(pattern)
+    nm = parse_pattern(pattern) if ":" in str(pattern) else Pattern()  # structured pruners name other patterns
     tensors, layouts = {}, {}
     for name, tensor in weights.items():
         value = tensor.to(dtype) if tensor.is_floating_point() else tensor

@@ -172,3 +172,25 @@ def test_bad_export_input_is_one_line_and_writes_nothing(runs, overrides, messag
     assert not (root / "fresh").exists()
     assert {path: path.read_bytes() for path in [*(folder / "export").iterdir(), folder / "report.json"]} == before
     assert json.loads((folder / "export" / "model.json").read_text())["format"] == "starfish-export"
+
+
+@pytest.mark.skipif("structured" not in PRUNERS.names(), reason="no structured pruner in this starfish yet")
+def test_structured_model_exports_its_smaller_dense_tensors(reference_model, tmp_path):
+    from starfish_cli.checkpoint import save_checkpoint
+    from starfish_cli.loading import data_config_of
+
+    model = copy.deepcopy(reference_model)
+    pruner = PRUNERS.build({"name": "structured", "heads": 0.5, "mlp": 0.5, "criterion": "magnitude"}, seed=0)
+    masks = pruner.prune(model, None)
+    structure = structure_of(model).current_structure()
+    config = {"name": "vit_fmnist", "pretrained": True, "checkpoint_path": None, "kwargs": {}, "data_config": {}}
+    save_checkpoint(tmp_path / "healed.safetensors", model, masks,
+                    {"model": config, "pruner": pruner.describe(), "structure": structure})
+    compressed = compress(model.state_dict(), masks, pruner.describe().get("pattern", "unstructured"))
+    assert compressed.layouts == {}  # nothing left to mask: plain dense tensors of the smaller shapes
+    header = {"model": config, "data_config": data_config_of(model), "structure": structure, "dtype": "float32"}
+    write_export(tmp_path / "export" / "model.safetensors", compressed, header)
+    assert safetensors_bytes(model.state_dict()) < 0.75 * safetensors_bytes(reference_model.state_dict())
+    for path in (tmp_path / "healed.safetensors", tmp_path / "export"):
+        state = starfish_cli.load(path).state_dict()
+        assert all(torch.equal(state[name], value) for name, value in model.state_dict().items()), path
