@@ -83,6 +83,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 lines.append(f"| {i} | {_fmt(report['accuracy']['pruned']['block_cosine'][i], 4)} | "
                              f"{_fmt(report['accuracy']['healed']['block_cosine'][i], 4)} |")
             lines.append("")
+    lines += speed_lines(report.get("speed"))
     if sparsity.get("per_layer"):
         lines += ["## Achieved sparsity per layer", "", "| layer | sparsity |", "|---|---|"]
         lines += [f"| {name} | {value:.4f} |" for name, value in sparsity["per_layer"].items()]
@@ -99,6 +100,25 @@ def render_markdown(report: dict[str, Any]) -> str:
     if environment:
         lines += ["## Environment", ""] + [f"- {k}: {v}" for k, v in environment.items()] + [""]
     return "\n".join(lines)
+
+
+def speed_lines(speed: dict[str, Any] | None) -> list[str]:
+    """report.md's section on speed and size: images/s at each batch size against dense, MACs, parameters."""
+    if not speed:
+        return []
+    batches = speed["batch_sizes"]
+    header = ["model", "parameters", "nonzero", "MMACs/image"] + [f"images/s @{b}" for b in batches] \
+        + [f"× dense @{b}" for b in batches]
+    lines = [f"## Speed and size ({speed['device']}, same images, same process)", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, entry in speed["models"].items():
+        macs = entry.get("macs_per_image")
+        lines.append("| " + " | ".join([name, f"{entry['parameters']:,}", f"{entry['nonzero_parameters']:,}",
+                                        f"{macs / 1e6:.1f}" if macs is not None else "–"]
+                                       + [f"{entry['images_per_second'][str(b)]:.1f}" for b in batches]
+                                       + [f"{entry['vs_dense'][str(b)]:.2f}" for b in batches]) + " |")
+    lines += [f"- {name}: {note}" for name, note in speed.get("notes", {}).items()]
+    return lines + [""]
 
 
 def export_lines(export: dict[str, Any] | None) -> list[str]:
@@ -130,3 +150,9 @@ def print_summary(report: dict[str, Any], console: Console | None = None) -> Non
     console.print(table)
     if report.get("recovery") is not None:
         console.print(f"recovery (healed ÷ dense top-1): [bold]{report['recovery']:.4f}[/bold]")
+    speed = report.get("speed")
+    if speed:
+        batch = speed["batch_sizes"][-1]
+        console.print(f"images/s at batch {batch}: " + ", ".join(
+            f"{name} {entry['images_per_second'][str(batch)]:.0f} ({entry['vs_dense'][str(batch)]:.2f}× dense)"
+            for name, entry in speed["models"].items()))

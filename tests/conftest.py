@@ -52,7 +52,7 @@ def calibration_batches(calibration_images):
 
 
 # Small sizes for CLI runs: the whole pipeline in seconds.
-SHRUNK = ["calib.count=32", "healer.epochs=1", "eval.max_images=256", "eval.batch_size=128"]
+SHRUNK = ["calib.count=32", "healer.epochs=1", "eval.max_images=256", "eval.batch_size=128", "eval.speed=false"]
 
 
 def run_cli(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:

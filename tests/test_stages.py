@@ -38,6 +38,11 @@ def test_prune_once_heal_with_two_healers_and_eval_each(tmp_path):
     assert report["healer"]["name"] == "kd" and report["labels"] == {"pruner": "wanda", "healer": "kd[epochs=1]"}
     assert report["accuracy"]["images"] == 256 and set(report["stages"]) == {"prune", "heal", "eval"}
     assert report["checkpoints"]["pruned_masks_digest"] == pruned.metadata["masks_digest"]
+    speed = report["speed"]  # eval.speed: on by default, at batch 1 and at the evaluation's batch
+    assert speed["batch_sizes"] == [1, 128] and set(speed["models"]) == {"dense", "pruned", "healed"}
+    assert speed["models"]["dense"]["vs_dense"] == {"1": 1.0, "128": 1.0}
+    assert speed["models"]["healed"]["nonzero_parameters"] < speed["models"]["dense"]["nonzero_parameters"]
+    assert "## Speed and size" in (folders["kd"] / "report.md").read_text()
 
 
 def test_sweep_over_healers_prunes_once_with_the_numbers_of_separate_runs(tmp_path):

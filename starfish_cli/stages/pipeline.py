@@ -40,6 +40,7 @@ from starfish_cli.pruning.masks import measure_sparsity
 from starfish_cli.registry import check_arguments, check_types
 from starfish_cli.report import print_summary, write_report
 from starfish_cli.runtime import compile_blocks, measure, resolve_device, resolve_precision, seed_everything
+from starfish_cli.speed import measure_speed
 from starfish_cli.stages.layout import (
     CONFIG_FILE, HEAL_STATE_FILE, HEALED_FILE, INDICES_FILE, PRUNED_FILE, RunFolders, finished, has_results,
 )
@@ -90,6 +91,7 @@ class Evaluation:
     results: dict[str, Any]  # `evaluate()`'s images and per-model results
     split: str
     timing: dict[str, Any]
+    speed: dict[str, Any] | None  # `measure_speed()`'s images/s, MACs and parameters (eval.speed)
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,7 @@ def check_settings(cfg: DictConfig) -> None:
         "eval.max_images": (cfg.eval.max_images is None or whole(cfg.eval.max_images, 1), "a whole number ≥ 1 or null"),
         "skip_finished": (isinstance(cfg.skip_finished, bool), "true or false"),
         "compile": (isinstance(cfg.compile, bool), "true or false"),
+        "eval.speed": (isinstance(cfg.eval.speed, bool), "true or false"),
     }
     for key, (fine, allowed) in problems.items():
         if not fine:
@@ -315,7 +318,19 @@ def evaluate_models(context: Context, pruned: Pruned, healed: Healed, data: Eval
         results = evaluate(models, data.images, context.device, batch_size=int(cfg.eval.batch_size),
                            num_workers=workers, precision=context.precision,
                            cache_keys=cache_keys, record_reference=context.sweep, finish=data.finish)
-    return Evaluation(results, data.source, timing["eval"])
+    speed = measure_models_speed(context, models, data, pruned) if cfg.eval.speed else None
+    return Evaluation(results, data.source, timing["eval"], speed)
+
+
+def measure_models_speed(context: Context, models: dict[str, nn.Module], data: EvaluationData,
+                         pruned: Pruned) -> dict[str, Any]:
+    """Images/s at batch 1 and at the batch the evaluation ran (the eval batch size, or every image when
+    there are fewer), on the first evaluation images; 2:4 kernels too for a 2:4 model on CUDA."""
+    batch_size = int(context.cfg.eval.batch_size)
+    _indices, pixels, _labels = next(iter(loader(data.images, batch_size)))
+    images = data.finish(pixels) if data.finish is not None else pixels
+    return measure_speed(models, images, [1, len(images)], context.device, context.precision,
+                         semi_structured=pruned.metadata["pruner"].get("pattern") == "2:4")
 
 
 def eval_workers(setting) -> int:
@@ -381,6 +396,8 @@ def assemble_report(context: Context, pruned: Pruned, healed: Healed | None, eva
         dense_top1 = models["dense"]["top1"]
         report["recovery"] = models["healed"]["top1"] / dense_top1 if dense_top1 else None
         stages["eval"] = evaluation.timing
+        if evaluation.speed is not None:
+            report["speed"] = evaluation.speed
     report["stages"] = {name: entry for name, entry in stages.items() if entry}
     report["environment"] = environment(context)
     return report

@@ -9,7 +9,7 @@ PRUNING_KEYS = ("model", "data", "calib", "pruner")
 # Keys already in the folder path, or that do not change results: they stay out of its suffix.
 IN_PATH_OR_NEUTRAL = {"experiment", "model", "model.name", "pruner", "pruner.name", "pruner.sparsity",
                       "pruner.pattern", "healer", "healer.name", "seed", "device", "output_root", "pruned",
-                      "healed", "skip_finished", "eval.batch_size", "eval.num_workers", "dist_backend", "healer.save_every",
+                      "healed", "skip_finished", "eval.batch_size", "eval.num_workers", "eval.speed", "dist_backend", "healer.save_every",
                       "export.format", "export.dtype"}
 
 
