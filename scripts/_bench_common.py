@@ -28,8 +28,11 @@ class SyntheticImages(torch.utils.data.Dataset):
         return (*item, int(self.labels[index])) if self.with_labels else item
 
 
-def arguments(description: str) -> argparse.Namespace:
+def arguments(description: str, **extra) -> argparse.Namespace:
+    """The shared options, plus a script's own `extra` ones with their defaults (`heads=0.5` → `--heads`)."""
     parser = argparse.ArgumentParser(description=description)
+    for key, default in extra.items():
+        parser.add_argument(f"--{key.replace('_', '-')}", type=type(default), default=default)
     parser.add_argument("--model", default="vit_fmnist")
     parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
                         help="default: true for vit_fmnist (shipped), false otherwise (no hub here)")

@@ -52,6 +52,14 @@ def accuracy_rows(report: dict[str, Any]) -> list[list[str]]:
 ACCURACY_HEADER = ["model", "top-1 %", "top-5 %", "÷ dense", "agrees with dense %", "worst block cos"]
 
 
+def _smaller(sparsity: dict[str, Any]) -> str:
+    """`; 612,000 of 1,199,882 parameters remain (1.96× smaller)` when whole units were removed."""
+    remaining, total = sparsity.get("remaining_parameters"), sparsity.get("total_parameters")
+    if not remaining or not total or remaining >= total:
+        return ""
+    return f"; {remaining:,} of {total:,} parameters remain ({total / remaining:.2f}× smaller)"
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     lines = [f"# starfish report: {report.get('model', {}).get('name', '?')}", ""]
     pruner, healer = report.get("pruner", {}), report.get("healer", {})
@@ -60,7 +68,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- pruner: **{pruner.get('name', '–')}**, pattern {pruner.get('pattern', '–')}, "
         f"target sparsity {pruner.get('sparsity', '–')}",
         f"- achieved sparsity: {_fmt(sparsity.get('prunable'), 4)} of prunable weights, "
-        f"{_fmt(sparsity.get('overall'), 4)} of all parameters",
+        f"{_fmt(sparsity.get('overall'), 4)} of all parameters" + _smaller(sparsity),
         f"- healer: **{healer.get('name', '–')}**"
         + (f", {report['healing']['steps']} steps" if "healing" in report else ""),
         f"- calibration: {calibration.get('count', '–')} images from {calibration.get('source', '–')}, "

@@ -71,7 +71,7 @@ def test_random_pruner_is_seeded(reference_model):
 
 
 def test_unknown_pruner_and_option_are_one_line_errors():
-    with pytest.raises(StarfishError, match="unknown pruner 'nope': choose one of global_magnitude, magnitude, random, sparsegpt, wanda"):
+    with pytest.raises(StarfishError, match="unknown pruner 'nope': choose one of global_magnitude, magnitude, random, sparsegpt, structured, wanda"):
         PRUNERS.build({"name": "nope"})
     with pytest.raises(StarfishError, match="no option 'sparcity'"):
         PRUNERS.build({"name": "wanda", "sparcity": 0.5})

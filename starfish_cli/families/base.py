@@ -1,6 +1,7 @@
 """The family seam: a `ModelStructure` answers every architecture question the pipeline asks."""
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,11 +26,22 @@ def structure_of(model: nn.Module) -> "ModelStructure":
     raise StarfishError(f"{type(model).__name__} is not a model starfish can prune: choose a {names}")
 
 
+@dataclass(frozen=True)
+class Units:
+    """The removable units of one kind in one block (attention heads, MLP neurons): which output
+    rows and which input columns of the block's prunable layers belong to each unit."""
+
+    count: int
+    rows: dict[str, torch.Tensor]  # layer name → (count × rows per unit) row indices
+    columns: dict[str, torch.Tensor]  # layer name → (count × columns per unit) column indices
+
+
 class ModelStructure:
     """A model seen as a stack of blocks whose linear layers are pruned and whose outputs are aligned.
 
-    Subclasses give `fits`, `blocks`, `block_name`, `forward_with_states`, `branch_modules`,
-    `state_size` and `output_size`; everything else follows from those.
+    Subclasses give `fits`, `blocks`, `block_name`, `forward_with_states`, `embed`, `head`,
+    `branch_modules`, `state_size` and `output_size`; everything else follows from those. A family
+    that prunes structurally also gives `units`, `remove_units`, `current_structure` and `resize`.
     """
 
     family = "?"
@@ -73,6 +85,28 @@ class ModelStructure:
     def output_size(self) -> int:
         """Values per input in the model's output (classes)."""
         raise NotImplementedError
+
+    # ---- structured pruning: whole units removed physically
+    def units(self, index: int) -> dict[str, Units]:
+        """Block `index`'s removable units by kind (`heads`, `neurons`), at its current size."""
+        raise StarfishError(f"the {self.family} family cannot remove whole units: choose an unstructured pruner")
+
+    def remove_units(self, index: int, heads: Sequence[int] = (), neurons: Sequence[int] = ()) -> None:
+        """Slice the listed units (indices at the block's current size) out of block `index`: the smaller
+        block computes what the full one computes when those units' weights are zero."""
+        raise StarfishError(f"the {self.family} family cannot remove whole units: choose an unstructured pruner")
+
+    def current_structure(self) -> dict[str, dict[str, int]] | None:
+        """The kept sizes per block name (`{"blocks.0": {"heads": 2, "mlp_hidden": 96}, …}`); None when
+        every block has its full size."""
+        return None
+
+    def resize(self, structure: dict[str, dict[str, int]]) -> None:
+        """Slice a freshly built full-size model to `structure`'s sizes (weights arbitrary), so that the
+        weights of a checkpoint with that structure load into it."""
+        if structure:
+            raise StarfishError(f"the {self.family} family cannot remove whole units: this checkpoint "
+                                "was pruned structurally by another family")
 
     # ---- derived from the above
     def prunable_layers(self) -> dict[str, nn.Linear]:

@@ -6,11 +6,12 @@ from typing import Any
 import timm
 import torch
 from safetensors import SafetensorError
+from timm.layers import Attention, Mlp
 from torch import nn
 
 import starfish_cli.reference_model  # noqa: F401  (registers vit_fmnist with timm)
 from starfish_cli.errors import StarfishError
-from starfish_cli.families.base import ModelStructure, register_family
+from starfish_cli.families.base import ModelStructure, Units, register_family
 
 
 DATA_CONFIG_KEYS = ("mean", "std", "input_size", "crop_pct", "crop_mode", "interpolation")
@@ -146,3 +147,96 @@ class VisionTransformerStructure(ModelStructure):
 
     def output_size(self):
         return int(self.model.num_classes)
+
+    # ---- structured pruning: heads and MLP neurons sliced out of timm's Attention and Mlp
+    def units(self, index):
+        attn, mlp = _sliceable(self.blocks[index], self.block_name(index))
+        name = self.block_name(index)
+        head_rows = torch.arange(attn.attn_dim).reshape(attn.num_heads, attn.head_dim)  # (heads × head_dim)
+        # qkv's output is (q, k, v) × heads × head_dim: a head owns head_dim rows of each of q, k and v
+        qkv_rows = torch.cat([head_rows + part * attn.attn_dim for part in range(3)], dim=1)
+        heads_rows = {f"{name}.attn.qkv": qkv_rows}
+        if getattr(attn, "gate", None) is not None:
+            heads_rows[f"{name}.attn.gate"] = head_rows
+        neurons = torch.arange(mlp.fc1.out_features).unsqueeze(1)
+        return {
+            "heads": Units(attn.num_heads, heads_rows, {f"{name}.attn.proj": head_rows}),
+            "neurons": Units(mlp.fc1.out_features, {f"{name}.mlp.fc1": neurons}, {f"{name}.mlp.fc2": neurons}),
+        }
+
+    @torch.no_grad()
+    def remove_units(self, index, heads=(), neurons=()):
+        block = self.blocks[index]
+        attn, mlp = _sliceable(block, self.block_name(index))
+        units = self.units(index)
+        if not hasattr(block, "starfish_full_size"):  # what current_structure compares against
+            block.starfish_full_size = {"heads": attn.num_heads, "mlp_hidden": mlp.fc1.out_features}
+        modules = dict(block.named_modules(prefix=self.block_name(index)))
+        for kind, removed in (("heads", heads), ("neurons", neurons)):
+            kept = _kept(units[kind].count, removed, f"{self.block_name(index)} {kind}")
+            for layer, rows in units[kind].rows.items():
+                _keep_rows(modules[layer], rows[kept].reshape(-1).sort().values)  # sorted: q, k, v stay apart
+            for layer, columns in units[kind].columns.items():
+                _keep_columns(modules[layer], columns[kept].reshape(-1).sort().values)
+        # timm's forward reshapes by these: fewer heads of the same head_dim (so `scale` stays head_dim**-0.5)
+        attn.num_heads = attn.qkv.out_features // (3 * attn.head_dim)
+        attn.attn_dim = attn.num_heads * attn.head_dim
+
+    def current_structure(self):
+        if not any(hasattr(block, "starfish_full_size") for block in self.blocks):
+            return None  # never sliced
+        sizes = {self.block_name(index): {"heads": int(block.attn.num_heads), "mlp_hidden": int(block.mlp.fc1.out_features)}
+                 for index, block in enumerate(self.blocks)}
+        full = all(getattr(block, "starfish_full_size", size) == size for block, size in zip(self.blocks, sizes.values()))
+        return None if full else sizes
+
+    def resize(self, structure):
+        names = {self.block_name(index): index for index in range(len(self.blocks))}
+        for name, sizes in (structure or {}).items():
+            if name not in names or not isinstance(sizes, dict) or set(sizes) != {"heads", "mlp_hidden"}:
+                raise StarfishError(f"structure entry {name!r}: {sizes!r} does not fit this model's blocks "
+                                    f"({', '.join(list(names)[:3])}, …): use the model= config it was pruned with")
+            index = names[name]
+            counts = {kind: units.count for kind, units in self.units(index).items()}
+            wanted = {"heads": sizes["heads"], "neurons": sizes["mlp_hidden"]}
+            if not all(isinstance(wanted[kind], int) and 1 <= wanted[kind] <= counts[kind] for kind in counts):
+                raise StarfishError(f"structure of {name} ({sizes}) does not fit its {counts['heads']} heads and "
+                                    f"{counts['neurons']} MLP neurons: use the model= config it was pruned with")
+            self.remove_units(index, heads=range(wanted["heads"], counts["heads"]),
+                              neurons=range(wanted["neurons"], counts["neurons"]))
+
+
+def _sliceable(block: nn.Module, name: str) -> tuple[Attention, Mlp]:
+    """The block's timm Attention and Mlp, when slicing them keeps their computation exact."""
+    attn, mlp = getattr(block, "attn", None), getattr(block, "mlp", None)
+    if type(attn) is not Attention or type(mlp) is not Mlp or not hasattr(attn, "attn_dim"):
+        raise StarfishError(f"structured pruning slices timm's Attention and Mlp; {name} has "
+                            f"{type(attn).__name__} and {type(mlp).__name__}: choose an unstructured pruner")
+    if not isinstance(attn.norm, nn.Identity) or not isinstance(mlp.norm, nn.Identity):
+        # a norm over all heads / all neurons changes when some are removed: no exact slicing
+        raise StarfishError(f"{name} normalizes across its heads or neurons (scale_attn_norm/scale_mlp_norm), "
+                            "which removing units would change: choose an unstructured pruner")
+    return attn, mlp
+
+
+def _kept(count: int, removed, what: str) -> torch.Tensor:
+    removed = sorted({int(unit) for unit in removed})
+    if removed and (removed[0] < 0 or removed[-1] >= count):
+        raise ValueError(f"{what}: unit indices {removed} outside 0…{count - 1}")
+    if len(removed) >= count:
+        raise StarfishError(f"{what}: removing all {count} would leave nothing; at least one stays")
+    keep = torch.ones(count, dtype=torch.bool)
+    keep[removed] = False
+    return keep
+
+
+def _keep_rows(layer: nn.Linear, rows: torch.Tensor) -> None:
+    layer.weight = nn.Parameter(layer.weight[rows].clone(), requires_grad=layer.weight.requires_grad)
+    if layer.bias is not None:
+        layer.bias = nn.Parameter(layer.bias[rows].clone(), requires_grad=layer.bias.requires_grad)
+    layer.out_features = len(rows)
+
+
+def _keep_columns(layer: nn.Linear, columns: torch.Tensor) -> None:
+    layer.weight = nn.Parameter(layer.weight[:, columns].clone(), requires_grad=layer.weight.requires_grad)
+    layer.in_features = len(columns)

@@ -65,18 +65,21 @@ class Pruner:
 
 
 @torch.no_grad()
-def input_norms(
+def input_moments(
     model: nn.Module, layers: Mapping[str, nn.Linear], calibration: Iterable[torch.Tensor] | None
-) -> dict[str, torch.Tensor]:
-    """‖X_j‖₂ per input feature j of each layer, over every token of every calibration image."""
+) -> dict[str, tuple[int, torch.Tensor, torch.Tensor]]:
+    """(tokens, Σ x_j, Σ x_j²) per input feature j of each layer, over every token of every calibration image."""
     if calibration is None:
         raise ValueError("this pruner needs calibration images")
-    squares = {name: torch.zeros(layer.in_features, dtype=torch.float64) for name, layer in layers.items()}
+    moments = {name: [0, torch.zeros(layer.in_features, dtype=torch.float64),
+                      torch.zeros(layer.in_features, dtype=torch.float64)] for name, layer in layers.items()}
 
     def accumulate(name: str):
         def hook(_module, inputs, _output):
             x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).double()
-            squares[name] += (x * x).sum(0).cpu()
+            moments[name][0] += x.shape[0]
+            moments[name][1] += x.sum(0).cpu()
+            moments[name][2] += (x * x).sum(0).cpu()
         return hook
 
     handles = [layer.register_forward_hook(accumulate(name)) for name, layer in layers.items()]
@@ -86,4 +89,11 @@ def input_norms(
     finally:
         for handle in handles:
             handle.remove()
-    return {name: value.sqrt().float() for name, value in squares.items()}
+    return {name: tuple(value) for name, value in moments.items()}
+
+
+def input_norms(
+    model: nn.Module, layers: Mapping[str, nn.Linear], calibration: Iterable[torch.Tensor] | None
+) -> dict[str, torch.Tensor]:
+    """‖X_j‖₂ per input feature j of each layer, over every token of every calibration image."""
+    return {name: squares.sqrt().float() for name, (_, _, squares) in input_moments(model, layers, calibration).items()}

@@ -49,9 +49,9 @@ def parse_pattern(text: str) -> Pattern:
     )
 
 
-def check_sparsity(value: float, what: str = "pruner.sparsity") -> float:
+def check_sparsity(value: float, what: str = "pruner.sparsity", units: str = "weights") -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= float(value) < 1.0:
-        raise StarfishError(f"{what}={value!r} is outside [0, 1): give the fraction of weights to remove, e.g. 0.5")
+        raise StarfishError(f"{what}={value!r} is outside [0, 1): give the fraction of {units} to remove, e.g. 0.5")
     return float(value)
 
 
@@ -121,20 +121,28 @@ def apply_masks(layers: Mapping[str, nn.Linear], masks: Mapping[str, torch.Tenso
 
 
 @torch.no_grad()
-def measure_sparsity(model: nn.Module, layers: Mapping[str, nn.Linear]) -> dict:
-    """Measured fraction of exactly-zero weights: per prunable layer, over prunable weights, over all parameters."""
-    per_layer, zero_prunable, total_prunable = {}, 0, 0
+def measure_sparsity(model: nn.Module, layers: Mapping[str, nn.Linear], dense: nn.Module | None = None) -> dict:
+    """Measured fraction of exactly-zero weights: per prunable layer, over prunable weights, over all parameters.
+
+    Against `dense` (the model before pruning, with the same layer names), weights that are gone
+    because whole units were removed count as pruned, and every fraction is of the dense sizes.
+    """
+    dense_modules = dict(dense.named_modules()) if dense is not None else {}
+    per_layer, pruned_prunable, total_prunable = {}, 0, 0
     for name, layer in layers.items():
-        zeros = int((layer.weight == 0).sum())
-        per_layer[name] = zeros / layer.weight.numel()
-        zero_prunable += zeros
-        total_prunable += layer.weight.numel()
-    total_params = sum(p.numel() for p in model.parameters())
-    zero_params = sum(int((p == 0).sum()) for p in model.parameters())
+        size = dense_modules[name].weight.numel() if name in dense_modules else layer.weight.numel()
+        pruned = int((layer.weight == 0).sum()) + size - layer.weight.numel()
+        per_layer[name] = pruned / size
+        pruned_prunable += pruned
+        total_prunable += size
+    remaining = sum(p.numel() for p in model.parameters())
+    total_params = sum(p.numel() for p in dense.parameters()) if dense is not None else remaining
+    zero_params = sum(int((p == 0).sum()) for p in model.parameters()) + total_params - remaining
     return {
-        "prunable": zero_prunable / max(total_prunable, 1),
+        "prunable": pruned_prunable / max(total_prunable, 1),
         "overall": zero_params / max(total_params, 1),
         "prunable_weights": total_prunable,
         "total_parameters": total_params,
+        "remaining_parameters": remaining,  # fewer than total_parameters when whole units were removed
         "per_layer": per_layer,
     }

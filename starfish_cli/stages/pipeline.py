@@ -207,6 +207,7 @@ def _student(context: Context, checkpoint, path: Path) -> tuple[nn.Module, dict[
         raise StarfishError(f"{path} was made for model {made_for!r}, not {context.cfg.model.name!r}: "
                             f"set model.name={made_for} or re-prune")
     model = copy.deepcopy(context.dense)
+    structure_of(model).resize(checkpoint.metadata.get("structure") or {})  # structurally pruned: its sizes first
     masks = restore(model, checkpoint, path)  # a different architecture is a clear error
     return model.to(context.device).eval(), masks
 
@@ -249,12 +250,17 @@ def prune(context: Context, pruner: Pruner, calibration: Calibration) -> Pruned:
         masks = pruner.prune(model, batches if pruner.needs_calibration else None)
         # one set of masks and weights for every rank: rank 0's
         distributed.broadcast_from_main([*model.state_dict().values(), *masks.values()])
-    sparsity = measure_sparsity(model, structure_of(model).prunable_layers())
-    log.info("pruned with %s: %.4f of prunable weights are zero", pruner.registered_name, sparsity["prunable"])
+    structure = structure_of(model)
+    sizes = structure.current_structure()  # None unless whole units were removed
+    sparsity = measure_sparsity(model, structure.prunable_layers(), context.dense)
+    log.info("pruned with %s: %.4f of prunable weights are zero or removed; %d of %d parameters remain",
+             pruner.registered_name, sparsity["prunable"], sparsity["remaining_parameters"],
+             sparsity["total_parameters"])
     metadata = json.loads(json.dumps({  # plain JSON values: equal to what a reload gives
         "model": plain(cfg.model), "pruner": pruner.describe(), "sparsity": sparsity,
+        **({"structure": sizes} if sizes else {}),
         "calibration": calibration.info, "seed": int(cfg.seed), "pruning_config": pruning_config(cfg),
-        "timing": timing["prune"], "masks_digest": masks_digest(masks),
+        "timing": timing["prune"], "masks_digest": masks_digest(masks, model if sizes else None),
     }))
     if context.world.is_main:
         folders = context.folders
@@ -281,6 +287,7 @@ def heal(context: Context, healer: Healer, pruned: Pruned, calibration: Calibrat
     metadata = json.loads(json.dumps({
         "model": plain(context.cfg.model), "seed": int(context.cfg.seed),
         "pruner": pruned.metadata["pruner"], "sparsity": pruned.metadata["sparsity"],
+        **({"structure": pruned.metadata["structure"]} if "structure" in pruned.metadata else {}),
         "calibration": {**calibration.info, "labels_used": healer.labels_used},
         "healer": healer.describe(), "labels_used": healer.labels_used, "changes_weights": healer.changes_weights,
         "pruned_masks_digest": pruned.metadata["masks_digest"],

@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 PRUNING_KEYS = ("model", "data", "calib", "pruner")
 # Keys already in the folder path, or that do not change results: they stay out of its suffix.
 IN_PATH_OR_NEUTRAL = {"experiment", "model", "model.name", "pruner", "pruner.name", "pruner.sparsity",
+                      "pruner.heads", "pruner.mlp",  # structured pruning's folder name has them
                       "pruner.pattern", "healer", "healer.name", "seed", "device", "output_root", "pruned",
                       "healed", "skip_finished", "eval.batch_size", "eval.num_workers", "eval.speed", "dist_backend", "healer.save_every",
                       "export.format", "export.dtype"}
@@ -18,8 +19,13 @@ def path_safe(text) -> str:
     return re.sub(r"[/:\\\s]+", "_", str(text)).strip("_") or "_"
 
 
-def prune_dir(name, pattern, sparsity) -> str:
-    """`wanda-0.75` for unstructured pruning, `wanda-2_4` for N:M (which fixes the sparsity)."""
+def prune_dir(pruner) -> str:
+    """`wanda-0.75` for unstructured pruning, `wanda-2_4` for N:M (which fixes the sparsity),
+    `structured-heads0.5-mlp0.5` for whole heads and neurons."""
+    name = pruner["name"]
+    if "heads" in pruner and "mlp" in pruner:
+        return f"{name}-heads{pruner['heads']}-mlp{pruner['mlp']}"
+    pattern, sparsity = pruner.get("pattern"), pruner.get("sparsity")
     return f"{name}-{path_safe(pattern)}" if str(pattern) != "unstructured" else f"{name}-{sparsity}"
 
 

@@ -1,0 +1,149 @@
+"""Structured pruning: whole attention heads and MLP neurons removed physically, so the model is smaller.
+
+A unit's score sums a per-weight score over the weights it owns (its rows of qkv/fc1, its
+columns of proj/fc2; the family says which): `magnitude` ‖W‖₂ of those weights, `activation`
+Σ|W_ij|·‖X_j‖₂ (Wanda's score, summed over the unit), `fluctuation` FLAP's Σ_j Var(X_j)·‖W_:,j‖²
+over the unit's output-projection columns (An et al., AAAI 2024). `compensate` adds the removed
+units' mean contribution to the output projection's bias, as FLAP does.
+"""
+
+import torch
+from torch import nn
+
+from starfish_cli.errors import StarfishError
+from starfish_cli.families import structure_of
+from starfish_cli.families.base import Units
+from starfish_cli.pruning.base import Pruner, input_moments
+from starfish_cli.pruning.masks import check_sparsity
+from starfish_cli.pruning.registry import PRUNERS
+
+CRITERIA = ("magnitude", "activation", "fluctuation")
+SCOPES = ("block", "global")
+KINDS = {"heads": ("heads", "heads"), "neurons": ("mlp", "MLP neurons")}  # unit kind → (option, in words)
+
+
+def weight_scores(criterion: str, weight: torch.Tensor, moments: tuple | None) -> torch.Tensor:
+    """The per-weight score that a unit sums over the weights it owns (weight: out × in)."""
+    weight = weight.double()
+    if criterion == "magnitude":
+        return weight * weight
+    tokens, sums, squares = moments
+    if criterion == "activation":
+        return weight.abs() * squares.sqrt().unsqueeze(0)
+    variance = (squares / tokens - (sums / tokens) ** 2).clamp_min(0)
+    return weight * weight * variance.unsqueeze(0)
+
+
+def unit_scores(units: Units, scores: dict[str, torch.Tensor], rows: bool = True) -> torch.Tensor:
+    """Σ of `scores` over each unit's rows (when `rows`) and columns: one value per unit."""
+    total = torch.zeros(units.count, dtype=torch.float64)
+    for layer, index in (units.rows.items() if rows else ()):
+        total += scores[layer][index].sum(dim=(1, 2))  # (units × rows per unit × in)
+    for layer, index in units.columns.items():
+        total += scores[layer][:, index].sum(dim=(0, 2))  # (out × units × columns per unit)
+    return total
+
+
+def standardized(scores: torch.Tensor) -> torch.Tensor:
+    """(s − mean) / std within one block, so that blocks of different scale compare (FLAP's global ranking)."""
+    spread = scores.std() if scores.numel() > 1 else scores.new_tensor(0.0)
+    return (scores - scores.mean()) / spread if spread > 0 else torch.zeros_like(scores)
+
+
+def lowest_per_block(scores: list[torch.Tensor], fraction: float, setting: str, units: str) -> list[list[int]]:
+    """The `round(fraction·n)` lowest-scoring units of each block (ties: the earlier unit goes first)."""
+    removed = []
+    for number, block_scores in enumerate(scores):
+        size = len(block_scores)
+        count = round(fraction * size)
+        if count >= size:
+            raise StarfishError(f"{setting} removes all {size} {units} of block {number}: give at most "
+                                f"{(size - 1) / size:.3g}, so one stays in every block")
+        removed.append(sorted(torch.argsort(block_scores, stable=True)[:count].tolist()))
+    return removed
+
+
+def lowest_overall(scores: list[torch.Tensor], fraction: float, setting: str, units: str) -> list[list[int]]:
+    """The `round(fraction·total)` lowest standardized scores over all blocks, each block keeping its best unit."""
+    flat = torch.cat([standardized(block_scores) for block_scores in scores])
+    owner = torch.cat([torch.full((len(s),), number) for number, s in enumerate(scores)])
+    position = torch.cat([torch.arange(len(s)) for s in scores])
+    count = round(fraction * len(flat))
+    if count > len(flat) - len(scores):
+        raise StarfishError(f"{setting} with scope=global removes {count} of {len(flat)} {units}, more than can go "
+                            f"with one left in every block: give at most {(len(flat) - len(scores)) / len(flat):.3g}")
+    removed: list[list[int]] = [[] for _ in scores]
+    for unit in torch.argsort(flat, stable=True).tolist():
+        if count == 0:
+            break
+        block = int(owner[unit])
+        if len(removed[block]) < len(scores[block]) - 1:
+            removed[block].append(int(position[unit]))
+            count -= 1
+    return [sorted(units) for units in removed]
+
+
+def mean_contribution(weight: torch.Tensor, mean: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """W[:, columns] · mean(x)[columns]: what the removed input columns add to the output on average."""
+    columns = columns.reshape(-1)
+    return weight[:, columns].double() @ mean[columns].double()
+
+
+@PRUNERS.register("structured")
+class StructuredPruner(Pruner):
+    """Removes `heads` and `mlp` (fractions) of each block's attention heads and MLP neurons, ranked by
+    `criterion` within each block (`scope=block`) or over all blocks (`scope=global`, scores standardized
+    per block). At least one head and one neuron stay in every block. Nothing is left to mask: every
+    remaining weight trains."""
+
+    def __init__(self, heads: float = 0.5, mlp: float = 0.5, criterion: str = "activation", scope: str = "block",
+                 compensate: bool = False):
+        self.fractions = {"heads": check_sparsity(heads, "pruner.heads", "attention heads"),
+                          "neurons": check_sparsity(mlp, "pruner.mlp", "MLP neurons")}
+        if criterion not in CRITERIA:
+            raise StarfishError(f"pruner.criterion={criterion!r}: choose one of {', '.join(CRITERIA)}")
+        if scope not in SCOPES:
+            raise StarfishError(f"pruner.scope={scope!r}: choose one of {', '.join(SCOPES)}")
+        if not isinstance(compensate, bool):
+            raise StarfishError(f"pruner.compensate={compensate!r} must be true or false")
+        self.criterion, self.scope, self.compensate = criterion, scope, compensate
+        self.needs_calibration = criterion != "magnitude" or compensate
+
+    def describe(self):
+        return {"name": self.registered_name, "pattern": "heads+neurons", "heads": self.fractions["heads"],
+                "mlp": self.fractions["neurons"], "criterion": self.criterion, "scope": self.scope,
+                "compensate": self.compensate}
+
+    @torch.no_grad()
+    def prune(self, model: nn.Module, calibration=None) -> dict[str, torch.Tensor]:
+        structure = structure_of(model)
+        layers = structure.prunable_layers()
+        moments = input_moments(model, layers, calibration) if self.needs_calibration else {}
+        units = [structure.units(index) for index in range(len(structure.blocks))]
+        block_scores: dict[str, list[torch.Tensor]] = {kind: [] for kind in KINDS}
+        for index, block in enumerate(units):  # block by block: one block's weight scores in memory at a time
+            scores = {name: weight_scores(self.criterion, layer.weight, moments.get(name))
+                      for name, layer in structure.block_layers(index).items()}
+            for kind in KINDS:
+                block_scores[kind].append(unit_scores(block[kind], scores, rows=self.criterion != "fluctuation"))
+        choose = lowest_per_block if self.scope == "block" else lowest_overall
+        removed = {kind: choose(block_scores[kind], self.fractions[kind], f"pruner.{option}={self.fractions[kind]}",
+                                words) for kind, (option, words) in KINDS.items()}
+        for index, block in enumerate(units):
+            if self.compensate:
+                self._compensate(layers, moments, block, {kind: removed[kind][index] for kind in KINDS})
+            structure.remove_units(index, heads=removed["heads"][index], neurons=removed["neurons"][index])
+        return {}
+
+    @staticmethod
+    def _compensate(layers, moments, block: dict[str, Units], removed: dict[str, list[int]]) -> None:
+        for kind, units in block.items():
+            for layer, columns in units.columns.items():
+                if not removed[kind]:
+                    continue
+                if layers[layer].bias is None:
+                    raise StarfishError(f"pruner.compensate=true adds to the bias of {layer}, which has none: "
+                                        "use pruner.compensate=false")
+                tokens, sums, _ = moments[layer]
+                added = mean_contribution(layers[layer].weight, sums / tokens, columns[removed[kind]])
+                layers[layer].bias.add_(added.to(layers[layer].bias.dtype))

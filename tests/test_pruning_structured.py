@@ -1,0 +1,156 @@
+"""Structured pruning: exact slicing of timm's Attention and Mlp, unit scores, block vs global
+ranking, healers on the smaller model, and structured checkpoints through the CLI."""
+
+import copy
+
+import pytest
+import timm
+import torch
+
+from conftest import SHRUNK, needs_fmnist, read_json, run_cli
+from starfish_cli.checkpoint import load_checkpoint
+from starfish_cli.errors import StarfishError
+from starfish_cli.families import structure_of
+from starfish_cli.families.base import Units
+from starfish_cli.healing import HEALERS
+from starfish_cli.pruning import PRUNERS
+from starfish_cli.pruning.masks import measure_sparsity
+from starfish_cli.pruning.structured import lowest_overall, lowest_per_block, unit_scores, weight_scores
+
+REMOVED = {0: ([1, 3], [0, 7, 100]), 2: ([0], []), 5: ([0, 1, 2], list(range(500)))}  # block: (heads, neurons)
+
+
+def zero_units(model, removed):
+    """Zero the rows (and biases) that feed each removed head and neuron: the full model then computes
+    what the sliced one does."""
+    structure = structure_of(model)
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for index, (heads, neurons) in removed.items():
+            units = structure.units(index)
+            for kind, chosen in (("heads", heads), ("neurons", neurons)):
+                for layer, rows in units[kind].rows.items():
+                    modules[layer].weight[rows[chosen].reshape(-1)] = 0
+                    modules[layer].bias[rows[chosen].reshape(-1)] = 0
+
+
+@pytest.mark.parametrize("variant", ["reference", "sdpa_off", "qk_norm"])
+def test_slicing_keeps_every_block_output_when_removed_units_are_zero(reference_model, variant):
+    model = (timm.create_model("vit_fmnist", pretrained=False, qk_norm=True, qkv_bias=True).eval()
+             if variant == "qk_norm" else copy.deepcopy(reference_model))
+    for block in model.blocks:
+        block.attn.fused_attn = variant != "sdpa_off"
+    zero_units(model, REMOVED)
+    sliced = copy.deepcopy(model)
+    for index, (heads, neurons) in REMOVED.items():
+        structure_of(sliced).remove_units(index, heads=heads, neurons=neurons)
+    tokens = torch.randn(4, 50, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for full, small in zip(model.blocks, sliced.blocks):
+            torch.testing.assert_close(small(tokens), full(tokens), atol=1e-6, rtol=1e-5)
+    attn = sliced.blocks[0].attn
+    assert (attn.num_heads, attn.head_dim, attn.attn_dim, attn.qkv.weight.shape, attn.proj.weight.shape) == \
+        (2, 32, 64, (192, 128), (128, 64))
+    assert attn.scale == 32 ** -0.5 and sliced.blocks[5].mlp.fc2.in_features == 12
+
+
+def test_resize_builds_the_shapes_a_structured_checkpoint_loads_into(reference_model):
+    pruned = copy.deepcopy(reference_model)
+    assert structure_of(pruned).current_structure() is None
+    for index, (heads, neurons) in REMOVED.items():
+        structure_of(pruned).remove_units(index, heads=heads, neurons=neurons)
+    sizes = structure_of(pruned).current_structure()
+    assert sizes["blocks.0"] == {"heads": 2, "mlp_hidden": 509} and sizes["blocks.1"] == {"heads": 4, "mlp_hidden": 512}
+    fresh = timm.create_model("vit_fmnist", pretrained=False).eval()
+    structure_of(fresh).resize(sizes)
+    fresh.load_state_dict(pruned.state_dict())
+    images = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(images), pruned(images))
+    with pytest.raises(StarfishError, match="does not fit"):
+        structure_of(timm.create_model("vit_fmnist", pretrained=False)).resize({"blocks.0": {"heads": 9, "mlp_hidden": 1}})
+    measured = measure_sparsity(pruned, structure_of(pruned).prunable_layers(), reference_model)
+    removed_share = (2 + 1 + 3) * 4 * 32 * 128 + (3 + 500) * 2 * 128  # qkv+proj per head, fc1+fc2 per neuron
+    assert measured["prunable"] == pytest.approx(removed_share / measured["prunable_weights"])
+    assert measured["total_parameters"] - measured["remaining_parameters"] > removed_share  # biases go too
+
+
+def test_criteria_rank_a_hand_made_mlp_differently():
+    """Three neurons: 0 has the largest weights but a constant activation, 1 reads the large input
+    feature, 2 fluctuates most."""
+    fc1 = torch.tensor([[2.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
+    fc2 = torch.tensor([[2.0, 1.0, 1.0]])
+    inputs = torch.tensor([[0.1, 3.0]] * 4)
+    hidden = torch.tensor([[1.0, 1.0, 0.0], [1.0, -1.0, 0.0], [1.0, 1.0, 2.0], [1.0, -1.0, -2.0]])
+    moments = {name: (len(x), x.double().sum(0), x.double().pow(2).sum(0)) for name, x in (("fc1", inputs), ("fc2", hidden))}
+    units = Units(3, {"fc1": torch.arange(3).unsqueeze(1)}, {"fc2": torch.arange(3).unsqueeze(1)})
+    expected = {"magnitude": [8.0, 2.0, 1.5],  # Σ W² of the row and the column
+                "activation": [2 * 0.2 + 2 * 2, 1 * 6 + 1 * 2, 0.5 * 0.2 + 0.5 * 6 + 8 ** 0.5],  # Σ |W|·‖x‖
+                "fluctuation": [0.0, 1.0, 2.0]}  # Var(h_j)·‖W_:,j‖²
+    for criterion, values in expected.items():
+        scores = {name: weight_scores(criterion, weight, moments[name]) for name, weight in (("fc1", fc1), ("fc2", fc2))}
+        got = unit_scores(units, scores, rows=criterion != "fluctuation")
+        assert got.tolist() == pytest.approx(values), criterion
+    orders = {tuple(torch.argsort(torch.tensor(values)).tolist()) for values in expected.values()}
+    assert len(orders) == 3
+
+
+def test_global_ranking_compares_standardized_blocks_and_keeps_one_unit_per_block():
+    scores = [torch.tensor([1.0, 2.0, 3.0, 100.0]), torch.tensor([1.0, 2.0, 3.0, 4.0])]
+    assert lowest_per_block(scores, 0.5, "pruner.heads=0.5", "heads") == [[0, 1], [0, 1]]
+    assert lowest_overall(scores, 0.5, "pruner.heads=0.5", "heads") == [[0, 1, 2], [0]]  # one outlier: the rest are alike
+    flat = [torch.tensor([3.0, 3.0, 3.0]), torch.tensor([1.0, 10.0, 10.0, 10.0])]  # block 0 all 0 once standardized
+    assert lowest_overall(flat, 0.7, "pruner.mlp=0.7", "neurons") == [[0, 1], [0, 1, 2]]  # block 0 keeps its last one
+    with pytest.raises(StarfishError, match="removes all 4 heads of block 0"):
+        lowest_per_block(scores, 0.9, "pruner.heads=0.9", "heads")
+    with pytest.raises(StarfishError, match="one left in every block"):
+        lowest_overall(scores, 0.9, "pruner.heads=0.9", "heads")
+
+
+@pytest.mark.parametrize("options,message", [({"heads": 1.0}, "pruner.heads=1.0 is outside"),
+                                             ({"mlp": -0.1}, "pruner.mlp=-0.1 is outside"),
+                                             ({"criterion": "taylor"}, "pruner.criterion='taylor'"),
+                                             ({"scope": "layer"}, "pruner.scope='layer'")])
+def test_bad_options_are_one_line(options, message):
+    with pytest.raises(StarfishError, match=message.replace("(", r"\(")):
+        PRUNERS.build({"name": "structured", **options})
+
+
+@pytest.mark.parametrize("healer,trains", [("starfish", "weights"), ("kd", "weights"), ("norm", "norms and biases")])
+def test_healers_train_the_smaller_model(reference_model, calibration_images, calibration_batches, healer, trains):
+    student = copy.deepcopy(reference_model)
+    masks = PRUNERS.build({"name": "structured", "criterion": "fluctuation"}).prune(student, calibration_batches)
+    assert masks == {}  # nothing left to mask
+    before = {name: value.clone() for name, value in student.state_dict().items()}
+    result = HEALERS.build({"name": healer, "epochs": 1}).heal(student, reference_model, masks, calibration_images,
+                                                              torch.device("cpu"))
+    changed = {name for name, value in student.state_dict().items() if not torch.equal(value, before[name])}
+    linears = {f"{name}.weight" for name in structure_of(student).prunable_layers()}
+    assert set(result.trained_parameters) == changed
+    assert changed == linears if trains == "weights" else (changed and not changed & linears)
+
+
+@needs_fmnist
+@pytest.mark.parametrize("setting,message", [("pruner.heads=1.0", "pruner.heads=1.0 is outside [0, 1)"),
+                                             ("pruner.mlp=-0.1", "pruner.mlp=-0.1 is outside [0, 1)"),
+                                             ("pruner.heads=0.9", "removes all 4 heads of block 0")])
+def test_bad_structured_settings_exit_2_and_leave_nothing(tmp_path, setting, message):
+    result = run_cli("prune", "pruner=structured", setting, "calib.count=8", cwd=tmp_path, check=False)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("starfish: error:")]
+    assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == []
+
+
+@needs_fmnist
+def test_structured_checkpoint_heals_and_evaluates_from_disk(tmp_path):
+    settings = ["pruner=structured", "pruner.heads=0.5", "pruner.mlp=0.75", "healer=kd", *SHRUNK]
+    for stage in ("prune", "heal", "eval"):
+        run_cli(stage, *settings, cwd=tmp_path)
+    pruned_file = next((tmp_path / "outputs").rglob("pruned.safetensors"))
+    pruned = load_checkpoint(pruned_file, "prune")
+    assert pruned.masks == {} and pruned.metadata["structure"]["blocks.3"] == {"heads": 2, "mlp_hidden": 128}
+    assert pruned.weights["blocks.3.attn.qkv.weight"].shape == (192, 128)
+    report = read_json(next((tmp_path / "outputs").rglob("kd*/report.json")))
+    assert report["sparsity"]["remaining_parameters"] < 0.45 * report["sparsity"]["total_parameters"]
+    assert report["healing"]["trained_parameters"] == 24 and report["accuracy"]["healed"]["top1"] > 10
+    assert "parameters remain" in next((tmp_path / "outputs").rglob("kd*/report.md")).read_text()
