@@ -59,16 +59,27 @@ def summarize(reports: list[dict[str, Any]]) -> dict[str, Any]:
             top1 = [r["accuracy"]["healed"]["top1"] for r in runs]
             recovery = [r["recovery"] for r in runs]
             seconds = [r.get("stages", {}).get("heal", {}).get("seconds", 0.0) for r in runs]
+            speedups = [speedup for speedup in map(healed_speedup, runs) if speedup is not None]
             cells[label] = {
                 "top1": mean_std(top1), "recovery": mean_std(recovery), "heal_seconds": mean_std(seconds),
                 "seeds": sorted(r["seed"] for r in runs),
                 "labels_used": any(r["calibration"].get("labels_used") for r in runs),
                 "healer": runs[0]["healer"]["name"],
                 "epochs": runs[0]["healer"].get("epochs"),
+                "speedup": mean_std(speedups) if speedups else None,
+                "parameters": runs[0].get("sparsity", {}).get("remaining_parameters"),
             }
         dense = [r["accuracy"]["dense"]["top1"] for runs in by_healer.values() for r in runs]
         rows[row] = {"dense": mean_std(dense), "cells": cells}
     return rows
+
+
+def healed_speedup(report: dict[str, Any]) -> float | None:
+    """Healed images/s ÷ dense at the evaluation's batch, from the report's speed section (eval.speed)."""
+    speed = report.get("speed")
+    if not speed:
+        return None
+    return speed["models"]["healed"]["vs_dense"][str(speed["batch_sizes"][-1])]
 
 
 def _cell_text(cell: dict[str, Any]) -> str:
@@ -93,6 +104,24 @@ def _natural(label: str) -> tuple:
     return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", label))
 
 
+def speed_table(rows: dict[tuple, dict]) -> list[str]:
+    """summary.md's trade-off table: healed top-1 beside measured speed and size, where runs measured it."""
+    lines = []
+    for (pruner, pattern, sparsity), row in rows.items():
+        for label, cell in row["cells"].items():
+            if cell["speedup"]:
+                mean, std = cell["speedup"]
+                parameters = f"{cell['parameters']:,}" if cell["parameters"] else "–"
+                lines.append(f"| {pruner} | {pattern} | {sparsity:.2f} | {label} | {_cell_text(cell)} | "
+                             f"{mean:.2f}" + (f" ± {std:.2f}" if len(cell["seeds"]) > 1 else "") + f" | {parameters} |")
+    if not lines:
+        return []
+    return ["Speed: healed images/s ÷ dense at the evaluation's batch (measured in each run's process), and the "
+            "parameters that remain.", "",
+            "| pruner | pattern | sparsity | healer | healed top-1 (recovery) | images/s ÷ dense | parameters |",
+            "|---|---|---|---|---|---|---|", *lines, ""]
+
+
 def healer_labels(rows: dict[tuple, dict]) -> list[str]:
     """Every healer label of the table, by name, variants after their healer."""
     return sorted({label for row in rows.values() for label in row["cells"]}, key=_natural)
@@ -113,9 +142,13 @@ def write_summary(root: Path, console: Console | None = None) -> dict[str, Path]
         "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
         *("| " + " | ".join(line) + " |" for line in body), "",
     ]
+    markdown += speed_table(rows)
     write_text_atomically(written["summary.md"], "\n".join(markdown))
     _write_csv(written["summary.csv"], rows)
     plot_accuracy_vs_sparsity(rows, written["accuracy_vs_sparsity.png"])
+    if any(cell["speedup"] for row in rows.values() for cell in row["cells"].values()):
+        written["accuracy_vs_speed.png"] = root / "accuracy_vs_speed.png"
+        plot_accuracy_vs_speed(rows, written["accuracy_vs_speed.png"])
     if _has_budget_sweep(rows):
         written["recovery_vs_time.png"] = root / "recovery_vs_time.png"
         plot_recovery_vs_time(rows, written["recovery_vs_time.png"])
@@ -248,5 +281,35 @@ def plot_recovery_vs_time(rows: dict[tuple, dict], path: Path) -> None:
         axis.set_ylabel("recovery (healed ÷ dense top-1)")
         axis.grid(alpha=0.3)
     _shared_legend(figure, axes[0])
+    _save(figure, path)
+    plt.close(figure)
+
+
+def plot_accuracy_vs_speed(rows: dict[tuple, dict], path: Path) -> None:
+    """Healed top-1 against measured speed (healed ÷ dense images/s at the evaluation's batch): one point
+    per pruning setting and healer, a colour per healer, a marker per pruner, so that structured and
+    unstructured results sit on one trade-off plot."""
+    plt = _pyplot()
+    labels = healer_labels(rows)
+    colours = _colours(labels)
+    pruners = sorted({pruner.split("[")[0] for pruner, _, _ in rows})
+    markers = dict(zip(pruners, "osD^v<>PX*"))
+    figure, axis = plt.subplots(figsize=(6.5, 4.8))
+    for (pruner, pattern, sparsity), row in rows.items():
+        for label, cell in row["cells"].items():
+            if not cell["speedup"]:
+                continue
+            axis.errorbar(cell["speedup"][0], cell["top1"][0], xerr=cell["speedup"][1], yerr=cell["top1"][1],
+                          marker=markers.get(pruner.split("[")[0], "o"), color=colours[label], capsize=2,
+                          linestyle="none", label=label)
+            axis.annotate(pruner if pattern == "unstructured" else f"{pruner} {pattern}", (cell["speedup"][0],
+                          cell["top1"][0]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    dense = [row["dense"][0] for row in rows.values()]
+    axis.axhline(sum(dense) / len(dense), color="black", linestyle="--", linewidth=1, label="dense")
+    axis.axvline(1.0, color="grey", linestyle=":", linewidth=1)
+    axis.set_xlabel("images/s ÷ dense (measured, evaluation batch)")
+    axis.set_ylabel("healed top-1 % (mean ± std over seeds)")
+    axis.grid(alpha=0.3)
+    _shared_legend(figure, [axis])
     _save(figure, path)
     plt.close(figure)

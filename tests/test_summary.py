@@ -105,3 +105,21 @@ def test_plots_give_each_healer_one_colour_and_one_shared_legend(tmp_path, monke
     assert len({next(iter(c)) for c in colours.values()}) == 3  # and the healers differ
     (legend,) = figure.legends
     assert sorted(text.get_text() for text in legend.get_texts()) == ["dense", "kd", "none", "starfish"]
+
+
+def test_speed_from_reports_goes_into_the_table_and_a_trade_off_plot(tmp_path):
+    for seed, (top1, ratio) in enumerate([(80.0, 1.9), (82.0, 2.1)]):
+        report = fake_report({"name": "kd"}, seed, top1, pruner="structured", pruner_label="structured[heads=0.5]")
+        report["sparsity"]["remaining_parameters"] = 600_000
+        report["speed"] = {"batch_sizes": [1, 256], "models": {"healed": {"vs_dense": {"1": 1.1, "256": ratio}}}}
+        folder = tmp_path / f"s{seed}"
+        folder.mkdir()
+        (folder / "report.json").write_text(json.dumps(report))
+    unmeasured = tmp_path / "u"
+    unmeasured.mkdir()
+    (unmeasured / "report.json").write_text(json.dumps(fake_report({"name": "kd"}, 0, 70.0)))
+    written = write_summary(tmp_path)
+    assert written["accuracy_vs_speed.png"].stat().st_size > 0
+    text = written["summary.md"].read_text()
+    assert "| structured[heads=0.5] | unstructured | 0.75 | kd | 81.00 ± 1.41 (0.900) | 2.00 ± 0.14 | 600,000 |" in text
+    assert "| wanda | unstructured | 0.75 | kd |" not in text  # the unmeasured run has no speed row
