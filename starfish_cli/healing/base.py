@@ -209,7 +209,9 @@ class GradientHealer(Healer):
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total, 1), eta_min=self.min_lr)
         trained = {name: parameter for name, parameter in model.named_parameters() if parameter.requires_grad}
         resume = ResumeState(None if world.active else state_file, self.save_every,
-                             [self.describe(), description, masks_digest(dict(masks)), len(calibration), sorted(trained)])
+                             [self.describe(), description, masks_digest(dict(masks)), len(calibration),
+                              # shapes too: a structurally pruned model has no masks to tell it apart
+                              sorted((name, list(p.shape)) for name, p in trained.items())])
         saved = resume.load()
         step = ResumeState.restore(saved, trained, optimizer, scheduler, history) if saved else 0
         model.eval()  # no dropout/drop-path: the targets are deterministic

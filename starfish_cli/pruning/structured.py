@@ -96,7 +96,7 @@ class StructuredPruner(Pruner):
     per block). At least one head and one neuron stay in every block. Nothing is left to mask: every
     remaining weight trains."""
 
-    def __init__(self, heads: float = 0.5, mlp: float = 0.5, criterion: str = "activation", scope: str = "block",
+    def __init__(self, heads: float = 0.5, mlp: float = 0.5, criterion: str = "fluctuation", scope: str = "block",
                  compensate: bool = False):
         self.fractions = {"heads": check_sparsity(heads, "pruner.heads", "attention heads"),
                           "neurons": check_sparsity(mlp, "pruner.mlp", "MLP neurons")}
