@@ -1,5 +1,6 @@
 """`starfish_cli.load(PATH)`: the one way from a run folder, checkpoint or export back to a timm model."""
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,12 @@ def load(path: str | Path) -> nn.Module:
 def model_file(path: Path) -> Path:
     """The file `load` reads for `path`."""
     if path.is_dir():
-        for candidate in (path / EXPORT_DIR / MODEL_FILE, path / MODEL_FILE, path / HEALED_FILE):
+        export, healed = path / EXPORT_DIR / MODEL_FILE, path / HEALED_FILE
+        if export.is_file() and healed.is_file() and healed.stat().st_mtime_ns > export.stat().st_mtime_ns:
+            warnings.warn(f"{healed} is newer than its export: loading it (rerun `starfish export` to update "
+                          f"{path / EXPORT_DIR})", stacklevel=3)
+            return healed
+        for candidate in (export, path / MODEL_FILE, healed):
             if candidate.is_file():
                 return candidate
         if (path / PRUNED_FILE).is_file():

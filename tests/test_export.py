@@ -4,6 +4,7 @@ sizes against the dense model, ONNX checked in onnxruntime, and bad input."""
 import copy
 import importlib
 import json
+import os
 import sys
 
 import pytest
@@ -16,6 +17,7 @@ from starfish_cli.checkpoint import load_checkpoint, read_header
 from starfish_cli.errors import StarfishError
 from starfish_cli.export import byte_counts, compress, safetensors_bytes, write_export
 from starfish_cli.families import structure_of
+from starfish_cli.loading import model_file
 from starfish_cli.pruning import PRUNERS
 
 PATTERNS = {"unstructured": "bitmask", "2:4": "n:m"}
@@ -194,3 +196,16 @@ def test_structured_model_exports_its_smaller_dense_tensors(reference_model, tmp
     for path in (tmp_path / "healed.safetensors", tmp_path / "export"):
         state = starfish_cli.load(path).state_dict()
         assert all(torch.equal(state[name], value) for name, value in model.state_dict().items()), path
+
+
+@needs_fmnist
+def test_a_run_folder_healed_again_after_its_export_loads_the_newer_checkpoint(runs, tmp_path):
+    import shutil
+
+    folder = tmp_path / "run"
+    shutil.copytree(runs[1]["unstructured"], folder)
+    healed = folder / "healed.safetensors"
+    os.utime(healed, ns=((folder / "export" / "model.safetensors").stat().st_mtime_ns + 10**9,) * 2)
+    with pytest.warns(UserWarning, match="newer than its export"):
+        assert model_file(folder) == healed
+    assert model_file(folder / "export") == folder / "export" / "model.safetensors"
