@@ -149,6 +149,18 @@ def test_onnx_without_the_extra_says_how_to_install_it(monkeypatch):
         require_onnx()
 
 
+def test_an_onnx_export_error_is_one_line_and_leaves_no_file(tmp_path):
+    from starfish_cli.onnx_export import export_onnx
+
+    class Untraceable(torch.nn.Module):
+        def forward(self, images):
+            raise RuntimeError("data-dependent control flow\nmore lines")
+
+    with pytest.raises(StarfishError, match="torch.onnx.export could not export Untraceable") as error:
+        export_onnx(Untraceable(), tmp_path / "model.onnx", (1, 4, 4))
+    assert "\n" not in str(error.value) and list(tmp_path.iterdir()) == []
+
+
 def test_load_is_imported_on_first_use(monkeypatch):
     monkeypatch.delitem(sys.modules, "starfish_cli.loading")
     monkeypatch.delattr(starfish_cli, "loading")
