@@ -96,8 +96,8 @@ class FixedMasks:
 
     @torch.no_grad()
     def reapply(self) -> None:
-        for weight, mask in self._pairs:
-            weight.mul_(mask.to(weight.dtype))
+        for weight, mask in self._pairs:  # +0.0, not the −0.0 a product gives: an export restores the bits
+            weight.masked_fill_(~mask.bool(), 0.0)
 
     def remove(self) -> None:
         for handle in self._handles:

@@ -117,7 +117,7 @@ def is_nm_valid(mask: torch.Tensor, n: int, m: int) -> bool:
 @torch.no_grad()
 def apply_masks(layers: Mapping[str, nn.Linear], masks: Mapping[str, torch.Tensor]) -> None:
     for name, layer in layers.items():
-        layer.weight.mul_(masks[name].to(layer.weight.device, layer.weight.dtype))
+        layer.weight.masked_fill_(~masks[name].to(layer.weight.device).bool(), 0.0)  # +0.0: an export restores the bits
 
 
 @torch.no_grad()
