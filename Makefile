@@ -3,6 +3,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
+FORTUNES_DIR := /usr/share/games/fortunes
 
 .PHONY: setup data demo test clean
 
@@ -11,13 +12,17 @@ $(PYTHON):
 
 $(INSTALLED): pyproject.toml | $(PYTHON)
 	$(PYTHON) -m pip install --quiet --upgrade pip
-	$(PYTHON) -m pip install --quiet -e '.[dev,deploy]'
+	$(PYTHON) -m pip install --quiet -e '.[dev,deploy,lm]'
 	touch $(INSTALLED)
 
-# Fashion-MNIST from Debian's dataset-fashion-mnist where we can install it (root + apt).
+# Fashion-MNIST (dataset-fashion-mnist) and the reference LM's English corpus (fortunes) from Debian
+# where we can install them (root + apt).
 data:
-	@if [ ! -e $(FMNIST_DIR)/t10k-images-idx3-ubyte.gz ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	@missing=""; \
+	[ -e $(FMNIST_DIR)/t10k-images-idx3-ubyte.gz ] || missing="$$missing dataset-fashion-mnist"; \
+	[ -e $(FORTUNES_DIR)/fortunes ] || missing="$$missing fortunes"; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
 setup: $(INSTALLED) data
