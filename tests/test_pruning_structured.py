@@ -143,7 +143,7 @@ def test_bad_structured_settings_exit_2_and_leave_nothing(tmp_path, setting, mes
 
 @needs_fmnist
 def test_structured_checkpoint_heals_and_evaluates_from_disk(tmp_path):
-    settings = ["pruner=structured", "pruner.heads=0.5", "pruner.mlp=0.75", "healer=kd", *SHRUNK]
+    settings = ["pruner=structured", "pruner.heads=0.5", "pruner.mlp=0.75", "healer=kd", *SHRUNK, "eval.speed=false"]
     for stage in ("prune", "heal", "eval"):
         run_cli(stage, *settings, cwd=tmp_path)
     pruned_file = next((tmp_path / "outputs").rglob("pruned.safetensors"))
