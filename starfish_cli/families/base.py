@@ -46,6 +46,7 @@ class ModelStructure:
 
     family = "?"
     description = "?"
+    metric = "accuracy"  # what evaluation measures (evaluation.METRICS): top-1 for classifiers
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -61,6 +62,10 @@ class ModelStructure:
     def block_name(self, index: int) -> str:
         """The module name of block `index` (its parameters' names start with it plus a dot)."""
         raise NotImplementedError
+
+    def outputs(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The model's outputs (logits) for `inputs`."""
+        return self.model(inputs)
 
     def forward_with_states(self, inputs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The model's outputs and every block's output (batch × tokens × width)."""

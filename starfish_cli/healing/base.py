@@ -130,7 +130,7 @@ class StudentForward(nn.Module):
 
     def forward(self, images: torch.Tensor):
         if not self.kinds:
-            return self.model(images), []
+            return structure_of(self.model).outputs(images), []
         return collect_states(self.model, images, self.kinds)
 
 

@@ -1,0 +1,200 @@
+"""The causal_lm family: HF transformers causal language models (Llama-style `model.layers`, GPT-2's
+`transformer.h`) built from a hub id or a save_pretrained folder, their structure, and text data."""
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from starfish_cli.errors import StarfishError
+from starfish_cli.families.base import ModelStructure, register_family
+
+REFERENCE_DIR = Path(__file__).resolve().parent.parent / "assets" / "lm_reference"
+REFERENCE_NAME = "lm_reference"
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError as error:
+        raise StarfishError("the causal_lm family needs transformers: pip install 'starfish-cli[lm]'") from error
+    return transformers
+
+
+def model_source(name: str) -> str:
+    """Where `name` loads from: the embedded reference model's folder, a local folder, or a hub id."""
+    if name == REFERENCE_NAME:
+        return str(REFERENCE_DIR)
+    path = Path(name).expanduser()
+    return str(path) if path.exists() else name
+
+
+def build_model(name: str = REFERENCE_NAME, family: str = "causal_lm", revision: str | None = None) -> nn.Module:
+    """`AutoModelForCausalLM.from_pretrained(name)` in float32 and eval mode, with GPT-2's Conv1D layers
+    turned into nn.Linear (the same function, weight transposed) so every pruner sees (out × in) matrices."""
+    transformers = _transformers()
+    source = model_source(name)
+    path = Path(source)
+    if path.exists() and not (path / "config.json").is_file():
+        raise StarfishError(f"model.name={name!r} is a folder without config.json: give a folder written by "
+                            "save_pretrained, or a hub id")
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(source, revision=revision, dtype=torch.float32)
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        text = str(error).strip().splitlines()
+        raise StarfishError(f"could not load causal LM {name!r} ({(text[0] if text else type(error).__name__)[:160]}): "
+                            "give a folder written by save_pretrained, or a hub id with network access") from error
+    _linear_from_conv1d(model, transformers)
+    model.starfish_source = source  # where its tokenizer is
+    return model.eval()
+
+
+def load_tokenizer(model: nn.Module):
+    transformers = _transformers()
+    source = getattr(model, "starfish_source", None) or model.config.name_or_path
+    try:
+        return transformers.AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError, KeyError) as error:
+        raise StarfishError(f"no tokenizer with the model at {source!r}: save one beside it "
+                            "(tokenizer.save_pretrained(DIR))") from error
+
+
+def _linear_from_conv1d(model: nn.Module, transformers) -> None:
+    conv1d = transformers.pytorch_utils.Conv1D
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, conv1d):  # y = x·W + b with W (in × out)
+                linear = nn.Linear(child.weight.shape[0], child.weight.shape[1], device=child.weight.device)
+                with torch.no_grad():
+                    linear.weight.copy_(child.weight.T)
+                    linear.bias.copy_(child.bias)
+                setattr(parent, child_name, linear)
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass at the first decoder layer."""
+
+
+def _tensor(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+@register_family
+class CausalLMStructure(ModelStructure):
+    """A transformers causal LM: token ids (batch × tokens) in, logits (batch × tokens × vocab) out;
+    blocks are its decoder layers, whose every nn.Linear is prunable; embeddings, norms and the LM
+    head stay dense. Running a layer on its own takes what the model hands every layer (rotary
+    position embeddings, the causal mask): captured once per input shape from the model itself."""
+
+    family = "causal_lm"
+    description = "transformers causal LM with `model.layers` or `transformer.h`"
+    metric = "perplexity"
+
+    def __init__(self, model):
+        super().__init__(model)
+        self._layer_arguments: dict[tuple, tuple[tuple, dict]] = {}
+
+    @staticmethod
+    def _base(model: nn.Module) -> tuple[nn.Module, str] | None:
+        for attribute in ("model", "transformer"):
+            base = getattr(model, attribute, None)
+            layers = getattr(base, "layers", None) if attribute == "model" else getattr(base, "h", None)
+            if isinstance(layers, nn.ModuleList):
+                return base, f"{attribute}.{'layers' if attribute == 'model' else 'h'}"
+        return None
+
+    @classmethod
+    def fits(cls, model):
+        return hasattr(model, "get_output_embeddings") and hasattr(model, "config") and cls._base(model) is not None
+
+    @property
+    def _layers_name(self) -> str:
+        return self._base(self.model)[1]
+
+    @property
+    def blocks(self):
+        base, _ = self._base(self.model)
+        return list(base.layers if hasattr(base, "layers") else base.h)
+
+    def block_name(self, index):
+        return f"{self._layers_name}.{index}"
+
+    def context(self) -> int:
+        config = self.model.config
+        return int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions"))
+
+    def outputs(self, inputs):
+        return self.model(input_ids=inputs, use_cache=False).logits
+
+    def forward_with_states(self, inputs):
+        states: list[torch.Tensor] = []
+        handles = [block.register_forward_hook(lambda _m, _i, out: states.append(_tensor(out))) for block in self.blocks]
+        try:
+            logits = self.outputs(inputs)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return logits, states
+
+    def embed(self, inputs):
+        captured = {}
+
+        def stop(_module, args, kwargs):
+            captured["hidden"], captured["args"], captured["kwargs"] = args[0], args[1:], kwargs
+            raise _Stop
+
+        handle = self.blocks[0].register_forward_pre_hook(stop, with_kwargs=True)
+        try:
+            self.outputs(inputs)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        hidden = captured["hidden"]
+        # what every layer receives depends only on the input's shape (no padding, no cache)
+        self._layer_arguments[(tuple(hidden.shape[:2]), hidden.device)] = (captured["args"], captured["kwargs"])
+        return hidden
+
+    def run_block(self, index, block_input):
+        key = (tuple(block_input.shape[:2]), block_input.device)
+        if key not in self._layer_arguments:
+            self.embed(torch.zeros(block_input.shape[:2], dtype=torch.long, device=block_input.device))
+        args, kwargs = self._layer_arguments[key]
+        return _tensor(self.blocks[index](block_input, *args, **kwargs))
+
+    def first_block_inputs(self, batches):
+        with torch.no_grad():
+            return [self.embed(inputs) for inputs in batches]
+
+    def _final_norm(self) -> nn.Module:
+        base, _ = self._base(self.model)
+        for attribute in ("norm", "ln_f", "final_layernorm"):
+            if isinstance(getattr(base, attribute, None), nn.Module):
+                return getattr(base, attribute)
+        raise StarfishError(f"{type(self.model).__name__} has no final norm (norm, ln_f): not supported yet")
+
+    def head(self, last_state):
+        return self.model.get_output_embeddings()(self._final_norm()(last_state))
+
+    def branch_modules(self, kind):
+        if kind == "final_norm":
+            return [self._final_norm()]
+        names = {"attn": ("self_attn", "attn"), "mlp": ("mlp",)}[kind]
+        return [next(getattr(block, n) for n in names if hasattr(block, n)) for block in self.blocks]
+
+    def state_size(self):
+        return self.context(), int(self.model.config.hidden_size)
+
+    def output_size(self):
+        return self.context() * int(self.model.get_output_embeddings().out_features)
+
+    def block_norm_names(self):
+        """Weights and biases of the norms inside the decoder layers (LayerNorm or RMSNorm)."""
+        names = []
+        for index, block in enumerate(self.blocks):
+            for module_name, module in block.named_modules():
+                if isinstance(module, nn.LayerNorm | nn.RMSNorm) or type(module).__name__.endswith("RMSNorm"):
+                    names += [f"{self.block_name(index)}.{module_name}.{p}"
+                              for p, value in module.named_parameters(recurse=False) if value is not None]
+        return names
