@@ -107,6 +107,27 @@ def test_global_ranking_compares_standardized_blocks_and_keeps_one_unit_per_bloc
         lowest_overall(scores, 0.9, "pruner.heads=0.9", "heads")
 
 
+def test_compensation_keeps_the_mean_output_of_the_first_attention(reference_model, calibration_batches):
+    """FLAP's bias compensation: on the calibration images, block 0's attention output keeps its mean
+    (its inputs are the dense model's), which it does not without compensation."""
+    def mean_attention_output(model):
+        outputs = []
+        handle = model.blocks[0].attn.register_forward_hook(lambda _m, _i, out: outputs.append(out.reshape(-1, 128)))
+        with torch.no_grad():
+            for batch in calibration_batches:
+                model(batch)
+        handle.remove()
+        return torch.cat(outputs).double().mean(0)
+
+    dense = mean_attention_output(reference_model)
+    shifts = {}
+    for compensate in (False, True):
+        model = copy.deepcopy(reference_model)
+        PRUNERS.build({"name": "structured", "compensate": compensate}).prune(model, calibration_batches)
+        shifts[compensate] = (mean_attention_output(model) - dense).abs().max().item()
+    assert shifts[True] < 1e-4 < shifts[False]
+
+
 @pytest.mark.parametrize("options,message", [({"heads": 1.0}, "pruner.heads=1.0 is outside"),
                                              ({"mlp": -0.1}, "pruner.mlp=-0.1 is outside"),
                                              ({"criterion": "taylor"}, "pruner.criterion='taylor'"),
