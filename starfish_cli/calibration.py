@@ -8,18 +8,23 @@ from starfish_cli.errors import StarfishError
 
 
 class CalibrationSampler:
-    """Picks `count` images (or `fraction` of the split) without replacement.
+    """Picks `count` images (or `fraction` of the split) without replacement; for text, `count`
+    windows of `seq_len` tokens (or `fraction` of the split's whole windows).
 
     With `balanced` and labels, every class gets an equal share (the remainder goes to
     randomly chosen classes); without labels the draw is uniform.
     """
 
-    def __init__(self, fraction: float = 0.004, count: int | None = None, balanced: bool = True):
+    def __init__(self, fraction: float = 0.004, count: int | None = None, balanced: bool = True,
+                 seq_len: int | None = None):
         if not 0.0 < float(fraction) <= 1.0:
             raise StarfishError(f"calib.fraction={fraction} must be in (0, 1]: e.g. calib.fraction=0.004")
         if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count <= 0):
             raise StarfishError(f"calib.count={count!r} must be a positive whole number of images, e.g. calib.count=240")
+        if seq_len is not None and (isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2):
+            raise StarfishError(f"calib.seq_len={seq_len!r} must be a whole number of tokens ≥ 2, e.g. calib.seq_len=128")
         self.fraction, self.count, self.balanced = float(fraction), count, balanced
+        self.seq_len = seq_len  # tokens per calibration window (text); null: the model's context
 
     def size(self, split_size: int) -> int:
         size = self.count if self.count is not None else round(self.fraction * split_size)

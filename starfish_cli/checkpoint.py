@@ -43,6 +43,11 @@ def masks_digest(masks: dict[str, torch.Tensor], kept: nn.Module | None = None) 
 
 def save_checkpoint(path: Path, model: nn.Module, masks: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    seen: set[int] = set()
+    for name, tensor in tensors.items():  # tied weights (a causal LM's head and embedding): one copy each
+        if tensor.data_ptr() in seen:
+            tensors[name] = tensor.clone()
+        seen.add(tensor.data_ptr())
     tensors.update({_MASK_PREFIX + name: mask.cpu().contiguous() for name, mask in masks.items()})
     header = {"format": FORMAT, "version": VERSION, "masks_digest": masks_digest(masks), **metadata}
     write_atomically(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata={"starfish": json.dumps(header)}))

@@ -325,3 +325,5 @@ def loader(dataset: torch.utils.data.Dataset, batch_size: int, shuffle: bool = F
         num_workers=num_workers, pin_memory=device is not None and device.type == "cuda", persistent_workers=False,
     )
 
+
+from starfish_cli import text_data  # noqa: E402,F401  (registers the text datasets in DATASETS)

@@ -1,4 +1,5 @@
-"""Evaluation: top-1/top-5, agreement with the dense model, per-block alignment, throughput."""
+"""Evaluation: the family's metric (top-1/top-5 for classifiers, perplexity for causal LMs), agreement
+with the dense model, per-block alignment, throughput."""
 
 import time
 from collections.abc import Callable, Mapping
@@ -13,11 +14,46 @@ from starfish_cli.families import structure_of
 from starfish_cli.healing.states import block_cosine
 from starfish_cli.progress import progress_bar
 from starfish_cli.runtime import autocast
+from starfish_cli.text import next_token_nll, perplexity
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> int:
     k = min(k, logits.shape[-1])
     return int((logits.topk(k, dim=-1).indices == labels[:, None]).any(-1).sum())
+
+
+class Accuracy:
+    """Classifiers: top-1 and top-5 against the labels and top-1 agreement with the reference, per item."""
+
+    size = 3  # sums per batch
+
+    def count(self, logits: torch.Tensor, reference_prediction: torch.Tensor, labels: torch.Tensor) -> tuple[list, int]:
+        """(sums of this batch, how many predictions they cover)."""
+        return [topk_correct(logits, labels, 1), topk_correct(logits, labels, 5),
+                int((logits.argmax(-1) == reference_prediction).sum())], len(labels)
+
+    def results(self, sums: list[float], predictions: int) -> dict:
+        return {"top1": 100.0 * sums[0] / predictions, "top5": 100.0 * sums[1] / predictions,
+                "agreement": 100.0 * sums[2] / predictions}
+
+
+class Perplexity:
+    """Causal LMs on token windows (the labels are the windows): perplexity of every next token,
+    next-token top-1, and agreement of the top-1 next token with the reference's."""
+
+    size = 3
+
+    def count(self, logits, reference_prediction, labels):
+        predicted = logits[:, :-1].argmax(-1)
+        return [float(next_token_nll(logits, labels).double().sum()), int((predicted == labels[:, 1:]).sum()),
+                int((predicted == reference_prediction[:, :-1]).sum())], labels[:, 1:].numel()
+
+    def results(self, sums, predictions):
+        return {"perplexity": perplexity(sums[0], predictions), "top1": 100.0 * sums[1] / predictions,
+                "agreement": 100.0 * sums[2] / predictions, "tokens": predictions}
+
+
+METRICS = {"accuracy": Accuracy, "perplexity": Perplexity}  # a family's `metric` → how evaluation measures
 
 
 class SweepCache:
@@ -85,7 +121,9 @@ def evaluate(
     turns each batch the dataset gives into the models' inputs, on the device (e.g. uint8 pixels →
     normalized floats).
 
-    Returns `images` and, per model under `models`: top1, top5, agreement (percent), block_cosine (per block), images_per_second.
+    Returns `images` (items: images or token windows) and, per model under `models`: the family
+    metric's results (classifiers: top1, top5, agreement in percent; causal LMs: perplexity, top1,
+    agreement, tokens), block_cosine (per block), images_per_second (items per second).
     """
     cache_keys = dict(cache_keys or {})
     reference_key = cache_keys.pop(reference, None)
@@ -98,7 +136,8 @@ def evaluate(
             same_as[name] = first_with_key.setdefault(key, name)
     to_run = {name: model for name, model in models.items()
               if name not in known and same_as.get(name, name) == name}
-    totals = {name: {"top1": 0, "top5": 0, "agree": 0, "seconds": 0.0, "cosine": None} for name in to_run}
+    metric = METRICS[structure_of(models[reference]).metric]()
+    totals = {name: {"sums": [0] * metric.size, "predictions": 0, "seconds": 0.0, "cosine": None} for name in to_run}
     cached = cache.reference_for(reference_key)
     recorded = [] if record_reference and reference_key is not None and cached is None else None
     recorded_bytes = 0
@@ -143,9 +182,9 @@ def evaluate(
             ref_pred = ref_logits.argmax(-1)
             for name, model_logits in logits.items():
                 entry = totals[name]
-                entry["top1"] += topk_correct(model_logits, labels, 1)
-                entry["top5"] += topk_correct(model_logits, labels, 5)
-                entry["agree"] += int((model_logits.argmax(-1) == ref_pred).sum())
+                sums, predictions = metric.count(model_logits, ref_pred, labels)
+                entry["sums"] = [total + value for total, value in zip(entry["sums"], sums, strict=True)]
+                entry["predictions"] += predictions
                 cosine = torch.stack(cosines[name]).cpu() * len(labels)
                 entry["cosine"] = cosine if entry["cosine"] is None else entry["cosine"] + cosine
             seen += len(labels)
@@ -156,7 +195,7 @@ def evaluate(
         totals[reference]["seconds"] = cache.seconds  # the time it took when it was computed
     # under torchrun each rank saw its own shard: add the counts up
     names = list(to_run)
-    counts = torch.tensor([[totals[n]["top1"], totals[n]["top5"], totals[n]["agree"], totals[n]["seconds"]]
+    counts = torch.tensor([[*totals[n]["sums"], totals[n]["predictions"], totals[n]["seconds"]]
                            for n in names], dtype=torch.float64)
     # a rank that saw no images still joins every reduction, with zeros
     cosines = torch.stack([totals[n]["cosine"].double() if totals[n]["cosine"] is not None
@@ -169,11 +208,9 @@ def evaluate(
     world_size = current().size
     results = {
         name: {
-            "top1": 100.0 * counts[i, 0].item() / seen_total,
-            "top5": 100.0 * counts[i, 1].item() / seen_total,
-            "agreement": 100.0 * counts[i, 2].item() / seen_total,
+            **metric.results([value.item() for value in counts[i, :-2]], int(counts[i, -2].item())),
             "block_cosine": [float(c) / seen_total for c in cosines[i]],
-            "images_per_second": seen_total / max(counts[i, 3].item() / world_size, 1e-9),
+            "images_per_second": seen_total / max(counts[i, -1].item() / world_size, 1e-9),
         }
         for i, name in enumerate(names)
     }

@@ -32,13 +32,24 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def is_perplexity(report: dict[str, Any]) -> bool:
+    """A causal LM's report: perplexity and next-token top-1 instead of classification accuracy."""
+    return "perplexity" in report.get("accuracy", {}).get("dense", {})
+
+
 def accuracy_rows(report: dict[str, Any]) -> list[list[str]]:
     accuracy = report.get("accuracy", {})
     dense_top1 = accuracy.get("dense", {}).get("top1")
+    dense_perplexity = accuracy.get("dense", {}).get("perplexity")
     rows = []
     for name in MODEL_ROWS:
         entry = accuracy.get(name)
         if not entry:
+            continue
+        if dense_perplexity is not None:
+            cosine = entry.get("block_cosine") or []
+            rows.append([name, _fmt(entry["perplexity"]), _fmt(entry["perplexity"] / dense_perplexity, 3),
+                         _fmt(entry["top1"]), _fmt(entry.get("agreement")), _fmt(min(cosine), 4) if cosine else "–"])
             continue
         recovery = entry["top1"] / dense_top1 if dense_top1 else None
         cosine = entry.get("block_cosine") or []
@@ -50,6 +61,12 @@ def accuracy_rows(report: dict[str, Any]) -> list[list[str]]:
 
 
 ACCURACY_HEADER = ["model", "top-1 %", "top-5 %", "÷ dense", "agrees with dense %", "worst block cos"]
+PERPLEXITY_HEADER = ["model", "perplexity", "÷ dense", "next-token top-1 %", "next token agrees with dense %",
+                     "worst block cos"]
+
+
+def metric_header(report: dict[str, Any]) -> list[str]:
+    return PERPLEXITY_HEADER if is_perplexity(report) else ACCURACY_HEADER
 
 
 def _smaller(sparsity: dict[str, Any]) -> str:
@@ -64,6 +81,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = [f"# starfish report: {report.get('model', {}).get('name', '?')}", ""]
     pruner, healer = report.get("pruner", {}), report.get("healer", {})
     sparsity, calibration = report.get("sparsity", {}), report.get("calibration", {})
+    items = f"windows of {calibration['seq_len']} tokens" if "seq_len" in calibration else "images"
     lines += [
         f"- pruner: **{pruner.get('name', '–')}**, pattern {pruner.get('pattern', '–')}, "
         f"target sparsity {pruner.get('sparsity', '–')}",
@@ -71,15 +89,19 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"{_fmt(sparsity.get('overall'), 4)} of all parameters" + _smaller(sparsity),
         f"- healer: **{healer.get('name', '–')}**"
         + (f", {report['healing']['steps']} steps" if "healing" in report else ""),
-        f"- calibration: {calibration.get('count', '–')} images from {calibration.get('source', '–')}, "
+        f"- calibration: {calibration.get('count', '–')} {items} from {calibration.get('source', '–')}, "
         f"labels used: {str(report.get('calibration', {}).get('labels_used', '–')).lower()}",
         f"- seed {report.get('seed', '–')}",
         "",
     ]
     if "accuracy" in report:
+        header = metric_header(report)
+        title = (f"## Perplexity ({report['accuracy'].get('images')} windows, "
+                 f"{report['accuracy']['dense'].get('tokens')} predicted tokens" if is_perplexity(report)
+                 else f"## Accuracy ({report['accuracy'].get('images')} images")
         lines += [
-            f"## Accuracy ({report['accuracy'].get('images')} images, {report['accuracy'].get('split')})", "",
-            "| " + " | ".join(ACCURACY_HEADER) + " |", "|" + "---|" * len(ACCURACY_HEADER),
+            f"{title}, {report['accuracy'].get('split')})", "",
+            "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
         ]
         lines += ["| " + " | ".join(row) + " |" for row in accuracy_rows(report)]
         lines += ["", f"**recovery** (healed ÷ dense top-1): {_fmt(report.get('recovery'), 4)}", ""]
@@ -151,7 +173,7 @@ def print_summary(report: dict[str, Any], console: Console | None = None) -> Non
                         f"{report.get('pruner', {}).get('name')} {report.get('pruner', {}).get('pattern')} "
                         f"sparsity {_fmt(report.get('sparsity', {}).get('prunable'), 3)} · "
                         f"healer {report.get('healer', {}).get('name')}")
-    for column in ACCURACY_HEADER:
+    for column in metric_header(report):
         table.add_column(column, justify="left" if column == "model" else "right")
     for row in accuracy_rows(report):
         table.add_row(*row)

@@ -91,6 +91,17 @@ class ModelStructure:
         """Values per input in the model's output (classes)."""
         raise NotImplementedError
 
+    # ---- data: what the model is calibrated and evaluated on
+    def calibration_items(self, data: Any, sampler: Any, seed: int, labels_for: str | None = None
+                          ) -> tuple[torch.utils.data.Dataset, list[int], dict[str, Any]]:
+        """(items `(index, input)` — `(index, input, label)` for the healer named by `labels_for` —, the
+        sampled positions in the split, what the report says about them: `balanced`, …)."""
+        raise NotImplementedError
+
+    def evaluation_items(self, data: Any, max_items: int | None) -> tuple[torch.utils.data.Dataset, Any]:
+        """(items `(index, input, target)`, `finish`: a batch of inputs → the model's, on the device, or None)."""
+        raise NotImplementedError
+
     # ---- structured pruning: whole units removed physically
     def units(self, index: int) -> dict[str, Units]:
         """Block `index`'s removable units by kind (`heads`, `neurons`), at its current size."""

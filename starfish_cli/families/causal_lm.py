@@ -30,17 +30,24 @@ def model_source(name: str) -> str:
     return str(path) if path.exists() else name
 
 
-def build_model(name: str = REFERENCE_NAME, family: str = "causal_lm", revision: str | None = None) -> nn.Module:
-    """`AutoModelForCausalLM.from_pretrained(name)` in float32 and eval mode, with GPT-2's Conv1D layers
-    turned into nn.Linear (the same function, weight transposed) so every pruner sees (out × in) matrices."""
+def build_model(name: str = REFERENCE_NAME, family: str = "causal_lm", pretrained: bool = True,
+                revision: str | None = None) -> nn.Module:
+    """`AutoModelForCausalLM.from_pretrained(name)` in float32 and eval mode (`pretrained=false`: its
+    architecture, randomly initialized), with GPT-2's Conv1D layers turned into nn.Linear (the same
+    function, weight transposed) so every pruner sees (out × in) matrices."""
     transformers = _transformers()
+    transformers.utils.logging.disable_progress_bar()  # loading bars are noise on the console
     source = model_source(name)
     path = Path(source)
     if path.exists() and not (path / "config.json").is_file():
         raise StarfishError(f"model.name={name!r} is a folder without config.json: give a folder written by "
                             "save_pretrained, or a hub id")
     try:
-        model = transformers.AutoModelForCausalLM.from_pretrained(source, revision=revision, dtype=torch.float32)
+        if pretrained:
+            model = transformers.AutoModelForCausalLM.from_pretrained(source, revision=revision, dtype=torch.float32)
+        else:
+            config = transformers.AutoConfig.from_pretrained(source, revision=revision)
+            model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         text = str(error).strip().splitlines()
         raise StarfishError(f"could not load causal LM {name!r} ({(text[0] if text else type(error).__name__)[:160]}): "
@@ -198,3 +205,37 @@ class CausalLMStructure(ModelStructure):
                     names += [f"{self.block_name(index)}.{module_name}.{p}"
                               for p, value in module.named_parameters(recurse=False) if value is not None]
         return names
+
+    # ---- data: token windows of a text dataset
+    def _stream(self, data, split: str) -> torch.Tensor:
+        from starfish_cli.families.vision import _require
+        from starfish_cli.text_data import TextSource
+
+        _require(data, TextSource, "a text dataset", "fortunes, text_files, hub_text")
+        return data.token_stream(load_tokenizer(self.model), split)
+
+    def calibration_items(self, data, sampler, seed, labels_for=None):
+        from starfish_cli.text_data import TokenWindows, calibration_windows
+
+        if labels_for:
+            raise StarfishError(f"healer={labels_for} needs labels, and text has none: choose another healer")
+        length = sampler.seq_len or self.context()
+        if length > self.context():
+            raise StarfishError(f"calib.seq_len={length} is longer than the model's context of {self.context()} "
+                                "tokens: lower calib.seq_len")
+        stream = self._stream(data, data.calib_split)
+        count = sampler.count if sampler.count is not None else max(1, round(sampler.fraction * (len(stream) // length)))
+        offsets = calibration_windows(stream, count, length, seed)
+        windows = torch.stack([stream[offset:offset + length] for offset in offsets])
+        return TokenWindows(windows), offsets, {"balanced": False, "seq_len": length, "offsets": "token offsets"}
+
+    def evaluation_items(self, data, max_items):
+        from starfish_cli.text import windows
+        from starfish_cli.text_data import TokenWindows
+
+        stream = self._stream(data, data.eval_split)
+        chosen = windows(stream, self.context())
+        if not len(chosen):
+            raise StarfishError(f"{data.describe(data.eval_split)} has {len(stream)} tokens, fewer than one window "
+                                f"of the model's context ({self.context()}): give a longer evaluation split")
+        return TokenWindows(chosen[:max_items] if max_items else chosen, with_targets=True), None

@@ -148,6 +148,30 @@ class VisionTransformerStructure(ModelStructure):
     def output_size(self):
         return int(self.model.num_classes)
 
+    # ---- data: images in the model's own preprocessing
+    def calibration_items(self, data, sampler, seed, labels_for=None):
+        from starfish_cli.data import DecodedImages, ImageSource, model_transform
+
+        _require(data, ImageSource, "an image dataset", "fashion_mnist, imagefolder, imagenet_hf")
+        subset, indices, balanced = data.calibration_split(sampler, seed=seed)  # the images stay encoded here
+        if labels_for and "label" not in subset.column_names:
+            raise StarfishError(f"healer={labels_for} needs labels, and "
+                                f"{data.describe(data.calib_split)} has none: choose a labelled split")
+        if "label" in subset.column_names and not labels_for:
+            subset = subset.remove_columns("label")  # healing never sees labels
+        # decoded and preprocessed once, for every epoch
+        items = DecodedImages(subset, model_transform(self.model), self._channels(), with_labels=bool(labels_for))
+        return items, indices, {"balanced": balanced}
+
+    def evaluation_items(self, data, max_items):
+        from starfish_cli.data import ImageSource, evaluation_pixels, model_transform
+
+        _require(data, ImageSource, "an image dataset", "fashion_mnist, imagefolder, imagenet_hf")
+        return evaluation_pixels(data.evaluation_split(max_items), model_transform(self.model), self._channels())
+
+    def _channels(self) -> int:
+        return int(timm.data.resolve_data_config(model=self.model)["input_size"][0])
+
     # ---- structured pruning: heads and MLP neurons sliced out of timm's Attention and Mlp
     def units(self, index):
         attn, mlp = _sliceable(self.blocks[index], self.block_name(index))
@@ -204,6 +228,11 @@ class VisionTransformerStructure(ModelStructure):
                                     f"{counts['neurons']} MLP neurons: use the model= config it was pruned with")
             self.remove_units(index, heads=range(wanted["heads"], counts["heads"]),
                               neurons=range(wanted["neurons"], counts["neurons"]))
+
+
+def _require(data, kind: type, what: str, names: str) -> None:
+    if not isinstance(data, kind):
+        raise StarfishError(f"data={data.registered_name} is not {what}, which this model needs: choose data={names}")
 
 
 def _sliceable(block: nn.Module, name: str) -> tuple[Attention, Mlp]:

@@ -19,7 +19,9 @@ FP16_MAX = torch.finfo(torch.float16).max
 
 
 def logit_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL(teacher ‖ student) on temperature-softened logits, scaled by T² (Hinton et al.)."""
+    """KL(teacher ‖ student) on temperature-softened logits, scaled by T² (Hinton et al.); per output
+    (an image, or a token of a causal LM's batch × tokens × vocab logits)."""
+    student_logits, teacher_logits = student_logits.flatten(0, -2), teacher_logits.flatten(0, -2)
     return F.kl_div(
         F.log_softmax(student_logits.float() / temperature, dim=-1),
         F.log_softmax(teacher_logits.float() / temperature, dim=-1),

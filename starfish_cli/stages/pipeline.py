@@ -28,12 +28,11 @@ from starfish_cli import distributed
 from starfish_cli.atomic import write_text_atomically
 from starfish_cli.calibration import CalibrationSampler
 from starfish_cli.checkpoint import load_checkpoint, masks_digest, read_metadata, restore, save_checkpoint
-from starfish_cli.data import DATASETS, DecodedImages, evaluation_pixels, loader, model_transform
+from starfish_cli.data import DATASETS, loader
 from starfish_cli.errors import StarfishError
 from starfish_cli.evaluation import evaluate
 from starfish_cli.export import check_options as check_export_options
-from starfish_cli.families import structure_of
-from starfish_cli.families.vision import build_model
+from starfish_cli.families import build_model, model_builder, structure_of
 from starfish_cli.healing import HEALERS, Healer
 from starfish_cli.pruning import PRUNERS, Pruner
 from starfish_cli.pruning.masks import measure_sparsity
@@ -139,7 +138,7 @@ def check_settings(cfg: DictConfig) -> None:
     for key, (fine, allowed) in problems.items():
         if not fine:
             raise StarfishError(f"{key}={OmegaConf.select(cfg, key)!r} must be {allowed}")
-    check_types(build_model, plain(cfg.model), prefix="model")
+    check_types(model_builder(plain(cfg.model)), plain(cfg.model), prefix="model")
     check_arguments(CalibrationSampler, plain(cfg.calib), "calib", prefix="calib")
     check_types(CalibrationSampler, plain(cfg.calib), prefix="calib")
     check_export_options(cfg.export.format, cfg.export.dtype)
@@ -171,8 +170,7 @@ def prepare(cfg: DictConfig, folders: RunFolders, steps: tuple[str, ...]) -> tup
     dense = build_model(**plain(cfg.model)).to(device)
     context = Context(cfg, folders, world, device, precision, dense,
                       sweep=HydraConfig.get().mode == RunMode.MULTIRUN)
-    transform = model_transform(dense)
-    channels = int(timm.data.resolve_data_config(model=dense)["input_size"][0])
+    structure = structure_of(dense)  # the family: what the model is calibrated and evaluated on
 
     pruned = healed = calibration = eval_data = None
     if "prune" in steps:
@@ -182,22 +180,16 @@ def prepare(cfg: DictConfig, folders: RunFolders, steps: tuple[str, ...]) -> tup
     if healed_checkpoint is not None:
         healed = healed_from(context, healed_checkpoint, healed_path, pruned)
     if "prune" in steps or "heal" in steps:
-        with_labels = bool(healer and healer.labels_used)
-        subset, indices, balanced = data.calibration_split(sampler, seed=seed)  # the images stay encoded here
-        if with_labels and "label" not in subset.column_names:
-            raise StarfishError(f"healer={healer.registered_name} needs labels, and "
-                                f"{data.describe(data.calib_split)} has none: choose a labelled split")
-        if "label" in subset.column_names and not with_labels:
-            subset = subset.remove_columns("label")  # healing never sees labels
-        info = {"count": len(indices), "source": data.describe(data.calib_split), "balanced": balanced,
-                "indices_file": INDICES_FILE}
+        labels_for = healer.registered_name if healer and healer.labels_used else None
         timing: dict[str, Any] = {}
-        with measure("calibration", device, timing):  # decoded and preprocessed once, for every epoch
-            images = DecodedImages(subset, transform, channels, with_labels=with_labels)
-        calibration = Calibration(images, indices, info, timing["calibration"])
+        with measure("calibration", device, timing):
+            items, indices, described = structure.calibration_items(data, sampler, seed, labels_for)
+        info = {"count": len(indices), "source": data.describe(data.calib_split), "balanced": described["balanced"],
+                **{key: value for key, value in described.items() if key != "balanced"}, "indices_file": INDICES_FILE}
+        calibration = Calibration(items, indices, info, timing["calibration"])
     if "eval" in steps:
-        pixels, finish = evaluation_pixels(data.evaluation_split(cfg.eval.max_images), transform, channels)
-        eval_data = EvaluationData(pixels, finish, data.describe(data.eval_split))
+        items, finish = structure.evaluation_items(data, cfg.eval.max_images)
+        eval_data = EvaluationData(items, finish, data.describe(data.eval_split))
     return context, Inputs(pruner, healer, pruned, healed, calibration, eval_data, workers)
 
 

@@ -1,0 +1,103 @@
+"""The causal_lm family: tiny Llama and GPT-2 folders written by save_pretrained, through the pipeline."""
+
+import math
+
+import pytest
+import torch
+
+from conftest import read_json, run_cli
+
+transformers = pytest.importorskip("transformers")
+
+from starfish_cli.evaluation import Perplexity  # noqa: E402
+from starfish_cli.families import build_model, structure_of  # noqa: E402
+from starfish_cli.families.causal_lm import REFERENCE_DIR  # noqa: E402
+
+CONTEXT = 16
+
+
+def tiny_model(kind: str, vocab: int):
+    torch.manual_seed(0)
+    if kind == "llama":
+        return transformers.LlamaForCausalLM(transformers.LlamaConfig(
+            vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+            num_key_value_heads=1, max_position_embeddings=CONTEXT))
+    return transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=vocab, n_embd=16, n_layer=2, n_head=2, n_positions=CONTEXT, bos_token_id=0, eos_token_id=0))
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def tiny_folder(request, tmp_path_factory):
+    folder = tmp_path_factory.mktemp(request.param)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(REFERENCE_DIR)
+    tiny_model(request.param, len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def text_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("text")
+    words = "the quick brown fox jumps over the lazy dog while a small cat sleeps in the warm sun".split()
+    for name, count in (("train.txt", 300), ("test.txt", 120)):
+        (folder / name).write_text(" ".join(words[(i * 7) % len(words)] for i in range(count)) + "\n")
+    (folder / "empty.txt").write_text("")
+    return folder
+
+
+def test_side_by_side_blocks_equal_the_models_forward(tiny_folder):
+    model = build_model(family="causal_lm", name=str(tiny_folder))
+    structure = structure_of(model)
+    assert structure.family == "causal_lm" and len(structure.prunable_layers()) in (8, 14)
+    assert all(isinstance(layer, torch.nn.Linear) for layer in structure.prunable_layers().values())
+    tokens = torch.randint(0, 100, (3, CONTEXT))
+    with torch.no_grad():
+        logits, states = structure.forward_with_states(tokens)
+        hidden = structure.embed(tokens)
+        for index, state in enumerate(states):
+            hidden = structure.run_block(index, hidden)
+            torch.testing.assert_close(hidden, state, rtol=0, atol=0)
+        torch.testing.assert_close(structure.head(hidden), logits, rtol=0, atol=0)
+
+
+def test_perplexity_is_exp_of_mean_next_token_nll():
+    logits = torch.tensor([[[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 3.0]]])  # one window of 3 tokens
+    tokens = torch.tensor([[0, 1, 1]])
+    sums, predictions = Perplexity().count(logits, logits.argmax(-1), tokens)
+    # predicted: token 1 from position 0, token 1 from position 1
+    nll = -math.log(1 / (math.e**2 + 2)) - math.log(math.e / (math.e + 2))
+    results = Perplexity().results(sums, predictions)
+    assert predictions == 2 and results["perplexity"] == pytest.approx(math.exp(nll / 2))
+    assert results["top1"] == 50.0 and results["agreement"] == 100.0
+
+
+def test_run_on_a_save_pretrained_folder(tiny_folder, text_files, tmp_path):
+    run_dir = tmp_path / "run"
+    run_cli("run", "model=hf_causal_lm", f"model.name={tiny_folder}", "data=text_files",
+            f"data.train={text_files / 'train.txt'}", f"data.test={text_files / 'test.txt'}",
+            "calib.count=4", "calib.seq_len=8", "healer.epochs=2", "healer.batch_size=2", "eval.speed=false",
+            "pruner.sparsity=0.5", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    report = read_json(run_dir / "report.json")
+    accuracy = report["accuracy"]
+    assert accuracy["images"] > 0
+    assert all(math.isfinite(accuracy[name]["perplexity"]) for name in ("dense", "pruned", "healed"))
+    assert accuracy["dense"]["agreement"] == 100.0 and len(accuracy["dense"]["block_cosine"]) == 2
+    assert report["sparsity"]["prunable"] == pytest.approx(0.5, abs=0.01)
+    assert report["calibration"]["seq_len"] == 8 and report["calibration"]["count"] == 4
+    offsets = read_json(run_dir / "calibration_indices.json")["indices"]
+    assert len(offsets) == 4 and all(offset % 8 == 0 for offset in offsets)
+    assert "| model | perplexity |" in (run_dir / "report.md").read_text()
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["model.name=nobody/no-such-model-xyz"], "could not load causal LM"),
+    (["calib.seq_len=4096"], "longer than the model's context"),
+    (["data=text_files", "data.train=EMPTY", "data.test=EMPTY"], "has no text"),
+])
+def test_bad_input_is_one_line_and_exit_2(overrides, message, text_files, tmp_path):
+    overrides = [item.replace("EMPTY", str(text_files / "empty.txt")) for item in overrides]
+    result = run_cli("run", "model=lm_reference", *overrides, "eval.speed=false", f"hydra.run.dir={tmp_path / 'run'}",
+                     cwd=tmp_path, check=False)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr[-2000:]
+    assert not (tmp_path / "run" / "pruned.safetensors").exists()
