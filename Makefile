@@ -31,7 +31,7 @@ demo: setup
 	$(VENV)/bin/starfish run
 
 test: setup
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n auto --maxprocesses=4  # one worker per core: most tests wait on a CLI subprocess
 
 clean:
 	rm -rf outputs multirun .pytest_cache

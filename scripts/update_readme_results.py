@@ -1,30 +1,35 @@
-"""Copy a sweep's summary table and plots into the README's Results section (between its markers).
+"""Copy a sweep's summary table and plots into a README section between its markers: `results`
+(the vision comparison, scripts/compare_healers.sh) or `lm` (scripts/compare_lm.sh), whose figures
+get the section's name as a prefix.
 
     python scripts/update_readme_results.py outputs/compare/default
+    python scripts/update_readme_results.py outputs/lm/default lm
 """
 
 import shutil
 import sys
 from pathlib import Path
 
-START, END = "<!-- results:start -->", "<!-- results:end -->"
+FIGURES = ("accuracy_vs_sparsity.png", "recovery_vs_time.png")
 
 
-def main(sweep: Path, readme: Path = Path("README.md"), figures: Path = Path("docs")) -> None:
+def main(sweep: Path, section: str = "results", readme: Path = Path("README.md"), figures: Path = Path("docs")) -> None:
+    start, end = f"<!-- {section}:start -->", f"<!-- {section}:end -->"
+    prefix = "" if section == "results" else f"{section}_"
     figures.mkdir(exist_ok=True)
     images = []
-    for name in ("accuracy_vs_sparsity.png", "recovery_vs_time.png"):
+    for name in FIGURES:
         if (sweep / name).is_file():
-            shutil.copyfile(sweep / name, figures / name)
-            images.append(f"![{name[:-4].replace('_', ' ')}]({figures / name})")
-    block = "\n".join([START, "", (sweep / "summary.md").read_text().strip(), "", *images, "", END])
+            shutil.copyfile(sweep / name, figures / f"{prefix}{name}")
+            images.append(f"![{name[:-4].replace('_', ' ')}]({figures / f'{prefix}{name}'})")
+    block = "\n".join([start, "", (sweep / "summary.md").read_text().strip(), "", *images, "", end])
     text = readme.read_text()
-    if START not in text or END not in text:
-        sys.exit(f"{readme} has no {START} … {END} markers")
-    before, rest = text.split(START, 1)
-    readme.write_text(before + block + rest.split(END, 1)[1])
+    if start not in text or end not in text:
+        sys.exit(f"{readme} has no {start} … {end} markers")
+    before, rest = text.split(start, 1)
+    readme.write_text(before + block + rest.split(end, 1)[1])
     print(f"updated {readme} from {sweep}")
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), *sys.argv[2:3])

@@ -35,8 +35,10 @@ class ImageSource:
     def calibration_split(self, sampler: CalibrationSampler, seed: int) -> tuple[datasets.Dataset, list[int], bool]:
         """(the sampled images, their indices in the split, whether the draw was class-balanced)."""
         split = self.load(self.calib_split)
-        labels = split["label"] if "label" in split.column_names else None
-        if labels is not None and len(labels) and min(labels) < 0:
+        # one arrow read of the column: a Dataset's column iterates row by row (seconds at 60k rows)
+        labels = (split.select_columns(["label"]).with_format("numpy")[:]["label"]
+                  if "label" in split.column_names else None)
+        if labels is not None and len(labels) and labels.min() < 0:
             labels = None  # an unlabeled split (label -1), like ImageNet's test split
         indices = sampler.sample(len(split), labels, seed)
         return split.select(indices), indices, bool(sampler.balanced and labels is not None)

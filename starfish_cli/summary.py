@@ -5,6 +5,7 @@ import json
 import math
 import re
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,41 @@ from rich.table import Table
 
 from starfish_cli.atomic import write_atomically, write_text_atomically
 from starfish_cli.errors import StarfishError
+from starfish_cli.report import is_perplexity
 
 RECOVERY_TARGET = 0.97
+
+
+@dataclass(frozen=True)
+class Headline:
+    """What a sweep compares across healers: healed top-1 for classifiers, healed perplexity for causal
+    LMs, each with its ratio to dense in brackets."""
+
+    key: str  # the accuracy entry of report.json
+    title: str
+    ratio: str  # the bracket's name in columns (csv) and text
+    ratio_text: str
+    ratio_axis: str
+
+
+TOP1 = Headline("top1", "top-1 %", "recovery", "recovery = healed ÷ dense top-1", "recovery (healed ÷ dense top-1)")
+PERPLEXITY = Headline("perplexity", "perplexity", "vs_dense", "healed ÷ dense perplexity (lower is better)",
+                      "healed ÷ dense perplexity")
+
+
+def headline_of(reports: list[dict[str, Any]]) -> Headline:
+    kinds = {is_perplexity(report) for report in reports}
+    if len(kinds) > 1:
+        raise StarfishError("the folder mixes classifier and language-model runs: summarize each under its own folder")
+    return PERPLEXITY if kinds == {True} else TOP1
+
+
+def healed_ratio(report: dict[str, Any], headline: Headline) -> float:
+    """Healed ÷ dense of the headline metric (classifiers: the report's recovery)."""
+    if headline is TOP1:
+        return report["recovery"]
+    accuracy = report["accuracy"]
+    return accuracy["healed"][headline.key] / accuracy["dense"][headline.key]
 
 
 def load_reports(root: Path) -> list[dict[str, Any]]:
@@ -46,7 +80,9 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def summarize(reports: list[dict[str, Any]]) -> dict[str, Any]:
-    """Cells keyed by (pruner, pattern, sparsity) then healer label: mean/std over seeds."""
+    """Cells keyed by (pruner, pattern, sparsity) then healer label: mean/std over seeds of the headline
+    metric (`value`, `ratio`) and of top-1 and recovery."""
+    headline = headline_of(reports)
     groups: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for report in reports:
         pruner_label, healer_label = labels_of(report)
@@ -61,6 +97,8 @@ def summarize(reports: list[dict[str, Any]]) -> dict[str, Any]:
             seconds = [r.get("stages", {}).get("heal", {}).get("seconds", 0.0) for r in runs]
             speedups = [speedup for speedup in map(healed_speedup, runs) if speedup is not None]
             cells[label] = {
+                "value": mean_std([r["accuracy"]["healed"][headline.key] for r in runs]),
+                "ratio": mean_std([healed_ratio(r, headline) for r in runs]),
                 "top1": mean_std(top1), "recovery": mean_std(recovery), "heal_seconds": mean_std(seconds),
                 "seeds": sorted(r["seed"] for r in runs),
                 "labels_used": any(r["calibration"].get("labels_used") for r in runs),
@@ -69,7 +107,7 @@ def summarize(reports: list[dict[str, Any]]) -> dict[str, Any]:
                 "speedup": mean_std(speedups) if speedups else None,
                 "parameters": runs[0].get("sparsity", {}).get("remaining_parameters"),
             }
-        dense = [r["accuracy"]["dense"]["top1"] for runs in by_healer.values() for r in runs]
+        dense = [r["accuracy"]["dense"][headline.key] for runs in by_healer.values() for r in runs]
         rows[row] = {"dense": mean_std(dense), "cells": cells}
     return rows
 
@@ -83,7 +121,7 @@ def healed_speedup(report: dict[str, Any]) -> float | None:
 
 
 def _cell_text(cell: dict[str, Any]) -> str:
-    (mean, std), (recovery, _) = cell["top1"], cell["recovery"]
+    (mean, std), (recovery, _) = cell["value"], cell["ratio"]
     marker = " (labels)" if cell["labels_used"] else ""
     spread = f" ± {std:.2f}" if len(cell["seeds"]) > 1 else ""  # one seed has no spread to show
     return f"{mean:.2f}{spread} ({recovery:.3f}){marker}"
@@ -104,8 +142,8 @@ def _natural(label: str) -> tuple:
     return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", label))
 
 
-def speed_table(rows: dict[tuple, dict]) -> list[str]:
-    """summary.md's trade-off table: healed top-1 beside measured speed and size, where runs measured it."""
+def speed_table(rows: dict[tuple, dict], headline: Headline = TOP1) -> list[str]:
+    """summary.md's trade-off table: the healed headline metric beside measured speed and size, where runs measured it."""
     lines = []
     for (pruner, pattern, sparsity), row in rows.items():
         for label, cell in row["cells"].items():
@@ -118,7 +156,8 @@ def speed_table(rows: dict[tuple, dict]) -> list[str]:
         return []
     return ["Speed: healed images/s ÷ dense at the evaluation's batch (measured in each run's process), and the "
             "parameters that remain.", "",
-            "| pruner | pattern | sparsity | healer | healed top-1 (recovery) | images/s ÷ dense | parameters |",
+            f"| pruner | pattern | sparsity | healer | healed {headline.title} ({headline.ratio.replace('_', ' ')}) "
+            "| images/s ÷ dense | parameters |",
             "|---|---|---|---|---|---|---|", *lines, ""]
 
 
@@ -131,28 +170,29 @@ def write_summary(root: Path, console: Console | None = None) -> dict[str, Path]
     reports = load_reports(root)
     if not reports:
         raise StarfishError(f"no finished runs (report.json with accuracy) under {root}: run `starfish run -m …` first")
-    rows = summarize(reports)
+    rows, headline = summarize(reports), headline_of(reports)
     header, body = table_rows(rows)
     root = Path(root)
     written = {"summary.md": root / "summary.md", "summary.csv": root / "summary.csv",
                "accuracy_vs_sparsity.png": root / "accuracy_vs_sparsity.png"}
     markdown = [
-        f"Healed top-1 % (mean ± std over seeds) and, in brackets, recovery = healed ÷ dense top-1. "
+        f"Healed {headline.title} (mean ± std over seeds) and, in brackets, {headline.ratio_text}. "
         f"{len(reports)} runs. `(labels)`: the healer used labels.", "",
         "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
         *("| " + " | ".join(line) + " |" for line in body), "",
     ]
-    markdown += speed_table(rows)
+    markdown += speed_table(rows, headline)
     write_text_atomically(written["summary.md"], "\n".join(markdown))
-    _write_csv(written["summary.csv"], rows)
-    plot_accuracy_vs_sparsity(rows, written["accuracy_vs_sparsity.png"])
+    _write_csv(written["summary.csv"], rows, headline)
+    plot_accuracy_vs_sparsity(rows, written["accuracy_vs_sparsity.png"], headline)
     if any(cell["speedup"] for row in rows.values() for cell in row["cells"].values()):
         written["accuracy_vs_speed.png"] = root / "accuracy_vs_speed.png"
-        plot_accuracy_vs_speed(rows, written["accuracy_vs_speed.png"])
+        plot_accuracy_vs_speed(rows, written["accuracy_vs_speed.png"], headline)
     if _has_budget_sweep(rows):
         written["recovery_vs_time.png"] = root / "recovery_vs_time.png"
-        plot_recovery_vs_time(rows, written["recovery_vs_time.png"])
-    table = Table(title=f"starfish sweep: {root} ({len(reports)} runs) — healed top-1 % mean ± std (recovery)")
+        plot_recovery_vs_time(rows, written["recovery_vs_time.png"], headline)
+    table = Table(title=f"starfish sweep: {root} ({len(reports)} runs) — healed {headline.title} mean ± std "
+                        f"({headline.ratio.replace('_', ' ')})")
     for column in header:  # escape: `starfish[epochs=30]` is not rich markup
         table.add_column(escape(column), justify="left" if column in ("pruner", "pattern") else "right")
     for line in body:  # nor is `wanda[comparison=layer]`
@@ -165,11 +205,12 @@ def write_summary(root: Path, console: Console | None = None) -> dict[str, Path]
     return written
 
 
-def _write_csv(path: Path, rows: dict[tuple, dict]) -> None:
+def _write_csv(path: Path, rows: dict[tuple, dict], headline: Headline = TOP1) -> None:
     labels = healer_labels(rows)
-    fields = ["pruner", "pattern", "sparsity", "dense_top1"]
+    key = headline.key
+    fields = ["pruner", "pattern", "sparsity", f"dense_{key}"]
     for label in labels:
-        fields += [f"{label}:top1_mean", f"{label}:top1_std", f"{label}:recovery_mean", f"{label}:seeds"]
+        fields += [f"{label}:{key}_mean", f"{label}:{key}_std", f"{label}:{headline.ratio}_mean", f"{label}:seeds"]
 
     def write(tmp: Path) -> None:
         with tmp.open("w", newline="") as handle:
@@ -179,8 +220,8 @@ def _write_csv(path: Path, rows: dict[tuple, dict]) -> None:
                 line = [pruner, pattern, sparsity, f"{row['dense'][0]:.4f}"]
                 for label in labels:
                     cell = row["cells"].get(label)
-                    std = f"{cell['top1'][1]:.4f}" if cell and len(cell["seeds"]) > 1 else ""
-                line += ([f"{cell['top1'][0]:.4f}", std, f"{cell['recovery'][0]:.4f}", len(cell["seeds"])]
+                    std = f"{cell['value'][1]:.4f}" if cell and len(cell["seeds"]) > 1 else ""
+                line += ([f"{cell['value'][0]:.4f}", std, f"{cell['ratio'][0]:.4f}", len(cell["seeds"])]
                          if cell else ["", "", "", ""])
                 writer.writerow(line)
 
@@ -228,7 +269,7 @@ def _shared_legend(figure, axes) -> None:
     figure.tight_layout(rect=(0, 0.08 + 0.05 * ((len(handles) - 1) // 6), 1, 1))
 
 
-def plot_accuracy_vs_sparsity(rows: dict[tuple, dict], path: Path) -> None:
+def plot_accuracy_vs_sparsity(rows: dict[tuple, dict], path: Path, headline: Headline = TOP1) -> None:
     plt = _pyplot()
     panels = sorted({(pruner, pattern) for pruner, pattern, _ in rows})
     labels = healer_labels(rows)
@@ -239,21 +280,22 @@ def plot_accuracy_vs_sparsity(rows: dict[tuple, dict], path: Path) -> None:
         for label in labels:
             points = [(k[2], rows[k]["cells"][label]) for k in keys if label in rows[k]["cells"]]
             if points:
-                axis.errorbar([p[0] for p in points], [c["top1"][0] for _, c in points],
-                              yerr=[c["top1"][1] for _, c in points], marker="o", capsize=3, label=label,
+                axis.errorbar([p[0] for p in points], [c["value"][0] for _, c in points],
+                              yerr=[c["value"][1] for _, c in points], marker="o", capsize=3, label=label,
                               color=colours[label])
         dense = sum(rows[k]["dense"][0] for k in keys) / len(keys)
         axis.axhline(dense, color="black", linestyle="--", linewidth=1, label="dense")
-        axis.set_title(f"{pruner} ({pattern}), dense {dense:.1f}%")
+        unit = "%" if headline is TOP1 else f" {headline.title}"
+        axis.set_title(f"{pruner} ({pattern}), dense {dense:.1f}{unit}")
         axis.set_xlabel("sparsity of prunable weights")
         axis.grid(alpha=0.3)
-    axes[0][0].set_ylabel("top-1 % (mean ± std over seeds)")
+    axes[0][0].set_ylabel(f"{headline.title} (mean ± std over seeds)")
     _shared_legend(figure, axes[0])
     _save(figure, path)
     plt.close(figure)
 
 
-def plot_recovery_vs_time(rows: dict[tuple, dict], path: Path) -> None:
+def plot_recovery_vs_time(rows: dict[tuple, dict], path: Path, headline: Headline = TOP1) -> None:
     plt = _pyplot()
     swept = [k for k, row in rows.items() if _budget_swept(row)]
     healers = sorted({cell["healer"] for k in swept for cell in rows[k]["cells"].values()})
@@ -264,8 +306,8 @@ def plot_recovery_vs_time(rows: dict[tuple, dict], path: Path) -> None:
         swept_healers = _budget_swept(rows[key])
         for cell in rows[key]["cells"].values():
             if cell["healer"] in swept_healers:
-                by_healer[cell["healer"]].append((cell["heal_seconds"][0], cell["recovery"][0],
-                                                  cell["recovery"][1], cell["epochs"]))
+                by_healer[cell["healer"]].append((cell["heal_seconds"][0], cell["ratio"][0],
+                                                  cell["ratio"][1], cell["epochs"]))
         for healer, points in sorted(by_healer.items()):
             points.sort()
             axis.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
@@ -274,19 +316,20 @@ def plot_recovery_vs_time(rows: dict[tuple, dict], path: Path) -> None:
                 if epochs is not None:
                     axis.annotate(f"{epochs} ep", (seconds, recovery), fontsize=7, xytext=(3, -9),
                                   textcoords="offset points")
-        axis.axhline(RECOVERY_TARGET, color="grey", linestyle=":", label=f"{RECOVERY_TARGET:.0%} of dense")
+        if headline is TOP1:
+            axis.axhline(RECOVERY_TARGET, color="grey", linestyle=":", label=f"{RECOVERY_TARGET:.0%} of dense")
         axis.set_xscale("log")
         axis.set_title(f"{key[0]} ({key[1]}) at sparsity {key[2]:.2f}")
         axis.set_xlabel("healing wall time, s (log)")
-        axis.set_ylabel("recovery (healed ÷ dense top-1)")
+        axis.set_ylabel(headline.ratio_axis)
         axis.grid(alpha=0.3)
     _shared_legend(figure, axes[0])
     _save(figure, path)
     plt.close(figure)
 
 
-def plot_accuracy_vs_speed(rows: dict[tuple, dict], path: Path) -> None:
-    """Healed top-1 against measured speed (healed ÷ dense images/s at the evaluation's batch): one point
+def plot_accuracy_vs_speed(rows: dict[tuple, dict], path: Path, headline: Headline = TOP1) -> None:
+    """The healed headline metric against measured speed (healed ÷ dense images/s at the evaluation's batch): one point
     per pruning setting and healer, a colour per healer, a marker per pruner, so that structured and
     unstructured results sit on one trade-off plot."""
     plt = _pyplot()
@@ -299,16 +342,16 @@ def plot_accuracy_vs_speed(rows: dict[tuple, dict], path: Path) -> None:
         for label, cell in row["cells"].items():
             if not cell["speedup"]:
                 continue
-            axis.errorbar(cell["speedup"][0], cell["top1"][0], xerr=cell["speedup"][1], yerr=cell["top1"][1],
+            axis.errorbar(cell["speedup"][0], cell["value"][0], xerr=cell["speedup"][1], yerr=cell["value"][1],
                           marker=markers.get(pruner.split("[")[0], "o"), color=colours[label], capsize=2,
                           linestyle="none", label=label)
             axis.annotate(pruner if pattern == "unstructured" else f"{pruner} {pattern}", (cell["speedup"][0],
-                          cell["top1"][0]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+                          cell["value"][0]), fontsize=6, xytext=(3, 3), textcoords="offset points")
     dense = [row["dense"][0] for row in rows.values()]
     axis.axhline(sum(dense) / len(dense), color="black", linestyle="--", linewidth=1, label="dense")
     axis.axvline(1.0, color="grey", linestyle=":", linewidth=1)
     axis.set_xlabel("images/s ÷ dense (measured, evaluation batch)")
-    axis.set_ylabel("healed top-1 % (mean ± std over seeds)")
+    axis.set_ylabel(f"healed {headline.title} (mean ± std over seeds)")
     axis.grid(alpha=0.3)
     _shared_legend(figure, [axis])
     _save(figure, path)

@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from starfish_cli.errors import StarfishError
 from starfish_cli.summary import mean_std, summarize, write_summary
 
 
@@ -123,3 +124,29 @@ def test_speed_from_reports_goes_into_the_table_and_a_trade_off_plot(tmp_path):
     text = written["summary.md"].read_text()
     assert "| structured[heads=0.5] | unstructured | 0.75 | kd | 81.00 ± 1.41 (0.900) | 2.00 ± 0.14 | 600,000 |" in text
     assert "| wanda | unstructured | 0.75 | kd |" not in text  # the unmeasured run has no speed row
+
+
+def fake_lm_report(healer, seed, perplexity, dense=100.0):
+    report = fake_report({"name": healer}, seed, 30.0, dense=40.0, sparsity=0.5)
+    report["accuracy"] = {"dense": {"perplexity": dense, "top1": 40.0}, "healed": {"perplexity": perplexity, "top1": 30.0}}
+    return report
+
+
+def test_language_model_sweeps_compare_perplexity(tmp_path):
+    reports = [fake_lm_report("starfish", s, p) for s, p in enumerate([110.0, 120.0])]
+    reports += [fake_lm_report("none", s, 150.0) for s in range(2)]
+    cells = summarize(reports)[("wanda", "unstructured", 0.5)]["cells"]
+    assert cells["starfish"]["value"] == pytest.approx((115.0, 50 ** 0.5))
+    assert cells["starfish"]["ratio"][0] == pytest.approx(1.15) and cells["none"]["ratio"][0] == pytest.approx(1.5)
+    for index, report in enumerate(reports):
+        (tmp_path / str(index)).mkdir()
+        (tmp_path / str(index) / "report.json").write_text(json.dumps(report))
+    write_summary(tmp_path)
+    summary = (tmp_path / "summary.md").read_text()
+    assert "Healed perplexity" in summary and "115.00 ± 7.07 (1.150)" in summary and "150.00 ± 0.00 (1.500)" in summary
+    assert "starfish:perplexity_mean" in (tmp_path / "summary.csv").read_text()
+
+
+def test_a_folder_mixing_classifiers_and_language_models_is_refused():
+    with pytest.raises(StarfishError, match="mixes classifier and language-model runs"):
+        summarize([fake_report({"name": "kd"}, 0, 70.0), fake_lm_report("kd", 0, 120.0)])
