@@ -36,11 +36,13 @@ class TextSource:
             raise StarfishError(f"{self.describe(split)} has no column {self.text_column!r} "
                                 f"(found {', '.join(rows.column_names)}): set data.text_column")
         documents = [row for row in rows[self.text_column] if row]
+        # verbose=False: a split is longer than the model's context by design (it is cut into windows later)
         if self.separator == "eos":
-            stream = text.token_stream(lambda doc: tokenizer(doc)["input_ids"], documents, tokenizer.eos_token_id)
+            stream = text.token_stream(lambda doc: tokenizer(doc, verbose=False)["input_ids"], documents,
+                                       tokenizer.eos_token_id)
         else:
-            stream = torch.tensor(tokenizer(self.separator.join(documents))["input_ids"] if documents else [],
-                                  dtype=torch.long)
+            stream = torch.tensor(tokenizer(self.separator.join(documents), verbose=False)["input_ids"]
+                                  if documents else [], dtype=torch.long)
         if len(stream) < 2:
             raise StarfishError(f"{self.describe(split)} has no text: give a split with some")
         return stream

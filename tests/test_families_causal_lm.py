@@ -101,3 +101,26 @@ def test_bad_input_is_one_line_and_exit_2(overrides, message, text_files, tmp_pa
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr[-2000:]
     assert not (tmp_path / "run" / "pruned.safetensors").exists()
+
+
+@pytest.mark.parametrize("pruner", ["magnitude", "wanda", "sparsegpt"])
+@pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
+def test_pruners_cut_every_decoder_linear(tiny_folder, pruner, pattern):
+    """Each pruner, unstructured and N:M, on the decoder layers' linears; embeddings and head untouched."""
+    from starfish_cli.pruning import PRUNERS
+
+    model = build_model(family="causal_lm", name=str(tiny_folder))
+    structure = structure_of(model)
+    head = model.get_output_embeddings().weight.clone()
+    calibration = [torch.randint(0, 100, (4, CONTEXT), generator=torch.Generator().manual_seed(1))]
+    masks = PRUNERS.build({"name": pruner, "sparsity": 0.5, "pattern": pattern}).prune(model, calibration)
+    assert set(masks) == set(structure.prunable_layers())
+    for name, layer in structure.prunable_layers().items():
+        kept = masks[name]
+        assert kept.float().mean().item() == pytest.approx(0.5, abs=0.02), name
+        assert torch.all(layer.weight[~kept] == 0), name
+        if pattern == "2:4":  # two of every four consecutive inputs kept, in every row
+            assert torch.all(kept.view(kept.shape[0], -1, 4).sum(-1) == 2), name
+    assert torch.equal(model.get_output_embeddings().weight, head)
+    with torch.no_grad():
+        assert torch.isfinite(model(calibration[0]).logits).all()

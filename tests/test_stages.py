@@ -46,13 +46,15 @@ def test_prune_once_heal_with_two_healers_and_eval_each(tmp_path):
 
 
 def test_sweep_over_healers_prunes_once_with_the_numbers_of_separate_runs(tmp_path):
-    sweep = run_cli("run", "-m", "pruner=sparsegpt", *PRUNING, "healer=norm,kd", *HEALING, cwd=tmp_path)
+    sweep = run_cli("run", "-m", "pruner=sparsegpt", *PRUNING, "healer=norm,kd", *HEALING, "eval.speed=false",
+                    cwd=tmp_path)
     log = sweep.stdout + sweep.stderr
     assert log.count("pruned with sparsegpt") == 1 and log.count("reusing") == 1
     pruning = tmp_path / "outputs/default/vit_fmnist/sparsegpt-0.6+calib.count=32/seed0"
     swept = {healer: read_json(next(pruning.glob(f"{healer}+*")) / "report.json") for healer in ("norm", "kd")}
     assert "reused" not in swept["norm"]["stages"]["prune"] and swept["kd"]["stages"]["prune"]["reused"]
-    alone = run_cli("run", "pruner=sparsegpt", *PRUNING, "healer=kd", *HEALING, "hydra.run.dir=alone", cwd=tmp_path)
+    alone = run_cli("run", "pruner=sparsegpt", *PRUNING, "healer=kd", *HEALING, "eval.speed=false", "hydra.run.dir=alone",
+                    cwd=tmp_path)
     assert "pruned with sparsegpt" in alone.stdout + alone.stderr
     assert results(read_json(tmp_path / "alone" / "report.json")) == results(swept["kd"])
 
@@ -168,8 +170,8 @@ def test_a_healing_killed_midway_resumes_to_the_same_weights(tmp_path):
 
     import torch
 
-    args = ["run", "calib.count=64", "healer.batch_size=8", "healer.epochs=12", "healer.save_every=10",
-            "eval.max_images=64"]
+    args = ["run", "calib.count=64", "healer.batch_size=8", "healer.epochs=4", "healer.save_every=10",
+            "eval.max_images=64", "eval.speed=false"]
     run_cli(*args, "hydra.run.dir=whole", cwd=tmp_path)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     process = subprocess.Popen([sys.executable, "-m", "starfish_cli", *args, "hydra.run.dir=killed"], cwd=tmp_path,

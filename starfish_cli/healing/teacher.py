@@ -74,7 +74,7 @@ class TeacherTargets:
         self.teacher, self.kinds, self.device = teacher, kinds, device
         self.estimate = teacher_cache_bytes(teacher, len(calibration), kinds)
         self.mode = choose_teacher_mode(mode, self.estimate, device)
-        log.info("teacher cache would take %.2f GB (%d images); teacher=%s → %s",
+        log.info("teacher cache would take %.2f GB (%d calibration items); teacher=%s → %s",
                  self.estimate / 1e9, len(calibration), mode,
                  {"gpu": "cached on the GPU", "host": "cached in host memory",
                   "recompute": "recomputed every step"}[self.mode])
