@@ -219,3 +219,15 @@ def test_a_run_folder_healed_again_after_its_export_loads_the_newer_checkpoint(r
     with pytest.warns(UserWarning, match="newer than its export"):
         assert model_file(folder) == healed
     assert model_file(folder / "export") == folder / "export" / "model.safetensors"
+
+
+@pytest.mark.skipif("structured" not in PRUNERS.names(), reason="no structured pruner in this starfish yet")
+def test_a_structured_model_in_onnxruntime_has_pytorch_top1(reference_model, test_images, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from starfish_cli.onnx_export import compare_with_pytorch, export_onnx
+
+    model = copy.deepcopy(reference_model)
+    PRUNERS.build({"name": "structured", "heads": 0.5, "mlp": 0.5, "criterion": "magnitude"}, seed=0).prune(model, None)
+    export_onnx(model, tmp_path / "model.onnx", tuple(test_images[0][1].shape))
+    compared = compare_with_pytorch(tmp_path / "model.onnx", model, test_images, 128)
+    assert compared["images"] == 256 and abs(compared["top1_onnxruntime"] - compared["top1_pytorch"]) <= 0.05
