@@ -7,8 +7,14 @@ import sys
 from pathlib import Path
 
 import pytest
-import timm
-import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one worker per core: one torch thread each (and in the CLIs they start), not
+    # two threads per worker contending for the same cores
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import timm  # noqa: E402
+import torch  # noqa: E402
 
 import starfish_cli  # noqa: F401  (registers vit_fmnist)
 from starfish_cli.data import DATASETS, ImageTensors, model_transform
