@@ -92,3 +92,41 @@ def test_wanda_comparison_row_or_layer(reference_model, calibration_batches):
     assert per_row_kept.min() < per_row_kept.max()
     with pytest.raises(StarfishError, match="pruner.comparison='column': choose one of row, layer"):
         PRUNERS.build({"name": "wanda", "comparison": "column"})
+
+
+def test_owl_sparsities_average_to_the_target_over_prunable_weights():
+    from starfish_cli.pruning.allocation import owl_sparsities
+
+    sizes = [100, 300, 100, 500]
+    sparsities = owl_sparsities([0.01, 0.04, 0.02, 0.03], sizes, target=0.9, spread=0.05)
+    assert sum(s * n for s, n in zip(sparsities, sizes)) / sum(sizes) == pytest.approx(0.9)
+    assert max(sparsities) - min(sparsities) == pytest.approx(0.1)
+    assert sparsities.index(min(sparsities)) == 1 and sparsities.index(max(sparsities)) == 0  # most outliers keep most
+    assert owl_sparsities([0.02, 0.02], [1, 3], target=0.7, spread=0.05) == pytest.approx([0.7, 0.7])
+    with pytest.raises(StarfishError, match="outside"):
+        owl_sparsities([0.0, 1.0], [1, 1], target=0.97, spread=0.2)
+
+
+def test_owl_allocation_keeps_the_overall_sparsity_and_varies_it_by_block(reference_model, calibration_batches):
+    model = copy.deepcopy(reference_model)
+    masks = PRUNERS.build({"name": "wanda", "sparsity": 0.75, "allocation": "owl"}).prune(model, calibration_batches)
+    total = sum(mask.numel() for mask in masks.values())
+    assert 1 - sum(mask.sum().item() for mask in masks.values()) / total == pytest.approx(0.75, abs=0.002)
+    structure = structure_of(model)
+    per_block = [1 - sum(masks[name].sum().item() for name in structure.block_layers(i))
+                 / sum(masks[name].numel() for name in structure.block_layers(i)) for i in range(len(structure.blocks))]
+    assert max(per_block) - min(per_block) == pytest.approx(0.16, abs=0.005)
+    uniform = PRUNERS.build({"name": "wanda", "sparsity": 0.75}).prune(copy.deepcopy(reference_model), calibration_batches)
+    assert all(torch.equal(uniform[name], mask) for name, mask in
+               PRUNERS.build({"name": "wanda", "sparsity": 0.75, "allocation_spread": 0.0, "allocation": "owl"})
+               .prune(copy.deepcopy(reference_model), calibration_batches).items())
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"allocation": "owl", "pattern": "2:4"}, "pattern=unstructured"),
+    ({"allocation": "random"}, "pruner.allocation='random'"),
+    ({"allocation": "owl", "allocation_spread": 0.6}, "allocation_spread=0.6"),
+])
+def test_bad_allocations_are_one_line(options, message):
+    with pytest.raises(StarfishError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        PRUNERS.build({"name": "wanda", "sparsity": 0.5, **options})

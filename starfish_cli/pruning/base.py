@@ -44,6 +44,10 @@ class Pruner:
     def score(self, name: str, weight: torch.Tensor, input_norms: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
 
+    def layer_sparsities(self, model: nn.Module, input_norms: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        """The sparsity of each prunable layer: `sparsity` (a float for all, or a mapping by name)."""
+        return {name: sparsity_for_layer(self.sparsity, name) for name in structure_of(model).prunable_layers()}
+
     def select(self, scores: torch.Tensor, sparsity: float) -> torch.Tensor:
         if sparsity == 0.0:
             return torch.ones_like(scores, dtype=torch.bool)
@@ -56,10 +60,11 @@ class Pruner:
         """Zero the pruned weights of `model` in place and return the keep-masks by layer name."""
         layers = structure_of(model).prunable_layers()
         norms = input_norms(model, layers, calibration) if self.needs_calibration else {}
+        sparsities = self.layer_sparsities(model, norms)
         masks = {}
         for name, layer in layers.items():
             scores = self.score(name, layer.weight.float(), norms.get(name))
-            masks[name] = self.select(scores, sparsity_for_layer(self.sparsity, name))
+            masks[name] = self.select(scores, sparsities[name])
         apply_masks(layers, masks)
         return masks
 

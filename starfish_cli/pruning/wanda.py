@@ -3,6 +3,8 @@
 import torch
 
 from starfish_cli.errors import StarfishError
+from starfish_cli.families import structure_of
+from starfish_cli.pruning.allocation import ALLOCATIONS, outlier_ratio, owl_sparsities
 from starfish_cli.pruning.base import Pruner
 from starfish_cli.pruning.registry import PRUNERS
 
@@ -17,18 +19,43 @@ def wanda_scores(weight: torch.Tensor, input_norms: torch.Tensor) -> torch.Tenso
 @PRUNERS.register("wanda")
 class WandaPruner(Pruner):
     """`comparison`: scores compete within each output row (Wanda's default, also for ViTs) or
-    across the whole layer (Wanda's `--prune_granularity layer`)."""
+    across the whole layer (Wanda's `--prune_granularity layer`). `allocation`: the same sparsity in
+    every block, or OWL's outlier-weighted sparsity per block (pruning.allocation)."""
 
     needs_calibration = True
 
-    def __init__(self, sparsity=0.5, pattern: str = "unstructured", comparison: str = "row"):
+    def __init__(self, sparsity=0.5, pattern: str = "unstructured", comparison: str = "row",
+                 allocation: str = "uniform", outlier_threshold: float = 5.0, allocation_spread: float = 0.08):
         super().__init__(sparsity, pattern)
         if comparison not in COMPARISONS:
             raise StarfishError(f"pruner.comparison={comparison!r}: choose one of {', '.join(COMPARISONS)}")
-        self.compare = comparison
+        if allocation not in ALLOCATIONS:
+            raise StarfishError(f"pruner.allocation={allocation!r}: choose one of {', '.join(ALLOCATIONS)}")
+        if allocation == "owl" and (self.pattern.is_nm or not isinstance(self.sparsity, float)):
+            raise StarfishError("pruner.allocation=owl spreads one unstructured sparsity over the blocks: "
+                                "use a single pruner.sparsity and pattern=unstructured")
+        if not outlier_threshold > 0 or not 0 <= allocation_spread < 0.5:
+            raise StarfishError(f"pruner.outlier_threshold={outlier_threshold} must be > 0 and "
+                                f"pruner.allocation_spread={allocation_spread} in [0, 0.5)")
+        self.compare, self.allocation = comparison, allocation
+        self.outlier_threshold, self.allocation_spread = outlier_threshold, allocation_spread
 
     def describe(self):
-        return super().describe() | {"comparison": self.compare}
+        described = super().describe() | {"comparison": self.compare, "allocation": self.allocation}
+        if self.allocation == "owl":
+            described |= {"outlier_threshold": self.outlier_threshold, "allocation_spread": self.allocation_spread}
+        return described
+
+    def layer_sparsities(self, model, input_norms):
+        if self.allocation == "uniform":
+            return super().layer_sparsities(model, input_norms)
+        structure = structure_of(model)
+        blocks = [structure.block_layers(number) for number in range(len(structure.blocks))]
+        ratios = [outlier_ratio([self.score(name, layer.weight.float(), input_norms[name])
+                                 for name, layer in layers.items()], self.outlier_threshold) for layers in blocks]
+        sizes = [sum(layer.weight.numel() for layer in layers.values()) for layers in blocks]
+        per_block = owl_sparsities(ratios, sizes, self.sparsity, self.allocation_spread)
+        return {name: sparsity for layers, sparsity in zip(blocks, per_block) for name in layers}
 
     def score(self, name, weight, input_norms):
         return wanda_scores(weight, input_norms)
