@@ -27,14 +27,17 @@ class Headline:
 
     key: str  # the accuracy entry of report.json
     title: str
-    ratio: str  # the bracket's name in columns (csv) and text
+    unit: str  # after a value in plot titles
+    ratio: str  # the bracket's name in csv columns (and, with spaces, in table headers)
     ratio_text: str
     ratio_axis: str
+    ratio_target: float | None  # a line on the recovery-vs-time plot
 
 
-TOP1 = Headline("top1", "top-1 %", "recovery", "recovery = healed ÷ dense top-1", "recovery (healed ÷ dense top-1)")
-PERPLEXITY = Headline("perplexity", "perplexity", "vs_dense", "healed ÷ dense perplexity (lower is better)",
-                      "healed ÷ dense perplexity")
+TOP1 = Headline("top1", "top-1 %", "%", "recovery", "recovery = healed ÷ dense top-1",
+                "recovery (healed ÷ dense top-1)", RECOVERY_TARGET)
+PERPLEXITY = Headline("perplexity", "perplexity", " perplexity", "vs_dense",
+                      "healed ÷ dense perplexity (lower is better)", "healed ÷ dense perplexity", None)
 
 
 def headline_of(reports: list[dict[str, Any]]) -> Headline:
@@ -45,9 +48,7 @@ def headline_of(reports: list[dict[str, Any]]) -> Headline:
 
 
 def healed_ratio(report: dict[str, Any], headline: Headline) -> float:
-    """Healed ÷ dense of the headline metric (classifiers: the report's recovery)."""
-    if headline is TOP1:
-        return report["recovery"]
+    """Healed ÷ dense of the headline metric (for top-1, the report's recovery: the same division)."""
     accuracy = report["accuracy"]
     return accuracy["healed"][headline.key] / accuracy["dense"][headline.key]
 
@@ -79,10 +80,10 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return mean, std
 
 
-def summarize(reports: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize(reports: list[dict[str, Any]], headline: Headline | None = None) -> dict[str, Any]:
     """Cells keyed by (pruner, pattern, sparsity) then healer label: mean/std over seeds of the headline
     metric (`value`, `ratio`) and of top-1 and recovery."""
-    headline = headline_of(reports)
+    headline = headline or headline_of(reports)
     groups: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for report in reports:
         pruner_label, healer_label = labels_of(report)
@@ -170,7 +171,8 @@ def write_summary(root: Path, console: Console | None = None) -> dict[str, Path]
     reports = load_reports(root)
     if not reports:
         raise StarfishError(f"no finished runs (report.json with accuracy) under {root}: run `starfish run -m …` first")
-    rows, headline = summarize(reports), headline_of(reports)
+    headline = headline_of(reports)
+    rows = summarize(reports, headline)
     header, body = table_rows(rows)
     root = Path(root)
     written = {"summary.md": root / "summary.md", "summary.csv": root / "summary.csv",
@@ -285,8 +287,7 @@ def plot_accuracy_vs_sparsity(rows: dict[tuple, dict], path: Path, headline: Hea
                               color=colours[label])
         dense = sum(rows[k]["dense"][0] for k in keys) / len(keys)
         axis.axhline(dense, color="black", linestyle="--", linewidth=1, label="dense")
-        unit = "%" if headline is TOP1 else f" {headline.title}"
-        axis.set_title(f"{pruner} ({pattern}), dense {dense:.1f}{unit}")
+        axis.set_title(f"{pruner} ({pattern}), dense {dense:.1f}{headline.unit}")
         axis.set_xlabel("sparsity of prunable weights")
         axis.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"{headline.title} (mean ± std over seeds)")
@@ -316,8 +317,8 @@ def plot_recovery_vs_time(rows: dict[tuple, dict], path: Path, headline: Headlin
                 if epochs is not None:
                     axis.annotate(f"{epochs} ep", (seconds, recovery), fontsize=7, xytext=(3, -9),
                                   textcoords="offset points")
-        if headline is TOP1:
-            axis.axhline(RECOVERY_TARGET, color="grey", linestyle=":", label=f"{RECOVERY_TARGET:.0%} of dense")
+        if headline.ratio_target is not None:
+            axis.axhline(headline.ratio_target, color="grey", linestyle=":", label=f"{headline.ratio_target:.0%} of dense")
         axis.set_xscale("log")
         axis.set_title(f"{key[0]} ({key[1]}) at sparsity {key[2]:.2f}")
         axis.set_xlabel("healing wall time, s (log)")

@@ -44,9 +44,10 @@ class Pruner:
     def score(self, name: str, weight: torch.Tensor, input_norms: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
 
-    def layer_sparsities(self, model: nn.Module, input_norms: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    def layer_sparsities(self, model: nn.Module, layers: Mapping[str, nn.Linear],
+                         input_norms: Mapping[str, torch.Tensor]) -> dict[str, float]:
         """The sparsity of each prunable layer: `sparsity` (a float for all, or a mapping by name)."""
-        return {name: sparsity_for_layer(self.sparsity, name) for name in structure_of(model).prunable_layers()}
+        return {name: sparsity_for_layer(self.sparsity, name) for name in layers}
 
     def select(self, scores: torch.Tensor, sparsity: float) -> torch.Tensor:
         if sparsity == 0.0:
@@ -60,7 +61,7 @@ class Pruner:
         """Zero the pruned weights of `model` in place and return the keep-masks by layer name."""
         layers = structure_of(model).prunable_layers()
         norms = input_norms(model, layers, calibration) if self.needs_calibration else {}
-        sparsities = self.layer_sparsities(model, norms)
+        sparsities = self.layer_sparsities(model, layers, norms)
         masks = {}
         for name, layer in layers.items():
             scores = self.score(name, layer.weight.float(), norms.get(name))

@@ -46,16 +46,18 @@ class WandaPruner(Pruner):
             described |= {"outlier_threshold": self.outlier_threshold, "allocation_spread": self.allocation_spread}
         return described
 
-    def layer_sparsities(self, model, input_norms):
+    def layer_sparsities(self, model, layers, input_norms):
         if self.allocation == "uniform":
-            return super().layer_sparsities(model, input_norms)
+            return super().layer_sparsities(model, layers, input_norms)
         structure = structure_of(model)
-        blocks = [structure.block_layers(number) for number in range(len(structure.blocks))]
+        prefixes = [f"{structure.block_name(number)}." for number in range(len(structure.blocks))]
+        blocks = [{name: layer for name, layer in layers.items() if name.startswith(prefix)} for prefix in prefixes]
+        # one block's scores at a time (scored again for the masks): all of a large model's at once would not fit
         ratios = [outlier_ratio([self.score(name, layer.weight.float(), input_norms[name])
-                                 for name, layer in layers.items()], self.outlier_threshold) for layers in blocks]
-        sizes = [sum(layer.weight.numel() for layer in layers.values()) for layers in blocks]
+                                 for name, layer in block.items()], self.outlier_threshold) for block in blocks]
+        sizes = [sum(layer.weight.numel() for layer in block.values()) for block in blocks]
         per_block = owl_sparsities(ratios, sizes, self.sparsity, self.allocation_spread)
-        return {name: sparsity for layers, sparsity in zip(blocks, per_block) for name in layers}
+        return {name: sparsity for block, sparsity in zip(blocks, per_block) for name in block}
 
     def score(self, name, weight, input_norms):
         return wanda_scores(weight, input_norms)
