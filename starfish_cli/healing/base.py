@@ -171,6 +171,10 @@ class GradientHealer(Healer):
         """`outputs` = the student's (logits, states) on `batch`; `targets` = `teacher_targets(…)`."""
         raise NotImplementedError
 
+    def step_inputs(self, batch: tuple, device: torch.device) -> torch.Tensor:
+        """The model inputs of one step: the batch's images on `device` (a healer may return a view of them)."""
+        return batch[1].to(device, non_blocking=True)
+
     def heal(self, student, teacher, masks, calibration, device, precision=torch.float32, state_file=None):
         names = self.trainable_names(student)
         with autocast(device, precision):
@@ -178,7 +182,8 @@ class GradientHealer(Healer):
         history: list[float] = []
 
         def loss_of_batch(batch, forward):
-            return self.loss(forward(batch[1].to(device, non_blocking=True)), batch, targets, device)
+            images = self.step_inputs(batch, device)  # the student and `loss` (its teacher) see the same inputs
+            return self.loss(forward(images), (batch[0], images, *batch[2:]), targets, device)
 
         steps = self.optimize(student, names, masks, calibration, device, precision, history, loss_of_batch,
                               forward=StudentForward(student, self.student_states), state_file=state_file)

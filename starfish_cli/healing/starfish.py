@@ -4,7 +4,8 @@ Reference recipe (arXiv 2606.01126), the defaults here: per-token 1 − cos over
 embedding dimension on every block's output, averaged over tokens, batch and blocks; only
 the pruned weight matrices train; masks fixed; Adam, lr 6e-4 with per-step cosine decay to
 1e-6, batch 32, 10 epochs; no labels. Variants are options: which states, the distance, an
-added logit-KD term, and block-wise healing.
+added logit-KD term, block-wise healing, and consistent augmented views (function matching: a
+fresh random view of the calibration batch every step, seen by the student and the recomputed teacher).
 """
 
 import torch
@@ -17,6 +18,7 @@ from starfish_cli.healing.base import GradientHealer, HealResult, pruned_weight_
 from starfish_cli.healing.registry import HEALERS
 from starfish_cli.healing.states import STATE_KINDS, STATE_LOSSES, state_alignment_loss
 from starfish_cli.healing.teacher import TEACHER_MODES, TeacherTargets, logit_kd_loss
+from starfish_cli.healing.views import AUGMENTATIONS, CalibrationViews
 
 MODES = ("end_to_end", "blockwise")
 
@@ -37,6 +39,9 @@ class StarfishHealer(GradientHealer):
         kd_temperature: float = 1.0,
         mode: str = "end_to_end",
         teacher: str = "auto",
+        augment: str | list[str] | tuple[str, ...] = (),
+        shift: int = 2,
+        mix_alpha: float = 0.4,
         seed: int = 0,
     ):
         super().__init__(epochs, batch_size, lr, min_lr, weight_decay, seed, reshuffle, save_every)
@@ -53,6 +58,8 @@ class StarfishHealer(GradientHealer):
             raise StarfishError("healer.mode=blockwise aligns block outputs only: use states=[blocks] and kd_weight=0")
         self.states, self.loss_name, self.kd_weight, self.kd_temperature = list(states), loss, kd_weight, kd_temperature
         self.mode, self.teacher = mode, teacher
+        self.augment, self.shift, self.mix_alpha = checked_views(augment, shift, mix_alpha, mode, teacher)
+        self._views: CalibrationViews | None = None
 
     def describe(self):
         described = super().describe()
@@ -60,11 +67,16 @@ class StarfishHealer(GradientHealer):
         return described
 
     def teacher_targets(self, teacher, calibration, device):
-        return TeacherTargets(teacher, tuple(self.states), self.teacher, calibration, self.batch_size, device)
+        mode = "recompute" if self.augment else self.teacher  # a view's targets exist only once it is drawn
+        return TeacherTargets(teacher, tuple(self.states), mode, calibration, self.batch_size, device)
 
     @property
     def student_states(self) -> tuple[str, ...]:
         return tuple(self.states)
+
+    def step_inputs(self, batch, device):
+        images = super().step_inputs(batch, device)
+        return self._views(images) if self._views else images
 
     def loss(self, outputs, batch, targets, device):
         logits, states = outputs
@@ -76,6 +88,9 @@ class StarfishHealer(GradientHealer):
 
     def heal(self, student, teacher, masks, calibration, device, precision=torch.float32, state_file=None):
         if self.mode == "end_to_end":
+            # every heal draws the same views for a seed; ranks of a torchrun draw different ones
+            self._views = (CalibrationViews(self.augment, self.shift, self.mix_alpha,
+                                            self.seed + distributed.current().rank) if self.augment else None)
             return super().heal(student, teacher, masks, calibration, device, precision, state_file)
         return self._heal_blockwise(student, teacher, masks, calibration, device, precision)
 
@@ -102,6 +117,24 @@ class StarfishHealer(GradientHealer):
                 inputs = torch.cat([structure.run_block(number, x.to(device)).cpu()
                                     for _, x in loader(block_set, self.batch_size, device=device)])
         return result
+
+
+def checked_views(augment, shift, mix_alpha, mode: str, teacher: str) -> tuple[list[str], int, float]:
+    """The view options as plain values (they go into reports), or a one-line error."""
+    augment = [augment] if isinstance(augment, str) else list(augment)
+    if any(name not in AUGMENTATIONS for name in augment):
+        raise StarfishError(f"healer.augment={augment}: choose from {', '.join(AUGMENTATIONS)} (or [] for none)")
+    if not isinstance(shift, int) or isinstance(shift, bool) or shift < 0:
+        raise StarfishError(f"healer.shift={shift!r} must be a whole number of pixels ≥ 0")
+    if not mix_alpha > 0:
+        raise StarfishError(f"healer.mix_alpha={mix_alpha} must be > 0 (mixup's and cutmix's Beta(α, α))")
+    if augment and teacher in ("gpu", "host"):
+        raise StarfishError(f"healer.teacher={teacher} caches targets of the raw images, but healer.augment shows "
+                            "a new view every step: use teacher=recompute or auto")
+    if augment and mode == "blockwise":
+        raise StarfishError("healer.mode=blockwise heals on cached block inputs, which have no views: "
+                            "use mode=end_to_end or augment=[]")
+    return augment, shift, mix_alpha
 
 
 class BlockInputs(torch.utils.data.Dataset):
