@@ -77,6 +77,15 @@ def _smaller(sparsity: dict[str, Any]) -> str:
     return f"; {remaining:,} of {total:,} parameters remain ({total / remaining:.2f}× smaller)"
 
 
+def _stages(healing: dict[str, Any]) -> str:
+    """Gradual healing's split of the steps: `, in stages 0.5 → 0.75 → 0.9 sparsity: 4 + 4 + 8 steps`."""
+    stages = healing.get("stages")
+    if not stages:
+        return ""
+    return (", in stages " + " → ".join(f"{stage['sparsity']:g}" for stage in stages) + " sparsity: "
+            + " + ".join(str(stage["steps"]) for stage in stages) + " steps")
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     lines = [f"# starfish report: {report.get('model', {}).get('name', '?')}", ""]
     pruner, healer = report.get("pruner", {}), report.get("healer", {})
@@ -88,7 +97,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- achieved sparsity: {_fmt(sparsity.get('prunable'), 4)} of prunable weights, "
         f"{_fmt(sparsity.get('overall'), 4)} of all parameters" + _smaller(sparsity),
         f"- healer: **{healer.get('name', '–')}**"
-        + (f", {report['healing']['steps']} steps" if "healing" in report else ""),
+        + (f", {report['healing']['steps']} steps" + _stages(report['healing']) if "healing" in report else ""),
         f"- calibration: {calibration.get('count', '–')} {items} from {calibration.get('source', '–')}, "
         f"labels used: {str(report.get('calibration', {}).get('labels_used', '–')).lower()}",
         f"- seed {report.get('seed', '–')}",

@@ -2,8 +2,9 @@
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,10 @@ from starfish_cli.data import loader
 from starfish_cli.errors import StarfishError
 from starfish_cli.families import structure_of
 from starfish_cli.healing.resume import ResumeState
+from starfish_cli.healing.schedule import check_schedule, check_targets, pruned_fraction, split_steps, stage_masks
 from starfish_cli.healing.states import collect_states
 from starfish_cli.progress import progress_bar
+from starfish_cli.pruning.masks import apply_masks
 from starfish_cli.runtime import autocast
 
 log = logging.getLogger("starfish")
@@ -29,6 +32,7 @@ class HealResult:
     steps: int = 0
     trained_parameters: list[str] = field(default_factory=list)
     loss_history: list[float] = field(default_factory=list)
+    stages: list[dict[str, Any]] = field(default_factory=list)  # gradual healing: sparsity and steps of each stage
 
 
 class Healer:
@@ -143,10 +147,17 @@ class GradientHealer(Healer):
     (`student_states`), what the teacher provides (`teacher_targets`, computed once before the
     first step) and what is minimized (`loss`). Under torchrun the student runs in
     DistributedDataParallel and every rank takes batch_size / world images of each global batch.
+
+    A `schedule` of intermediate sparsities heals gradually (`heal_gradually`); healers that offer
+    it pass it on, the others leave it None and heal at the final masks only.
     """
 
+    schedule: Sequence[float] = ()  # not an option of this healer unless its constructor passes one
+    schedule_share = 0.5
+
     def __init__(self, epochs: int = 10, batch_size: int = 32, lr: float = 6e-4, min_lr: float = 1e-6,
-                 weight_decay: float = 0.0, seed: int = 0, reshuffle: bool = False, save_every: int = 200):
+                 weight_decay: float = 0.0, seed: int = 0, reshuffle: bool = False, save_every: int = 200,
+                 schedule: Sequence[float] | None = None, schedule_share: float = 0.5):
         if not isinstance(epochs, int) or epochs < 0:
             raise StarfishError(f"healer.epochs={epochs!r} must be a whole number ≥ 0")
         if not isinstance(batch_size, int) or batch_size <= 0:
@@ -159,6 +170,8 @@ class GradientHealer(Healer):
         if not isinstance(save_every, int) or isinstance(save_every, bool) or save_every < 0:
             raise StarfishError(f"healer.save_every={save_every!r}: a whole number of steps ≥ 0 (0: never)")
         self.weight_decay, self.seed, self.reshuffle, self.save_every = weight_decay, seed, reshuffle, save_every
+        if schedule is not None:
+            self.schedule, self.schedule_share = check_schedule(schedule, schedule_share), float(schedule_share)
 
     def trainable_names(self, student: nn.Module) -> list[str]:
         return pruned_weight_names(student)
@@ -177,6 +190,9 @@ class GradientHealer(Healer):
 
     def heal(self, student, teacher, masks, calibration, device, precision=torch.float32, state_file=None):
         names = self.trainable_names(student)
+        if self.schedule:  # before the teacher's targets are made: a schedule these masks cannot take fails at once
+            check_targets(self.schedule, masks, {name: layer.weight.shape
+                                                 for name, layer in structure_of(teacher).prunable_layers().items()})
         with autocast(device, precision):
             targets = self.teacher_targets(teacher, calibration, device)
         history: list[float] = []
@@ -185,32 +201,71 @@ class GradientHealer(Healer):
             images = self.step_inputs(batch, device)  # the student and `loss` (its teacher) see the same inputs
             return self.loss(forward(images), (batch[0], images, *batch[2:]), targets, device)
 
+        forward = StudentForward(student, self.student_states)
+        if self.schedule:
+            return self.heal_gradually(student, teacher, masks, calibration, device, precision, names, loss_of_batch,
+                                       forward, state_file)
         steps = self.optimize(student, names, masks, calibration, device, precision, history, loss_of_batch,
-                              forward=StudentForward(student, self.student_states), state_file=state_file)
+                              forward=forward, state_file=state_file)
         return HealResult(steps=steps, trained_parameters=names, loss_history=history)
+
+    def heal_gradually(self, student, teacher, masks, calibration, device, precision, names, loss_of_batch, forward,
+                       state_file) -> HealResult:
+        """Heal at each sparsity of `schedule`, then at `masks`: the extra weights an intermediate stage
+        keeps start from the dense values and are zeroed when a later stage prunes them. The stages share
+        the budget of epochs × batches: `schedule_share` of it equally over the intermediate ones."""
+        layers = structure_of(student).prunable_layers()
+        dense = structure_of(teacher).prunable_layers()
+        if state_file is not None and self.save_every:
+            log.info("healer.schedule: gradual healing saves no resumable state (a killed run starts over)")
+        by_layer = {name: stage_masks(mask, dense[name].weight.detach().to(mask.device), self.schedule)
+                    for name, mask in masks.items()}
+        stages = [{name: layer_masks[number] for name, layer_masks in by_layer.items()}
+                  for number in range(len(self.schedule) + 1)]
+        with torch.no_grad():  # stage 0's extra weights: the dense values; the pruner's kept values stay
+            for name, mask in stages[0].items():
+                weight = layers[name].weight
+                restored = (mask & ~masks[name].bool()).to(weight.device)
+                weight.copy_(torch.where(restored, dense[name].weight.to(weight.device, weight.dtype), weight))
+        total = self.epochs * len(self.batches(calibration, device)[0])
+        result = HealResult(trained_parameters=names)
+        for number, (stage, steps) in enumerate(zip(stages, split_steps(total, len(self.schedule),
+                                                                        self.schedule_share))):
+            apply_masks({name: layers[name] for name in stage}, stage)  # +0.0 where this stage prunes
+            sparsity = pruned_fraction(stage)
+            log.info("healing stage %d of %d at sparsity %.4f: %d steps", number + 1, len(stages), sparsity, steps)
+            result.steps += self.optimize(student, names, stage, calibration, device, precision, result.loss_history,
+                                          loss_of_batch, f"healing stage {number + 1}/{len(stages)} "
+                                          f"({self.registered_name})", forward=forward, steps=steps)
+            result.stages.append({"sparsity": round(sparsity, 4), "steps": steps})
+        return result
+
+    def batches(self, calibration, device: torch.device):
+        """One epoch's calibration batches (this rank's share under torchrun) and the sampler, if any."""
+        world = distributed.current()
+        if world.active:
+            sampler = torch.utils.data.DistributedSampler(calibration, world.size, world.rank, shuffle=True,
+                                                          seed=self.seed)
+            return loader(calibration, max(1, self.batch_size // world.size), sampler=sampler, device=device), sampler
+        return loader(calibration, self.batch_size, shuffle=True, seed=self.seed, reshuffle=self.reshuffle,
+                      device=device), None
 
     def optimize(self, model: nn.Module, names: list[str], masks, calibration, device, precision: torch.dtype,
                  history: list[float], loss_of_batch, description: str | None = None,
-                 forward: nn.Module | None = None, state_file: Path | None = None) -> int:
-        """Run the recipe over `calibration`; `loss_of_batch(batch, forward)`. Returns the steps taken.
+                 forward: nn.Module | None = None, state_file: Path | None = None, steps: int | None = None) -> int:
+        """Run the recipe over `calibration`; `loss_of_batch(batch, forward)`. Returns the steps taken:
+        `steps` (the epochs' batch order, cut short where they are done), or epochs × batches.
         With `state_file` (one process), the state is saved every `save_every` steps and resumed."""
         parameters = train_only(model, names)
         fixed = FixedMasks(model, masks)
         world = distributed.current()
-        sampler = None
-        if world.active:
-            sampler = torch.utils.data.DistributedSampler(calibration, world.size, world.rank, shuffle=True,
-                                                          seed=self.seed)
-            batches = loader(calibration, max(1, self.batch_size // world.size), sampler=sampler, device=device)
-        else:
-            batches = loader(calibration, self.batch_size, shuffle=True, seed=self.seed, reshuffle=self.reshuffle,
-                             device=device)
+        batches, sampler = self.batches(calibration, device)
         if world.active and forward is not None:
             # DDP waits for a gradient of every parameter it holds: hand it only those the loss reaches
             parameters = reaching_loss(parameters, loss_of_batch, next(iter(batches)), forward, device, precision)
             forward = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
         optimizer = torch.optim.Adam(parameters, lr=self.lr, weight_decay=self.weight_decay)
-        total = self.epochs * len(batches)
+        total = self.epochs * len(batches) if steps is None else steps
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total, 1), eta_min=self.min_lr)
         trained = {name: parameter for name, parameter in model.named_parameters() if parameter.requires_grad}
         resume = ResumeState(None if world.active else state_file, self.save_every,
@@ -223,10 +278,11 @@ class GradientHealer(Healer):
         try:
             with progress_bar(description or f"healing ({self.registered_name})", total) as advance:
                 done = 0
-                for epoch in range(self.epochs):
+                for epoch in range(math.ceil(total / max(len(batches), 1))):
                     if sampler is not None and self.reshuffle:
                         sampler.set_epoch(epoch)
-                    for batch in batches:  # a resumed run walks the same order up to its step
+                    # a resumed run walks the same order up to its step; `steps` may end inside an epoch
+                    for batch in islice(batches, total - epoch * len(batches)):
                         done += 1
                         if done <= step:
                             advance()

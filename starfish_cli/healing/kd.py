@@ -12,8 +12,10 @@ class LogitKDHealer(GradientHealer):
 
     def __init__(self, epochs: int = 10, batch_size: int = 32, lr: float = 6e-4, min_lr: float = 1e-6,
                  weight_decay: float = 0.0, reshuffle: bool = False, save_every: int = 200, temperature: float = 1.0,
-                 teacher: str = "auto", seed: int = 0):
-        super().__init__(epochs, batch_size, lr, min_lr, weight_decay, seed, reshuffle, save_every)
+                 teacher: str = "auto", schedule: list[float] | tuple[float, ...] = (), schedule_share: float = 0.5,
+                 seed: int = 0):
+        super().__init__(epochs, batch_size, lr, min_lr, weight_decay, seed, reshuffle, save_every, schedule,
+                         schedule_share)
         if temperature <= 0 or teacher not in TEACHER_MODES:
             raise StarfishError(f"healer.temperature must be > 0 and healer.teacher one of {', '.join(TEACHER_MODES)}")
         self.temperature, self.teacher = temperature, teacher

@@ -42,9 +42,12 @@ class StarfishHealer(GradientHealer):
         augment: str | list[str] | tuple[str, ...] = (),
         shift: int = 2,
         mix_alpha: float = 0.4,
+        schedule: list[float] | tuple[float, ...] = (),
+        schedule_share: float = 0.5,
         seed: int = 0,
     ):
-        super().__init__(epochs, batch_size, lr, min_lr, weight_decay, seed, reshuffle, save_every)
+        super().__init__(epochs, batch_size, lr, min_lr, weight_decay, seed, reshuffle, save_every, schedule,
+                         schedule_share)
         states = (states,) if isinstance(states, str) else tuple(states)
         for name, value, allowed in (("teacher", teacher, TEACHER_MODES), ("loss", loss, tuple(STATE_LOSSES)),
                                      ("mode", mode, MODES)):
@@ -56,6 +59,9 @@ class StarfishHealer(GradientHealer):
             raise StarfishError("healer.kd_weight must be ≥ 0 and healer.kd_temperature > 0")
         if mode == "blockwise" and (states != ("blocks",) or kd_weight):
             raise StarfishError("healer.mode=blockwise aligns block outputs only: use states=[blocks] and kd_weight=0")
+        if mode == "blockwise" and self.schedule:
+            raise StarfishError("healer.mode=blockwise heals at the final masks only: "
+                                "use mode=end_to_end or schedule=[]")
         self.states, self.loss_name, self.kd_weight, self.kd_temperature = list(states), loss, kd_weight, kd_temperature
         self.mode, self.teacher = mode, teacher
         self.augment, self.shift, self.mix_alpha = checked_views(augment, shift, mix_alpha, mode, teacher)

@@ -288,6 +288,7 @@ def heal(context: Context, healer: Healer, pruned: Pruned, calibration: Calibrat
             "trained_parameters": len(result.trained_parameters),
             "final_loss": result.loss_history[-1] if result.loss_history else None,
             "loss_history": result.loss_history,
+            **({"stages": result.stages} if result.stages else {}),  # gradual healing's sparsity and steps per stage
         },
         "timing": timing["heal"],
     }))

@@ -1,0 +1,151 @@
+"""Gradual prune → heal (healer.schedule): nested stage masks, the step split, and the final masks exactly."""
+
+import copy
+
+import pytest
+import torch
+
+from conftest import run_cli
+from starfish_cli.errors import StarfishError
+from starfish_cli.families import structure_of
+from starfish_cli.healing import HEALERS
+from starfish_cli.healing.schedule import split_steps, stage_masks
+from starfish_cli.pruning import PRUNERS
+from starfish_cli.report import render_markdown
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture()
+def pruned(reference_model):
+    """Magnitude 75%, with the kept weights moved off their dense values (as SparseGPT's reconstruction does)."""
+    model = copy.deepcopy(reference_model)
+    masks = PRUNERS.build({"name": "magnitude", "sparsity": 0.75}).prune(model)
+    with torch.no_grad():
+        for layer in structure_of(model).prunable_layers().values():
+            layer.weight.mul_(1.5)
+    return model, masks
+
+
+def test_stage_masks_restore_the_largest_dense_weights_first():
+    final = torch.tensor([[True, False, False, False], [False, False, False, True]])  # 6 of 8 pruned
+    dense = torch.tensor([[9.0, -5.0, 1.0, 3.0], [-4.0, 2.0, 0.5, 9.0]])
+    quarter, half, last = stage_masks(final, dense, [0.25, 0.5])
+    assert half.tolist() == [[True, True, False, False], [True, False, False, True]]  # |−5|, |−4| back: 4 pruned
+    assert quarter.tolist() == [[True, True, False, True], [True, True, False, True]]  # and 3, 2: 2 pruned
+    assert torch.equal(last, final)
+
+
+def test_stage_masks_of_a_pruned_model_are_nested_at_their_sparsities(reference_model, pruned):
+    _, masks = pruned
+    dense = structure_of(reference_model).prunable_layers()
+    for name, final in masks.items():
+        stages = stage_masks(final, dense[name].weight, [0.3, 0.5, 0.7])
+        for sparsity, mask in zip([0.3, 0.5, 0.7], stages):
+            assert abs(int((~mask).sum()) - sparsity * mask.numel()) <= 1, name
+        for wider, narrower in zip(stages, stages[1:]):
+            assert torch.all(narrower <= wider), name  # what a stage keeps, the one before kept too
+        assert torch.equal(stages[-1], final)
+
+
+@pytest.mark.parametrize("total,intermediate,share,expected", [
+    (8, 1, 0.5, [4, 4]), (8, 2, 0.5, [2, 2, 4]), (10, 3, 0.6, [2, 2, 2, 4]), (2, 2, 0.9, [0, 0, 2]),
+    (0, 2, 0.5, [0, 0, 0]),
+])
+def test_split_steps(total, intermediate, share, expected):
+    assert split_steps(total, intermediate, share) == expected
+
+
+def test_scheduled_heal_ends_at_the_final_masks_on_the_same_budget(reference_model, pruned, calibration_images,
+                                                                   monkeypatch):
+    model, masks = pruned
+    layers = structure_of(model).prunable_layers()
+    dense = structure_of(reference_model).prunable_layers()
+    before = {name: layer.weight.clone() for name, layer in layers.items()}
+    healer = HEALERS.build({"name": "starfish", "epochs": 2, "batch_size": 16, "schedule": [0.4, 0.6]})
+    starts, optimize = [], healer.optimize
+
+    def spy(model, names, stage, *args, **kwargs):  # each stage's masks and weights as it starts
+        starts.append((stage, {name: layer.weight.clone() for name, layer in layers.items()}, kwargs["steps"]))
+        return optimize(model, names, stage, *args, **kwargs)
+
+    monkeypatch.setattr(healer, "optimize", spy)
+    result = healer.heal(model, reference_model, masks, calibration_images, CPU)
+    # 64 images in batches of 16: 4 per epoch, 8 in all; half to the two intermediate stages
+    assert result.steps == 8 == len(result.loss_history)
+    assert [stage["steps"] for stage in result.stages] == [s for _, _, s in starts] == [2, 2, 4]
+    assert [stage["sparsity"] for stage in result.stages] == pytest.approx([0.4, 0.6, 0.75], abs=1e-3)
+    first, weights, _ = starts[0]
+    for name, final in masks.items():
+        extra = first[name] & ~final
+        assert torch.equal(weights[name][final], before[name][final])  # the pruner's values where it keeps
+        assert torch.equal(weights[name][extra], dense[name].weight[extra])  # the dense ones it restores
+        assert torch.all(weights[name][~first[name]] == 0)
+    second, weights, _ = starts[1]
+    for name in masks:
+        assert not torch.any(torch.signbit(weights[name][~second[name]]))  # newly pruned: +0.0
+        assert torch.all(weights[name][~second[name]] == 0)
+    for name, final in masks.items():
+        weight = layers[name].weight
+        assert torch.all(weight[~final] == 0) and not torch.any(torch.signbit(weight[~final])), name
+        assert not torch.equal(weight[final], before[name][final]), name  # the kept weights trained
+
+
+@pytest.mark.parametrize("name", ["starfish", "kd"])
+def test_empty_schedule_heals_bit_for_bit_as_without_it(reference_model, pruned, calibration_images, name):
+    model, masks = pruned
+    healed = []
+    for node in ({"name": name, "epochs": 1}, {"name": name, "epochs": 1, "schedule": [], "schedule_share": 0.3}):
+        student = copy.deepcopy(model)
+        result = HEALERS.build(node).heal(student, reference_model, masks, calibration_images, CPU)
+        healed.append((student.state_dict(), result.loss_history, result.stages))
+    (first, losses, stages), (second, losses_again, stages_again) = healed
+    assert all(torch.equal(first[key], second[key]) for key in first)
+    assert losses == losses_again and stages == stages_again == []
+
+
+@pytest.mark.parametrize("node,message", [
+    ({"schedule": [0.6, 0.4]}, "strictly ascending"),
+    ({"schedule": [0.5, 0.5]}, "strictly ascending"),
+    ({"schedule": [0.0, 0.5]}, "in (0, 1)"),
+    ({"schedule": [1.0]}, "in (0, 1)"),
+    ({"schedule": ["half"]}, "list of sparsities"),
+    ({"schedule": [0.5], "schedule_share": 1.0}, "healer.schedule_share=1.0 must be in (0, 1)"),
+    ({"schedule_share": 0}, "healer.schedule_share=0 must be in (0, 1)"),
+    ({"schedule": [0.5], "mode": "blockwise"}, "healer.mode=blockwise"),
+    ({"name": "kd", "schedule": [0.5, 0.2]}, "strictly ascending"),
+])
+def test_bad_schedule(node, message):
+    with pytest.raises(StarfishError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        HEALERS.build({"name": "starfish", **node})
+
+
+def test_schedule_at_or_above_a_layer_target_fails_before_healing(reference_model, pruned, calibration_images):
+    model, masks = pruned
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(StarfishError, match="below each layer's final one, and blocks.* ends at 0.7500"):
+        HEALERS.build({"name": "starfish", "schedule": [0.5, 0.75]}).heal(
+            model, reference_model, masks, calibration_images, CPU)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_schedule_with_a_structurally_pruned_model_fails(reference_model, calibration_images):
+    model = copy.deepcopy(reference_model)
+    masks = PRUNERS.build({"name": "structured", "criterion": "magnitude"}).prune(model)
+    with pytest.raises(StarfishError, match="pruner=structured"):
+        HEALERS.build({"name": "kd", "schedule": [0.5]}).heal(model, reference_model, masks, calibration_images, CPU)
+
+
+def test_report_says_how_the_steps_were_split():
+    healing = {"steps": 8, "stages": [{"sparsity": 0.4, "steps": 2}, {"sparsity": 0.6, "steps": 2},
+                                      {"sparsity": 0.75, "steps": 4}]}
+    assert "8 steps, in stages 0.4 → 0.6 → 0.75 sparsity: 2 + 2 + 4 steps" in render_markdown({"healing": healing})
+    assert "8 steps\n" in render_markdown({"healing": {"steps": 8}})
+
+
+def test_bad_schedule_on_the_command_line_is_one_line_exit_2(tmp_path):
+    result = run_cli("run", "healer.schedule=[0.75,0.5]", cwd=tmp_path, check=False)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("starfish: error:")]
+    assert len(lines) == 1 and "strictly ascending" in lines[0], result.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == []
