@@ -6,13 +6,18 @@ hooks), the cosine loss against teacher states already in memory, backward and a
 batches already in memory. Measured against it: StarfishHealer.heal (the reference recipe,
 teacher=host), whose time also holds what the floor leaves out: its one teacher pass to fill the
 cache, the data loader, masks re-applied after each step, the schedule and the progress bar.
-Also: teacher=recompute against the floor plus a teacher forward per batch.
+Also: teacher=recompute against the floor plus a teacher forward per batch; and, on the same masks
+and images, the reference implementation's loop (shrikboi/STARFISH recovery.py, re-implemented here
+from its description: batches and fp16 dense targets cached up front, block outputs by forward hooks
+on the full model, gradient hooks that zero pruned gradients, Adam with foreach=False, the gradient
+norm measured every step, masks multiplied back in after every step, the loss read every step).
     python scripts/bench_heal.py [--model vit_fmnist] [--images 480] [--epochs 10] [--device auto]
 """
 
 import copy
 
 import torch
+import torch.nn.functional as F
 
 from _bench_common import arguments, best_of, peak_memory_mb, setup
 from starfish_cli.data import loader
@@ -67,6 +72,41 @@ def main() -> None:
                     optimizer.step()
         return run
 
+    def reference_loop() -> None:
+        model = copy.deepcopy(student)
+        blocks = structure_of(model).blocks
+        dense = BlockOutputs(teacher)
+        with torch.no_grad():  # its cache: every batch's block outputs, fp16 on the host
+            cached = [[state.half().cpu() for state in dense.of(teacher, batch)] for batch in batches]
+        layers = structure_of(model).prunable_layers()
+        weights = train_only(model, pruned_weight_names(model))
+        keep = [masks[name].to(device, torch.float32) for name in layers]
+        hooks = [layers[name].weight.register_hook(lambda grad, mask=mask: grad * mask)
+                 for name, mask in zip(layers, keep)]
+        optimizer = torch.optim.Adam(weights, lr=6e-4, foreach=False)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs * len(batches),
+                                                               eta_min=1e-6)
+        outputs = BlockOutputs(model)
+        model.train()
+        for _ in range(args.epochs):
+            for batch, target in zip(batches, cached):
+                optimizer.zero_grad(set_to_none=True)
+                states = outputs.of(model, batch)
+                loss = sum((1.0 - (F.normalize(s.reshape(-1, s.shape[-1]), dim=-1) * F.normalize(
+                    t.to(device, s.dtype).reshape(-1, s.shape[-1]), dim=-1)).sum(-1)).mean()
+                    for s, t in zip(states, target)) / len(blocks)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(weights, float("inf"))
+                optimizer.step()
+                scheduler.step()
+                with torch.no_grad():
+                    for name, mask in zip(layers, keep):
+                        layers[name].weight.mul_(mask)
+                float(loss.item())
+        for hook in hooks:
+            hook.remove()
+        model.eval()
+
     def heal(mode: str):
         def run() -> None:
             healer = HEALERS.build({"name": "starfish", "epochs": args.epochs, "batch_size": args.batch_size,
@@ -84,6 +124,11 @@ def main() -> None:
         print(f"{name:48} {images / seconds:8.1f} images/s")
         print(f"starfish heal (teacher={mode:9}) {images / healed:26.1f} images/s   "
               f"{healed / seconds:.2f}× the floor's time")
+    reference = best_of(args.repeats, reference_loop, device)
+    healed = best_of(args.repeats, heal("host"), device)
+    print(f"reference loop (shrikboi/STARFISH recovery.py) {images / reference:10.1f} images/s")
+    print(f"starfish heal (teacher=host) {images / healed:28.1f} images/s   "
+          f"{reference / healed:.2f}× faster than the reference loop")
     print(f"peak memory: {peak_memory_mb(device):.0f} MB ({'CUDA allocated' if device.type == 'cuda' else 'host RSS'})")
 
 

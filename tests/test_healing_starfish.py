@@ -40,6 +40,23 @@ def test_starfish_trains_only_pruned_matrices_and_keeps_zeros(reference_model, p
         assert torch.all((layer.weight != 0) <= masks[name])
 
 
+def test_train_option_adds_block_norms_and_biases(reference_model, pruned, calibration_images):
+    model, masks = pruned
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    structure = structure_of(model)
+    healer = HEALERS.build({"name": "starfish", "epochs": 1, "batch_size": 16,
+                            "train": ["pruned_weights", "norms", "biases"]})
+    result = healer.heal(model, reference_model, masks, calibration_images, CPU)
+    norms = set(structure.block_norm_names())
+    biases = {f"{name}.bias" for name in structure.prunable_layers()}
+    weights = {f"{name}.weight" for name in structure.prunable_layers()}
+    assert norms and set(result.trained_parameters) == weights | norms | biases
+    for name, parameter in model.named_parameters():
+        assert (not torch.equal(parameter, before[name])) == (name in weights | norms | biases), name
+    for name, layer in structure.prunable_layers().items():
+        assert torch.all(layer.weight[~masks[name]] == 0), name
+
+
 def test_starfish_improves_alignment(reference_model, pruned, calibration_images, test_images):
     model, masks = pruned
     images = torch.stack([test_images[i][1] for i in range(64)])
@@ -83,6 +100,10 @@ def test_none_healer_changes_nothing(reference_model, pruned, calibration_images
     ({"name": "starfish", "teacher": "cache"}, "healer.teacher"),
     ({"name": "starfish", "loss": "l1"}, "healer.loss"),
     ({"name": "starfish", "epochz": 3}, "no option 'epochz'"),
+    ({"name": "starfish", "train": ["heads"]}, "healer.train"),
+    ({"name": "starfish", "train": []}, "healer.train"),
+    ({"name": "starfish", "train": ["norms", "norms"]}, "healer.train"),
+    ({"name": "starfish", "mode": "blockwise", "train": ["pruned_weights", "norms"]}, "healer.mode=blockwise"),
     ({"name": "nope"}, "unknown healer 'nope'"),
 ])
 def test_bad_healer_config(node, message):

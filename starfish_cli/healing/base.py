@@ -76,15 +76,36 @@ def pruned_weight_names(model: nn.Module) -> list[str]:
     return [f"{name}.weight" for name in structure_of(model).prunable_layers()]
 
 
+def block_bias_names(model: nn.Module) -> list[str]:
+    """The biases of the prunable linears."""
+    return [f"{name}.bias" for name, layer in structure_of(model).prunable_layers().items() if layer.bias is not None]
+
+
+# what a healer's `train` option may name: each a function of the model giving parameter names
+PARAMETER_GROUPS = {
+    "pruned_weights": pruned_weight_names,
+    "norms": lambda model: structure_of(model).block_norm_names(),
+    "biases": block_bias_names,
+}
+
+
+def check_parameter_groups(groups) -> list[str]:
+    groups = [groups] if isinstance(groups, str) else list(groups)
+    if not groups or any(group not in PARAMETER_GROUPS for group in groups) or len(set(groups)) < len(groups):
+        raise StarfishError(f"healer.train={groups}: choose one or more of {', '.join(PARAMETER_GROUPS)}")
+    return groups
+
+
+def parameter_names(model: nn.Module, groups: list[str]) -> list[str]:
+    return [name for group in groups for name in PARAMETER_GROUPS[group](model)]
+
+
 def norm_and_bias_names(model: nn.Module) -> list[str]:
     """LayerNorm weights and biases inside the blocks, and the biases of the prunable linears.
 
     (The final norm only feeds the head, so block-state alignment cannot train it.)
     """
-    structure = structure_of(model)
-    names = structure.block_norm_names()
-    names += [f"{name}.bias" for name, layer in structure.prunable_layers().items() if layer.bias is not None]
-    return names
+    return parameter_names(model, ["norms", "biases"])
 
 
 class FixedMasks:

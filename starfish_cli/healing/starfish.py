@@ -14,7 +14,9 @@ from starfish_cli import distributed
 from starfish_cli.data import loader
 from starfish_cli.errors import StarfishError
 from starfish_cli.families import structure_of
-from starfish_cli.healing.base import GradientHealer, HealResult, pruned_weight_names
+from starfish_cli.healing.base import (
+    GradientHealer, HealResult, check_parameter_groups, parameter_names, pruned_weight_names,
+)
 from starfish_cli.healing.registry import HEALERS
 from starfish_cli.healing.states import STATE_KINDS, STATE_LOSSES, state_alignment_loss
 from starfish_cli.healing.teacher import TEACHER_MODES, TeacherTargets, logit_kd_loss
@@ -44,6 +46,7 @@ class StarfishHealer(GradientHealer):
         mix_alpha: float = 0.4,
         schedule: list[float] | tuple[float, ...] = (),
         schedule_share: float = 0.5,
+        train: str | list[str] | tuple[str, ...] = ("pruned_weights",),
         seed: int = 0,
     ):
         super().__init__(epochs, batch_size, lr, min_lr, weight_decay, seed, reshuffle, save_every, schedule,
@@ -64,6 +67,9 @@ class StarfishHealer(GradientHealer):
                                 "use mode=end_to_end or schedule=[]")
         self.states, self.loss_name, self.kd_weight, self.kd_temperature = list(states), loss, kd_weight, kd_temperature
         self.mode, self.teacher = mode, teacher
+        self.train = check_parameter_groups(train)
+        if mode == "blockwise" and self.train != ["pruned_weights"]:
+            raise StarfishError("healer.mode=blockwise trains the pruned weights only: use train=[pruned_weights]")
         self.augment, self.shift, self.mix_alpha = checked_views(augment, shift, mix_alpha, mode, teacher)
         self._views: CalibrationViews | None = None
 
@@ -71,6 +77,9 @@ class StarfishHealer(GradientHealer):
         described = super().describe()
         described["loss"] = described.pop("loss_name")
         return described
+
+    def trainable_names(self, student):
+        return parameter_names(student, self.train)
 
     def teacher_targets(self, teacher, calibration, device):
         mode = "recompute" if self.augment else self.teacher  # a view's targets exist only once it is drawn
