@@ -53,6 +53,17 @@ def healed_ratio(report: dict[str, Any], headline: Headline) -> float:
     return accuracy["healed"][headline.key] / accuracy["dense"][headline.key]
 
 
+def heal_seconds(report: dict[str, Any]) -> float:
+    """Healing wall time of a run; 0 where the report has none (e.g. written before stages were timed)."""
+    return float(report.get("stages", {}).get("heal", {}).get("seconds") or 0.0)
+
+
+def healing_was_timed(report: dict[str, Any]) -> bool:
+    """Whether a run's heal time measures healing: a positive time, and steps taken where the report counts them
+    (healer=none times a no-op: microseconds that would only stretch a log time axis)."""
+    return heal_seconds(report) > 0 and report.get("healing", {}).get("steps", 1) > 0
+
+
 def load_reports(root: Path) -> list[dict[str, Any]]:
     """Every finished run (one with accuracy) under `root`."""
     reports = []
@@ -95,7 +106,8 @@ def summarize(reports: list[dict[str, Any]], headline: Headline | None = None) -
         for label, runs in sorted(by_healer.items()):
             top1 = [r["accuracy"]["healed"]["top1"] for r in runs]
             recovery = [r["recovery"] for r in runs]
-            seconds = [r.get("stages", {}).get("heal", {}).get("seconds", 0.0) for r in runs]
+            seconds = [heal_seconds(r) for r in runs]
+            timed = [r for r in runs if healing_was_timed(r)]
             speedups = [speedup for speedup in map(healed_speedup, runs) if speedup is not None]
             cells[label] = {
                 "value": mean_std([r["accuracy"]["healed"][headline.key] for r in runs]),
@@ -107,6 +119,9 @@ def summarize(reports: list[dict[str, Any]], headline: Headline | None = None) -
                 "epochs": runs[0]["healer"].get("epochs"),
                 "speedup": mean_std(speedups) if speedups else None,
                 "parameters": runs[0].get("sparsity", {}).get("remaining_parameters"),
+                # the seeds with a heal time: both axes of recovery_vs_heal_time.png, from the same runs
+                "timed": {"seconds": mean_std([heal_seconds(r) for r in timed]),
+                          "ratio": mean_std([healed_ratio(r, headline) for r in timed])} if timed else None,
             }
         dense = [r["accuracy"]["dense"][headline.key] for runs in by_healer.values() for r in runs]
         rows[row] = {"dense": mean_std(dense), "cells": cells}
@@ -193,6 +208,9 @@ def write_summary(root: Path, console: Console | None = None) -> dict[str, Path]
     if _has_budget_sweep(rows):
         written["recovery_vs_time.png"] = root / "recovery_vs_time.png"
         plot_recovery_vs_time(rows, written["recovery_vs_time.png"], headline)
+    if any(cell["timed"] for row in rows.values() for cell in row["cells"].values()):
+        written["recovery_vs_heal_time.png"] = root / "recovery_vs_heal_time.png"
+        plot_recovery_vs_heal_time(rows, written["recovery_vs_heal_time.png"], headline)
     table = Table(title=f"starfish sweep: {root} ({len(reports)} runs) — healed {headline.title} mean ± std "
                         f"({headline.ratio.replace('_', ' ')})")
     for column in header:  # escape: `starfish[epochs=30]` is not rich markup
@@ -212,7 +230,8 @@ def _write_csv(path: Path, rows: dict[tuple, dict], headline: Headline = TOP1) -
     key = headline.key
     fields = ["pruner", "pattern", "sparsity", f"dense_{key}"]
     for label in labels:
-        fields += [f"{label}:{key}_mean", f"{label}:{key}_std", f"{label}:{headline.ratio}_mean", f"{label}:seeds"]
+        fields += [f"{label}:{key}_mean", f"{label}:{key}_std", f"{label}:{headline.ratio}_mean", f"{label}:seeds",
+                   f"{label}:heal_seconds_mean"]
 
     def write(tmp: Path) -> None:
         with tmp.open("w", newline="") as handle:
@@ -223,8 +242,9 @@ def _write_csv(path: Path, rows: dict[tuple, dict], headline: Headline = TOP1) -
                 for label in labels:
                     cell = row["cells"].get(label)
                     std = f"{cell['value'][1]:.4f}" if cell and len(cell["seeds"]) > 1 else ""
-                line += ([f"{cell['value'][0]:.4f}", std, f"{cell['ratio'][0]:.4f}", len(cell["seeds"])]
-                         if cell else ["", "", "", ""])
+                    seconds = f"{cell['timed']['seconds'][0]:.2f}" if cell and cell["timed"] else ""
+                    line += ([f"{cell['value'][0]:.4f}", std, f"{cell['ratio'][0]:.4f}", len(cell["seeds"]), seconds]
+                             if cell else ["", "", "", "", ""])
                 writer.writerow(line)
 
     write_atomically(path, write)
@@ -317,14 +337,58 @@ def plot_recovery_vs_time(rows: dict[tuple, dict], path: Path, headline: Headlin
                 if epochs is not None:
                     axis.annotate(f"{epochs} ep", (seconds, recovery), fontsize=7, xytext=(3, -9),
                                   textcoords="offset points")
-        if headline.ratio_target is not None:
-            axis.axhline(headline.ratio_target, color="grey", linestyle=":", label=f"{headline.ratio_target:.0%} of dense")
-        axis.set_xscale("log")
-        axis.set_title(f"{key[0]} ({key[1]}) at sparsity {key[2]:.2f}")
-        axis.set_xlabel("healing wall time, s (log)")
-        axis.set_ylabel(headline.ratio_axis)
-        axis.grid(alpha=0.3)
+        _time_panel(axis, key, headline)
     _shared_legend(figure, axes[0])
+    _save(figure, path)
+    plt.close(figure)
+
+
+def _time_panel(axis, key: tuple, headline: Headline) -> None:
+    """The frame of a ratio-vs-healing-time panel: the target line, a log time axis, the row as title."""
+    if headline.ratio_target is not None:
+        axis.axhline(headline.ratio_target, color="grey", linestyle=":", label=f"{headline.ratio_target:.0%} of dense")
+    axis.set_xscale("log")
+    axis.set_title(f"{key[0]} ({key[1]}) at sparsity {key[2]:.2f}")
+    axis.set_xlabel("healing wall time, s (log)")
+    axis.set_ylabel(headline.ratio_axis)
+    axis.grid(alpha=0.3)
+
+
+def budget_group(label: str) -> str:
+    """A healer label without its `epochs=…` option: starfish, starfish[epochs=30] and starfish[epochs=100] are
+    one budget curve, starfish[epochs=30,lr=0.001] and starfish[lr=0.001] another."""
+    return re.sub(r",epochs=[^,\]]+|(?<=\[)epochs=[^,\]]+,?", "", label).replace("[]", "")
+
+
+def plot_recovery_vs_heal_time(rows: dict[tuple, dict], path: Path, headline: Headline = TOP1) -> None:
+    """The headline ratio against healing wall time, a panel per row of the table that has timed runs: a point per
+    healer label (mean ± std over the seeds with a heal time, in both axes, the label's colour of the other plots),
+    the budgets of one healer setting (`budget_group`) joined in order of time."""
+    plt = _pyplot()
+    labels = healer_labels(rows)
+    colours = _colours(labels)
+    panels = [key for key, row in rows.items() if any(cell["timed"] for cell in row["cells"].values())]
+    columns = min(len(panels), 3)
+    grid_rows = math.ceil(len(panels) / columns)
+    figure, axes = plt.subplots(grid_rows, columns, figsize=(5 * columns, 4.5 * grid_rows), squeeze=False)
+    used = list(axes.ravel()[:len(panels)])
+    for axis in axes.ravel()[len(panels):]:
+        axis.set_visible(False)
+    for axis, key in zip(used, panels):
+        timed = {label: rows[key]["cells"][label]["timed"] for label in labels
+                 if label in rows[key]["cells"] and rows[key]["cells"][label]["timed"]}
+        curves = defaultdict(list)
+        for label, point in timed.items():
+            curves[budget_group(label)].append((point["seconds"][0], point["ratio"][0]))
+        for points in curves.values():
+            if len(points) > 1:
+                points.sort()
+                axis.plot([p[0] for p in points], [p[1] for p in points], color="grey", linewidth=1, alpha=0.7, zorder=1)
+        for label, point in timed.items():
+            axis.errorbar(point["seconds"][0], point["ratio"][0], xerr=point["seconds"][1], yerr=point["ratio"][1],
+                          marker="o", capsize=3, linestyle="none", color=colours[label], label=label, zorder=2)
+        _time_panel(axis, key, headline)
+    _shared_legend(figure, used)
     _save(figure, path)
     plt.close(figure)
 

@@ -150,3 +150,61 @@ def test_language_model_sweeps_compare_perplexity(tmp_path):
 def test_a_folder_mixing_classifiers_and_language_models_is_refused():
     with pytest.raises(StarfishError, match="mixes classifier and language-model runs"):
         summarize([fake_report({"name": "kd"}, 0, 70.0), fake_lm_report("kd", 0, 120.0)])
+
+
+def _write_reports(root, reports):
+    for index, report in enumerate(reports):
+        (root / str(index)).mkdir()
+        (root / str(index) / "report.json").write_text(json.dumps(report))
+
+
+def test_heal_time_goes_into_the_csv_and_a_recovery_vs_heal_time_plot(tmp_path, monkeypatch):
+    import csv
+
+    import matplotlib.pyplot as plt
+
+    from starfish_cli import summary
+
+    reports = []  # 2 healers × 2 budgets × 2 seeds; seconds and top-1 rise with the budget
+    for healer, base in (("kd", 5.0), ("starfish", 10.0)):
+        for epochs in (10, 30):
+            for seed in range(2):
+                reports.append(fake_report({"name": healer, "epochs": epochs}, seed, 60.0 + epochs / 2 + seed,
+                                           seconds=base * epochs / 10 + 2 * seed, healer_label=f"{healer}[epochs={epochs}]"))
+    untimed = fake_report({"name": "starfish", "epochs": 10}, 2, 20.0, healer_label="starfish[epochs=10]")
+    del untimed["stages"]  # left out of the time and the plotted recovery, kept in the table
+    no_op = fake_report({"name": "none"}, 0, 50.0, seconds=2e-5)  # healer=none: a timed no-op
+    no_op["healing"] = {"steps": 0}
+    reports += [untimed, no_op]
+    _write_reports(tmp_path, reports)
+    figures = {}
+    monkeypatch.setattr(summary, "_save", lambda figure, path: figures.setdefault(path.name, figure))
+    monkeypatch.setattr(plt, "close", lambda figure: None)
+    written = summary.write_summary(tmp_path)
+
+    assert "recovery_vs_heal_time.png" in written
+    (line,) = csv.DictReader(written["summary.csv"].open())
+    assert line["kd[epochs=10]:heal_seconds_mean"] == "6.00" and line["kd[epochs=30]:heal_seconds_mean"] == "16.00"
+    assert line["starfish[epochs=10]:heal_seconds_mean"] == "11.00" and line["starfish[epochs=10]:seeds"] == "3"
+    assert line["starfish[epochs=30]:heal_seconds_mean"] == "31.00" and line["none:heal_seconds_mean"] == ""
+    assert line["starfish[epochs=30]:top1_mean"] == "75.5000"  # every label's own cells, not the last label's
+
+    (axis,) = [axis for axis in figures["recovery_vs_heal_time.png"].axes if axis.get_visible()]
+    points = {c.get_label(): tuple(c.lines[0].get_xydata()[0]) for c in axis.containers}
+    assert set(points) == {"kd[epochs=10]", "kd[epochs=30]", "starfish[epochs=10]", "starfish[epochs=30]"}
+    assert points["starfish[epochs=10]"] == pytest.approx((11.0, 65.5 / 90.0))  # the untimed seed is left out
+    assert all(c.has_xerr and c.has_yerr for c in axis.containers)
+    # each healer's two budgets joined, in order of time
+    curves = sorted(list(line.get_xydata().ravel()) for line in axis.lines if line.get_linestyle() == "-")
+    assert len(curves) == 2
+    assert curves[0] == pytest.approx([6.0, 65.5 / 90, 16.0, 75.5 / 90])
+    assert curves[1] == pytest.approx([11.0, 65.5 / 90, 31.0, 75.5 / 90])
+
+
+def test_no_recovery_vs_heal_time_plot_without_heal_times(tmp_path):
+    untimed = fake_report({"name": "kd"}, 0, 70.0)
+    del untimed["stages"]
+    _write_reports(tmp_path, [untimed, fake_report({"name": "none"}, 0, 60.0, seconds=0.0)])
+    written = write_summary(tmp_path)
+    assert "recovery_vs_heal_time.png" not in written and not (tmp_path / "recovery_vs_heal_time.png").exists()
+    assert written["summary.csv"].read_text().splitlines()[1].endswith(",1,")  # none's heal seconds: empty
