@@ -7,7 +7,7 @@ import timm
 import torch
 
 import starfish_cli  # noqa: F401  (registers vit_fmnist)
-from starfish_cli.data import DATASETS, ImageTensors, model_transform
+from starfish_cli.data import DATASETS, DecodedImages, ImageTensors, model_transform
 from starfish_cli.runtime import peak_rss_mb, resolve_device
 
 
@@ -52,7 +52,9 @@ def setup(args: argparse.Namespace, with_labels: bool):
         split = split.select(range(args.images))
         if not with_labels:
             split = split.remove_columns("label")
-        dataset = ImageTensors(split, model_transform(model), channels=1, with_labels=with_labels)
+        # calibration as healing reads it: decoded once (DecodedImages); evaluation images decoded per item
+        kind = ImageTensors if with_labels else DecodedImages
+        dataset = kind(split, model_transform(model), channels=1, with_labels=with_labels)
     else:
         config = timm.data.resolve_data_config(model=model)
         dataset = SyntheticImages(args.images, config["input_size"], with_labels, model.num_classes)

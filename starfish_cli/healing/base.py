@@ -20,6 +20,7 @@ from starfish_cli.families import structure_of
 from starfish_cli.healing.resume import ResumeState
 from starfish_cli.healing.schedule import check_schedule, check_targets, pruned_fraction, split_steps, stage_masks
 from starfish_cli.healing.states import collect_states
+from starfish_cli.healing.teacher import available_host_bytes
 from starfish_cli.progress import progress_bar
 from starfish_cli.pruning.masks import apply_masks
 from starfish_cli.runtime import autocast
@@ -109,24 +110,52 @@ def norm_and_bias_names(model: nn.Module) -> list[str]:
 
 
 class FixedMasks:
-    """Keeps pruned weights exactly zero: masks their gradients and re-masks after every step."""
+    """Keeps pruned weights exactly zero by re-masking after every step.
+
+    Their gradients are left as they are: Adam (and its weight decay) updates each entry from its
+    own gradient alone, so a pruned entry's update never reaches a kept one, and re-masking zeroes
+    it before the next forward. The kept weights get the same values as with masked gradients.
+    """
 
     def __init__(self, model: nn.Module, masks: Mapping[str, torch.Tensor]):
         layers = structure_of(model).prunable_layers()
-        self._pairs = [(layers[name].weight, mask.to(layers[name].weight.device)) for name, mask in masks.items()]
-        self._handles = [
-            weight.register_hook(lambda grad, keep=mask: grad * keep.to(grad.dtype))
-            for weight, mask in self._pairs if weight.requires_grad
-        ]
+        self._pairs = [(layers[name].weight, ~mask.to(layers[name].weight.device).bool()) for name, mask in masks.items()]
 
     @torch.no_grad()
     def reapply(self) -> None:
-        for weight, mask in self._pairs:  # +0.0, not the −0.0 a product gives: an export restores the bits
-            weight.masked_fill_(~mask.bool(), 0.0)
+        for weight, pruned in self._pairs:  # +0.0, not the −0.0 a product gives: an export restores the bits
+            weight.masked_fill_(pruned, 0.0)
 
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
+
+REPLAY_BUDGET = 0.05  # collated calibration batches may take this fraction of available host memory
+
+
+def fits_in_memory(calibration) -> bool:
+    """Whether every calibration item's tensors, collated, fit REPLAY_BUDGET of available host memory."""
+    first = calibration[0]
+    item_bytes = sum(part.nbytes for part in first if isinstance(part, torch.Tensor))
+    return len(calibration) * item_bytes <= REPLAY_BUDGET * available_host_bytes()
+
+
+class ReplayedBatches:
+    """The batches of a loader whose order every epoch repeats, collated once and then replayed
+    (as the reference code caches its calibration batches): later epochs skip the loader."""
+
+    def __init__(self, batches: torch.utils.data.DataLoader):
+        self._loader, self._kept = batches, None
+
+    def __len__(self) -> int:
+        return len(self._loader)
+
+    def __iter__(self):
+        if self._kept is not None:
+            yield from self._kept
+            return
+        kept = []
+        for batch in self._loader:
+            kept.append(batch)
+            yield batch
+        self._kept = kept  # only a whole epoch is replayed
 
 
 def reaching_loss(parameters: list[nn.Parameter], loss_of_batch, batch, forward, device, precision) -> list[nn.Parameter]:
@@ -281,11 +310,14 @@ class GradientHealer(Healer):
         fixed = FixedMasks(model, masks)
         world = distributed.current()
         batches, sampler = self.batches(calibration, device)
+        if sampler is None and not self.reshuffle and len(calibration) and fits_in_memory(calibration):
+            batches = ReplayedBatches(batches)
         if world.active and forward is not None:
             # DDP waits for a gradient of every parameter it holds: hand it only those the loss reaches
             parameters = reaching_loss(parameters, loss_of_batch, next(iter(batches)), forward, device, precision)
             forward = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
-        optimizer = torch.optim.Adam(parameters, lr=self.lr, weight_decay=self.weight_decay)
+        # foreach: one kernel per update over all tensors (bit-identical to the per-tensor loop)
+        optimizer = torch.optim.Adam(parameters, lr=self.lr, weight_decay=self.weight_decay, foreach=True)
         total = self.epochs * len(batches) if steps is None else steps
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total, 1), eta_min=self.min_lr)
         trained = {name: parameter for name, parameter in model.named_parameters() if parameter.requires_grad}
@@ -324,7 +356,6 @@ class GradientHealer(Healer):
                             resume.save(done, trained, optimizer, scheduler, history)
             resume.remove()  # finished: the healed weights are the result
         finally:
-            fixed.remove()
             for parameter in model.parameters():
                 parameter.requires_grad_(False)
         return total
