@@ -62,3 +62,43 @@ def test_blockwise_requires_block_states():
 
     with pytest.raises(StarfishError, match="blockwise"):
         HEALERS.build({"name": "starfish", "mode": "blockwise", "states": ["attn"]})
+
+
+def test_a_fixed_order_epoch_is_collated_once_and_replayed():
+    from starfish_cli.healing.base import ReplayedBatches
+
+    collated = []
+
+    class Counting(torch.utils.data.Dataset):
+        def __len__(self):
+            return 6
+
+        def __getitem__(self, index):
+            collated.append(index)
+            return index, torch.full((2,), float(index))
+
+    batches = ReplayedBatches(torch.utils.data.DataLoader(Counting(), batch_size=4))
+    first = list(batches)
+    next(iter(batches))  # an epoch cut short after a whole one: the kept batches, nothing collated
+    second = list(batches)
+    assert len(batches) == 2 and len(collated) == 6
+    assert all(a is b for a, b in zip(first, second, strict=True))
+    partial = ReplayedBatches(torch.utils.data.DataLoader(Counting(), batch_size=4))
+    next(iter(partial))  # a partial first epoch keeps nothing: the next one reads the loader again
+    assert len(list(partial)) == 2 and len(collated) == 6 + 4 + 6
+
+
+def test_pruned_gradients_need_no_mask(reference_model, pruned, calibration_images):
+    """Re-masking after each step alone gives the kept weights the values masked gradients give."""
+    model, masks = pruned
+    results = []
+    for masked_gradients in (False, True):
+        student = copy.deepcopy(model)
+        hooks = [structure_of(student).prunable_layers()[name].weight.register_hook(
+            lambda grad, keep=mask: grad * keep) for name, mask in masks.items()] if masked_gradients else []
+        HEALERS.build({"name": "starfish", "epochs": 1, "batch_size": 32}).heal(
+            student, reference_model, masks, calibration_images, torch.device("cpu"))
+        for hook in hooks:
+            hook.remove()
+        results.append(student.state_dict())
+    assert all(torch.equal(results[0][name], results[1][name]) for name in results[0])
