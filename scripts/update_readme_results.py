@@ -1,16 +1,17 @@
 """Copy a sweep's summary table and plots into a README section between its markers: `results`
-(the vision comparison, scripts/compare_healers.sh) or `lm` (scripts/compare_lm.sh), whose figures
-get the section's name as a prefix.
+(the vision comparison, scripts/compare_healers.sh), `lm` (scripts/compare_lm.sh) or `extreme`
+(scripts/extreme_sparsity.sh); the figures of a section other than `results` get its name as a prefix.
 
     python scripts/update_readme_results.py outputs/compare/default
     python scripts/update_readme_results.py outputs/lm/default lm
+    python scripts/update_readme_results.py outputs/extreme extreme
 """
 
 import shutil
 import sys
 from pathlib import Path
 
-FIGURES = ("accuracy_vs_sparsity.png", "recovery_vs_time.png")
+FIGURES = ("accuracy_vs_sparsity.png", "recovery_vs_time.png", "recovery_vs_heal_time.png")
 
 
 def main(sweep: Path, section: str = "results", readme: Path = Path("README.md"), figures: Path = Path("docs")) -> None:
