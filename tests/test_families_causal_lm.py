@@ -58,6 +58,13 @@ def test_side_by_side_blocks_equal_the_models_forward(tiny_folder):
             hidden = structure.run_block(index, hidden)
             torch.testing.assert_close(hidden, state, rtol=0, atol=0)
         torch.testing.assert_close(structure.head(hidden), logits, rtol=0, atol=0)
+        # states alone stop after the last layer: the LM head never runs
+        head_calls = []
+        handle = model.get_output_embeddings().register_forward_hook(lambda *_: head_calls.append(1))
+        no_logits, same_states = structure.forward_with_states(tokens, with_outputs=False)
+        handle.remove()
+    assert no_logits is None and not head_calls
+    assert all(torch.equal(a, b) for a, b in zip(states, same_states, strict=True))
 
 
 def test_perplexity_is_exp_of_mean_next_token_nll():

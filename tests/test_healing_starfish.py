@@ -40,6 +40,23 @@ def test_starfish_trains_only_pruned_matrices_and_keeps_zeros(reference_model, p
         assert torch.all((layer.weight != 0) <= masks[name])
 
 
+@pytest.mark.parametrize("kd_weight", [0.0, 0.5])
+def test_head_runs_only_when_the_loss_reads_logits(reference_model, pruned, calibration_images, kd_weight):
+    """State alignment alone stops both models after their last block; a logit-KD term needs the head."""
+    model, masks = pruned
+    subset = torch.utils.data.Subset(calibration_images, range(16))
+    calls = {"student": 0, "teacher": 0}
+    handles = [network.head.register_forward_hook(lambda *_, who=who: calls.__setitem__(who, calls[who] + 1))
+               for who, network in (("student", model), ("teacher", reference_model))]
+    try:
+        HEALERS.build({"name": "starfish", "epochs": 1, "batch_size": 8, "kd_weight": kd_weight,
+                       "teacher": "host"}).heal(model, reference_model, masks, subset, CPU)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert calls == ({"student": 2, "teacher": 2} if kd_weight else {"student": 0, "teacher": 0})
+
+
 def test_train_option_adds_block_norms_and_biases(reference_model, pruned, calibration_images):
     model, masks = pruned
     before = {n: p.clone() for n, p in model.named_parameters()}
@@ -117,6 +134,7 @@ def test_teacher_cache_estimate_formula(reference_model):
     # 240 images × (6 blocks × 50 tokens × 128 wide + 10 logits) × 2 bytes (fp16)
     assert teacher_cache_bytes(reference_model, 240, ("blocks",)) == 240 * (6 * 50 * 128 + 10) * 2
     assert teacher_cache_bytes(reference_model, 1, ("blocks", "final_norm")) == (6 * 50 * 128 + 50 * 128 + 10) * 2
+    assert teacher_cache_bytes(reference_model, 240, ("blocks",), with_outputs=False) == 240 * 6 * 50 * 128 * 2
     deit_b_tokens, deit_b = 197, 5000 * 12 * 197 * 768 * 2  # the paper's setting: ~18 GB in fp16
     assert deit_b / 1e9 == pytest.approx(18.2, abs=0.1) and deit_b_tokens == 14 * 14 + 1
 

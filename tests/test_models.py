@@ -37,8 +37,17 @@ def test_timm_variants_prune_and_heal_unchanged(name, kwargs, prefix_tokens):
     model = build_model(name, pretrained=False, kwargs=kwargs)
     assert set(structure_of(model).prunable_layers()) == {f"blocks.{b}.{l}" for b in range(2)
                                            for l in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")}
-    logits, states = structure_of(model).forward_with_states(torch.randn(2, 3, 32, 32))
+    images = torch.randn(2, 3, 32, 32)
+    logits, states = structure_of(model).forward_with_states(images)
     assert logits.shape == (2, 5) and len(states) == 2 and states[0].shape[1] == 16 + prefix_tokens
+    # the same values as timm's forward_intermediates (prefix tokens joined back in front) and forward
+    final, intermediates = model.forward_intermediates(images, output_fmt="NLC", return_prefix_tokens=True)
+    for state, item in zip(states, intermediates, strict=True):
+        spatial, prefix = item if isinstance(item, tuple) else (item, None)
+        assert torch.equal(state, spatial if prefix is None else torch.cat([prefix, spatial], dim=1))
+    assert torch.equal(logits, model.forward_head(final)) and torch.equal(logits, model(images))
+    no_logits, same_states = structure_of(model).forward_with_states(images, with_outputs=False)
+    assert no_logits is None and all(torch.equal(a, b) for a, b in zip(states, same_states, strict=True))
     student = copy.deepcopy(model)
     masks = PRUNERS.build({"name": "magnitude", "sparsity": 0.5}).prune(student)
     result = HEALERS.build({"name": "starfish", "epochs": 2, "batch_size": 4}).heal(

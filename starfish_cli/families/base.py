@@ -67,8 +67,10 @@ class ModelStructure:
         """The model's outputs (logits) for `inputs`."""
         return self.model(inputs)
 
-    def forward_with_states(self, inputs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """The model's outputs and every block's output (batch × tokens × width)."""
+    def forward_with_states(self, inputs: torch.Tensor, with_outputs: bool = True
+                            ) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+        """The model's outputs and every block's output (batch × tokens × width). `with_outputs=False`:
+        outputs None, and the model's part after its last block (final norm, head) is not run."""
         raise NotImplementedError
 
     def embed(self, inputs: torch.Tensor) -> Any:

@@ -134,11 +134,22 @@ class CausalLMStructure(ModelStructure):
     def outputs(self, inputs):
         return self.model(input_ids=inputs, use_cache=False).logits
 
-    def forward_with_states(self, inputs):
+    def forward_with_states(self, inputs, with_outputs=True):
         states: list[torch.Tensor] = []
-        handles = [block.register_forward_hook(lambda _m, _i, out: states.append(_tensor(out))) for block in self.blocks]
+        last = len(self.blocks) - 1
+
+        def keep(index, output):
+            states.append(_tensor(output))
+            if index == last and not with_outputs:
+                raise _Stop  # the final norm and the LM head (a vocabulary-wide matmul) are not needed
+
+        handles = [block.register_forward_hook(lambda _m, _i, out, index=index: keep(index, out))
+                   for index, block in enumerate(self.blocks)]
+        logits = None
         try:
             logits = self.outputs(inputs)
+        except _Stop:
+            pass
         finally:
             for handle in handles:
                 handle.remove()

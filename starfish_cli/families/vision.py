@@ -114,17 +114,14 @@ class VisionTransformerStructure(ModelStructure):
     def block_name(self, index):
         return f"blocks.{index}"
 
-    def forward_with_states(self, inputs):
-        """Logits and the output of every block (all tokens, prefix tokens first: N×L×D)."""
-        final, intermediates = self.model.forward_intermediates(
-            inputs, output_fmt="NLC", return_prefix_tokens=True, intermediates_only=False)
-        states = []
-        for item in intermediates:
-            if isinstance(item, tuple):
-                spatial, prefix = item
-                item = spatial if prefix is None else torch.cat([prefix, spatial], dim=1)
-            states.append(item)
-        return self.model.forward_head(final), states
+    def forward_with_states(self, inputs, with_outputs=True):
+        """Outputs and the output of every block (all tokens, prefix tokens first: N×L×D): the steps of
+        timm's forward_intermediates, without its split of the prefix tokens that would be joined again."""
+        states, state = [], self.embed(inputs)
+        for block in self.model.blocks:
+            state = block(state)
+            states.append(state)
+        return (self.head(state) if with_outputs else None), states
 
     def embed(self, inputs):
         model = self.model  # the steps of timm's forward_features before its blocks

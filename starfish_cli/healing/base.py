@@ -48,6 +48,7 @@ class Healer:
     labels_used = False  # True: the healer reads the calibration labels (reports say so)
     changes_weights = True  # False: the healed model is the pruned one, so evaluation runs it once
     student_states: tuple[str, ...] = ()  # the internal states the loss reads from the student
+    student_outputs = True  # whether the loss reads the student's outputs (logits); False skips its head
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.registered_name, **{k: v for k, v in vars(self).items() if not k.startswith("_")}}
@@ -176,16 +177,17 @@ def reaching_loss(parameters: list[nn.Parameter], loss_of_batch, batch, forward,
 
 
 class StudentForward(nn.Module):
-    """`images → (logits, states)` as a module's forward, so DistributedDataParallel can wrap it."""
+    """`images → (logits, states)` as a module's forward, so DistributedDataParallel can wrap it;
+    logits None when `with_outputs` is False."""
 
-    def __init__(self, model: nn.Module, kinds: tuple[str, ...]):
+    def __init__(self, model: nn.Module, kinds: tuple[str, ...], with_outputs: bool = True):
         super().__init__()
-        self.model, self.kinds = model, kinds
+        self.model, self.kinds, self.with_outputs = model, kinds, with_outputs
 
     def forward(self, images: torch.Tensor):
         if not self.kinds:
             return structure_of(self.model).outputs(images), []
-        return collect_states(self.model, images, self.kinds)
+        return collect_states(self.model, images, self.kinds, self.with_outputs)
 
 
 class GradientHealer(Healer):
@@ -251,7 +253,7 @@ class GradientHealer(Healer):
             images = self.step_inputs(batch, device)  # the student and `loss` (its teacher) see the same inputs
             return self.loss(forward(images), (batch[0], images, *batch[2:]), targets, device)
 
-        forward = StudentForward(student, self.student_states)
+        forward = StudentForward(student, self.student_states, self.student_outputs)
         if self.schedule:
             return self.heal_gradually(student, teacher, masks, calibration, device, precision, names, loss_of_batch,
                                        forward, state_file)

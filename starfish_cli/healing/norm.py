@@ -11,6 +11,7 @@ from starfish_cli.healing.teacher import TEACHER_MODES, TeacherTargets
 @HEALERS.register("norm")
 class NormBiasHealer(GradientHealer):
     student_states = ("blocks",)
+    student_outputs = False
 
     def __init__(self, epochs: int = 10, batch_size: int = 32, lr: float = 6e-4, min_lr: float = 1e-6,
                  weight_decay: float = 0.0, reshuffle: bool = False, save_every: int = 200, teacher: str = "auto",
@@ -24,7 +25,8 @@ class NormBiasHealer(GradientHealer):
         return norm_and_bias_names(student)
 
     def teacher_targets(self, teacher, calibration, device):
-        return TeacherTargets(teacher, self.student_states, self.teacher, calibration, self.batch_size, device)
+        return TeacherTargets(teacher, self.student_states, self.teacher, calibration, self.batch_size, device,
+                              with_outputs=False)
 
     def loss(self, outputs, batch, targets, device):
         _, teacher_states = targets(batch[0], batch[1].to(device, non_blocking=True))

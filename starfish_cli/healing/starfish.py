@@ -83,11 +83,16 @@ class StarfishHealer(GradientHealer):
 
     def teacher_targets(self, teacher, calibration, device):
         mode = "recompute" if self.augment else self.teacher  # a view's targets exist only once it is drawn
-        return TeacherTargets(teacher, tuple(self.states), mode, calibration, self.batch_size, device)
+        return TeacherTargets(teacher, tuple(self.states), mode, calibration, self.batch_size, device,
+                              with_outputs=self.student_outputs)
 
     @property
     def student_states(self) -> tuple[str, ...]:
         return tuple(self.states)
+
+    @property
+    def student_outputs(self) -> bool:
+        return bool(self.kd_weight)  # the logit-KD term reads logits; state alignment alone does not
 
     def step_inputs(self, batch, device):
         images = super().step_inputs(batch, device)

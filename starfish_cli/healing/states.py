@@ -46,11 +46,13 @@ def per_block_cosine(student_states: list[torch.Tensor], teacher_states: list[to
 STATE_KINDS = ("blocks", "attn", "mlp", "final_norm")
 
 
-def collect_states(model: torch.nn.Module, inputs: torch.Tensor, kinds: tuple[str, ...] = ("blocks",)):
+def collect_states(model: torch.nn.Module, inputs: torch.Tensor, kinds: tuple[str, ...] = ("blocks",),
+                   with_outputs: bool = True):
     """Outputs (logits) and the chosen internal states, in a fixed order, as one flat list.
 
     blocks: every block output; attn / mlp: every block's attention and MLP branch outputs
-    (before the residual add); final_norm: the head's input norm.
+    (before the residual add); final_norm: the head's input norm. `with_outputs=False`: logits None,
+    and the model stops after its last block unless final_norm is asked for.
     """
     structure = structure_of(model)
     captured: dict[str, list[torch.Tensor]] = {kind: [] for kind in kinds if kind != "blocks"}
@@ -59,11 +61,11 @@ def collect_states(model: torch.nn.Module, inputs: torch.Tensor, kinds: tuple[st
         for module in structure.branch_modules(kind):
             handles.append(module.register_forward_hook(lambda _m, _i, out, k=kind: captured[k].append(out)))
     try:
-        logits, block_states = structure.forward_with_states(inputs)
+        logits, block_states = structure.forward_with_states(inputs, with_outputs or "final_norm" in kinds)
     finally:
         for handle in handles:
             handle.remove()
     states = []
     for kind in kinds:
         states += block_states if kind == "blocks" else captured[kind]
-    return logits, states
+    return (logits if with_outputs else None), states

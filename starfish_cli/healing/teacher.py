@@ -29,14 +29,15 @@ def logit_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, te
     ) * temperature**2
 
 
-def teacher_cache_bytes(model, images: int, kinds: tuple[str, ...], bytes_per_value: int = 2) -> int:
-    """Memory to cache the teacher's logits and states for every calibration image:
+def teacher_cache_bytes(model, images: int, kinds: tuple[str, ...], bytes_per_value: int = 2,
+                        with_outputs: bool = True) -> int:
+    """Memory to cache the teacher's logits (`with_outputs`) and states for every calibration image:
     images × (blocks × tokens × width per block-level kind + tokens × width for final_norm + outputs) × bytes.
     """
     structure = structure_of(model)
     tokens, width = structure.state_size()
     blocks = len(structure.blocks)
-    per_image = structure.output_size()
+    per_image = structure.output_size() if with_outputs else 0
     for kind in kinds:
         per_image += tokens * width * (1 if kind == "final_norm" else blocks)
     return images * per_image * bytes_per_value
@@ -67,12 +68,13 @@ def choose_teacher_mode(requested: str, estimate: int, device: torch.device) -> 
 
 class TeacherTargets:
     """The teacher's logits and states for each calibration image: cached once (fp16, on the GPU or
-    in host memory; a state with values beyond fp16's range is kept in bf16), or recomputed per batch."""
+    in host memory; a state with values beyond fp16's range is kept in bf16), or recomputed per batch.
+    `with_outputs=False` (a loss that reads no logits): logits None, neither computed nor cached."""
 
     def __init__(self, teacher, kinds: tuple[str, ...], mode: str, calibration, batch_size: int, device,
-                 cache_dtype=torch.float16):
-        self.teacher, self.kinds, self.device = teacher, kinds, device
-        self.estimate = teacher_cache_bytes(teacher, len(calibration), kinds)
+                 cache_dtype=torch.float16, with_outputs: bool = True):
+        self.teacher, self.kinds, self.device, self.with_outputs = teacher, kinds, device, with_outputs or not kinds
+        self.estimate = teacher_cache_bytes(teacher, len(calibration), kinds, with_outputs=self.with_outputs)
         self.mode = choose_teacher_mode(mode, self.estimate, device)
         log.info("teacher cache would take %.2f GB (%d calibration items); teacher=%s → %s",
                  self.estimate / 1e9, len(calibration), mode,
@@ -87,8 +89,8 @@ class TeacherTargets:
     def _compute_all(self, calibration, batch_size, dtype, where) -> list[torch.Tensor]:
         cache = None
         for indices, images, *_ in loader(calibration, batch_size, device=self.device):
-            logits, states = collect_states(self.teacher, images.to(self.device), self.kinds)
-            outputs = [logits, *states]
+            logits, states = collect_states(self.teacher, images.to(self.device), self.kinds, self.with_outputs)
+            outputs = [logits, *states] if self.with_outputs else states
             if cache is None:
                 cache = [torch.empty((len(calibration), *t.shape[1:]), dtype=dtype, device=where) for t in outputs]
             for number, tensor in enumerate(outputs):
@@ -102,8 +104,7 @@ class TeacherTargets:
     @torch.no_grad()
     def __call__(self, indices, images) -> tuple[torch.Tensor, list[torch.Tensor]]:
         if self.cache is None:
-            logits, states = collect_states(self.teacher, images, self.kinds)
-            return logits, states
+            return collect_states(self.teacher, images, self.kinds, self.with_outputs)
         where = self.cache[0].device
         outputs = [slot[indices.to(where)].to(self.device, non_blocking=True).float() for slot in self.cache]
-        return outputs[0], outputs[1:]
+        return (outputs[0], outputs[1:]) if self.with_outputs else (None, outputs)
