@@ -11,19 +11,22 @@ set -euo pipefail
 root=${1:-outputs/ablation}
 shift || true
 starfish=${STARFISH:-starfish}
-common=(output_root="$root" experiment=extreme_90 seed=0,1,2 eval.max_images=2000 eval.speed=false)
+# the healer extreme_90 had when this ablation ran: batch 32, 30 epochs, lr 3.2e-3 (`lr`, but on the lr lever)
+common=(output_root="$root" experiment=extreme_90 healer.batch_size=32 healer.epochs=30 seed=0,1,2
+        eval.max_images=2000 eval.speed=false)
+lr=healer.lr=3.2e-3
 levers=("${common[@]}" pruner=sparsegpt)
 
-"$starfish" run -m "${levers[@]}" "$@"                                   # the healer on SparseGPT's masks
+"$starfish" run -m "${levers[@]}" "$lr" "$@"                                   # the healer on SparseGPT's masks
 "$starfish" run -m "${levers[@]}" healer.lr=6e-4 "$@"                    # the reference learning rate
-"$starfish" run -m "${levers[@]}" healer.augment=[flip,shift] "$@"       # views, teacher recomputed
-"$starfish" run -m "${levers[@]}" healer.augment=[mixup] "$@"
-"$starfish" run -m "${levers[@]}" 'healer.schedule=[0.5,0.75]' "$@"     # gradual 50 → 75 → 90%
-"$starfish" run -m "${levers[@]}" 'healer.train=[pruned_weights,norms,biases]' "$@"
-"$starfish" run -m "${levers[@]}" healer.kd_weight=0.1 "$@"
-"$starfish" run -m "${levers[@]}" healer.loss=mse "$@"
-"$starfish" run -m "${common[@]}" pruner=wanda,magnitude "$@"           # other masks
-"$starfish" run -m "${common[@]}" pruner=magnitude healer.kd_weight=0.1 "$@"
-"$starfish" run -m "${common[@]}" pruner=wanda pruner.allocation=owl pruner.allocation_spread=0.02 "$@"
+"$starfish" run -m "${levers[@]}" healer.augment=[flip,shift] "$lr" "$@"       # views, teacher recomputed
+"$starfish" run -m "${levers[@]}" healer.augment=[mixup] "$lr" "$@"
+"$starfish" run -m "${levers[@]}" 'healer.schedule=[0.5,0.75]' "$lr" "$@"     # gradual 50 → 75 → 90%
+"$starfish" run -m "${levers[@]}" 'healer.train=[pruned_weights,norms,biases]' "$lr" "$@"
+"$starfish" run -m "${levers[@]}" healer.kd_weight=0.1 "$lr" "$@"
+"$starfish" run -m "${levers[@]}" healer.loss=mse "$lr" "$@"
+"$starfish" run -m "${common[@]}" pruner=wanda,magnitude "$lr" "$@"           # other masks
+"$starfish" run -m "${common[@]}" pruner=magnitude healer.kd_weight=0.1 "$lr" "$@"
+"$starfish" run -m "${common[@]}" pruner=wanda pruner.allocation=owl pruner.allocation_spread=0.02 "$lr" "$@"
 
 "$starfish" report "$root"

@@ -24,6 +24,29 @@ def test_cosine_loss_ignores_scale_and_averages_blocks():
     assert loss.item() == pytest.approx(token_cosine_distance(a, b).item() / 2, rel=1e-5)
 
 
+def test_token_cosine_matches_torch_values_and_gradients():
+    import torch.nn.functional as F
+
+    from starfish_cli.healing.states import TokenCosine
+
+    torch.manual_seed(0)
+    a, b = torch.randn(3, 4, 6, dtype=torch.float64), torch.randn(3, 4, 6, dtype=torch.float64)
+    assert torch.autograd.gradcheck(TokenCosine.apply, (a.clone().requires_grad_(), b.clone().requires_grad_()))
+    a[0, 0] = 0.0  # a zero vector: the norm's floor, as in torch
+    weights = torch.randn(3, 4, dtype=torch.float64)
+    gradients = []
+    for cosine in (TokenCosine.apply, lambda x, y: F.cosine_similarity(x, y, dim=-1)):
+        x, y = a.clone().requires_grad_(), b.clone().requires_grad_()
+        value = cosine(x, y)
+        (value * weights).sum().backward()
+        gradients.append((value.detach(), x.grad, y.grad))
+    for ours, torchs in zip(*gradients):
+        torch.testing.assert_close(ours, torchs)
+    student = torch.randn(2, 5, 8, requires_grad=True)
+    token_cosine_distance(student, torch.randn(2, 5, 8)).backward()  # the teacher side needs no gradient
+    assert student.grad is not None and student.grad.shape == student.shape
+
+
 def test_normalized_mse_by_hand():
     student = torch.tensor([[[1.0, 1.0]]])
     teacher = torch.tensor([[[2.0, 0.0]]])
