@@ -36,6 +36,19 @@ def test_summarize_groups_seeds_by_configuration():
     assert cells["starfish"]["recovery"][0] == pytest.approx(82.0 / 90.0)
 
 
+def test_seeds_of_one_target_share_a_row_whatever_sparsity_they_measure():
+    reports = [fake_report({"name": "starfish"}, s, 80.0, sparsity=measured, pruner_label="wanda[allocation=owl]")
+               for s, measured in enumerate([0.8994, 0.9004, 0.9])]
+    for report in reports:
+        report["pruner"]["sparsity"] = 0.9
+    rows = summarize(reports)
+    assert list(rows) == [("wanda[allocation=owl]", "unstructured", 0.9)]
+    assert rows[("wanda[allocation=owl]", "unstructured", 0.9)]["cells"]["starfish"]["seeds"] == [0, 1, 2]
+    n_m = fake_report({"name": "starfish"}, 0, 80.0, sparsity=0.5)
+    n_m["pruner"].update(pattern="2:4", sparsity=None)
+    assert list(summarize([n_m])) == [("wanda", "2:4", 0.5)]  # no target: as measured
+
+
 def test_summarize_keeps_pruner_options_apart():
     row_reports = [fake_report({"name": "starfish"}, s, 80.0) for s in range(2)]
     layer_reports = [fake_report({"name": "starfish"}, s, 84.0, pruner_label="wanda[comparison=layer]")

@@ -1,7 +1,7 @@
 """Internal states of a model and how far apart two models' states are.
 
 States are the outputs of every block (the residual stream, all tokens, N×L×D), read
-through the model's family structure (timm's `forward_intermediates` for ViTs).
+through the model's family structure (`forward_with_states`).
 """
 
 import torch
