@@ -78,3 +78,13 @@ def timed(function, device: torch.device) -> float:
 def best_of(repeats: int, function, device: torch.device) -> float:
     """The fastest of `repeats` runs: the least disturbed by whatever else the machine does."""
     return min(timed(function, device) for _ in range(repeats))
+
+
+def best_of_interleaved(repeats: int, functions, device: torch.device) -> list[float]:
+    """Each function's fastest of `repeats` rounds, the functions taking turns within a round, so
+    that a drift of the machine or the process over time favours none of them."""
+    seconds = [[] for _ in functions]
+    for _ in range(repeats):
+        for times, function in zip(seconds, functions):
+            times.append(timed(function, device))
+    return [min(times) for times in seconds]

@@ -11,6 +11,7 @@ and images, the reference implementation's loop (shrikboi/STARFISH recovery.py, 
 from its description: batches and fp16 dense targets cached up front, block outputs by forward hooks
 on the full model, gradient hooks that zero pruned gradients, Adam with foreach=False, the gradient
 norm measured every step, masks multiplied back in after every step, the loss read every step).
+Each pair (floor and heal; reference loop and heal) takes turns over `--repeats` rounds: each one's fastest.
     python scripts/bench_heal.py [--model vit_fmnist] [--images 480] [--epochs 10] [--device auto]
 """
 
@@ -19,7 +20,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from _bench_common import arguments, best_of, peak_memory_mb, setup
+from _bench_common import arguments, best_of_interleaved, peak_memory_mb, setup
 from starfish_cli.data import loader
 from starfish_cli.families import structure_of
 from starfish_cli.healing import HEALERS
@@ -119,13 +120,11 @@ def main() -> None:
           f"{args.epochs} epochs, batch {args.batch_size}")
     for name, floor_run, mode in (("floor: student fwd+bwd+Adam, targets in memory", floor(False), "host"),
                                   ("floor + a teacher forward per batch", floor(True), "recompute")):
-        seconds = best_of(args.repeats, floor_run, device)
-        healed = best_of(args.repeats, heal(mode), device)
+        seconds, healed = best_of_interleaved(args.repeats, (floor_run, heal(mode)), device)
         print(f"{name:48} {images / seconds:8.1f} images/s")
         print(f"starfish heal (teacher={mode:9}) {images / healed:26.1f} images/s   "
               f"{healed / seconds:.2f}× the floor's time")
-    reference = best_of(args.repeats, reference_loop, device)
-    healed = best_of(args.repeats, heal("host"), device)
+    reference, healed = best_of_interleaved(args.repeats, (reference_loop, heal("host")), device)
     print(f"reference loop (shrikboi/STARFISH recovery.py) {images / reference:10.1f} images/s")
     print(f"starfish heal (teacher=host) {images / healed:28.1f} images/s   "
           f"{reference / healed:.2f}× faster than the reference loop")
