@@ -26,7 +26,7 @@ class NormBiasHealer(GradientHealer):
 
     def teacher_targets(self, teacher, calibration, device):
         return TeacherTargets(teacher, self.student_states, self.teacher, calibration, self.batch_size, device,
-                              with_outputs=False)
+                              with_outputs=self.student_outputs)
 
     def loss(self, outputs, batch, targets, device):
         _, teacher_states = targets(batch[0], batch[1].to(device, non_blocking=True))
