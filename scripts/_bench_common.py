@@ -6,9 +6,11 @@ import time
 import timm
 import torch
 
-import starfish_cli  # noqa: F401  (registers vit_fmnist)
-from starfish_cli.data import DATASETS, DecodedImages, ImageTensors, model_transform
-from starfish_cli.runtime import peak_rss_mb, resolve_device
+import starfish_cli.models  # noqa: F401  (registers vit_fmnist with timm)
+from starfish_cli.data import DATASETS
+from starfish_cli.data.images import DecodedImages, ImageTensors
+from starfish_cli.models.vision import model_transform
+from starfish_cli.runtime.device import peak_rss_mb, resolve_device
 
 
 class SyntheticImages(torch.utils.data.Dataset):

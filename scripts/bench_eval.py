@@ -6,9 +6,9 @@
 import torch
 
 from _bench_common import arguments, best_of, peak_memory_mb, setup
-from starfish_cli.data import loader
-from starfish_cli.evaluation import evaluate
-from starfish_cli.runtime import autocast, resolve_precision
+from starfish_cli.data.loader import loader
+from starfish_cli.evaluation.compare import evaluate
+from starfish_cli.runtime.device import autocast, resolve_precision
 
 
 def main() -> None:

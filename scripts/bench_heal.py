@@ -21,13 +21,13 @@ import torch
 import torch.nn.functional as F
 
 from _bench_common import arguments, best_of_interleaved, peak_memory_mb, setup
-from starfish_cli.data import loader
-from starfish_cli.families import structure_of
+from starfish_cli.data.loader import loader
+from starfish_cli.models import structure_of
 from starfish_cli.healing import HEALERS
 from starfish_cli.healing.base import pruned_weight_names, train_only
 from starfish_cli.healing.states import state_alignment_loss
 from starfish_cli.pruning import PRUNERS
-from starfish_cli.runtime import autocast, resolve_precision
+from starfish_cli.runtime.device import autocast, resolve_precision
 
 
 class BlockOutputs:

@@ -12,10 +12,10 @@ import time
 import torch
 
 from _bench_common import arguments, peak_memory_mb, setup, timed
-from starfish_cli.data import loader
-from starfish_cli.families import structure_of
+from starfish_cli.data.loader import loader
+from starfish_cli.models import structure_of
 from starfish_cli.pruning import PRUNERS
-from starfish_cli.runtime import autocast, resolve_precision
+from starfish_cli.runtime.device import autocast, resolve_precision
 
 
 def main() -> None:
@@ -56,7 +56,7 @@ def main() -> None:
           f"{images} images, batch {batch_size}, {args.repeats} interleaved repeats, "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"pruned: heads {args.heads}, mlp {args.mlp}, criterion {args.criterion}; "
-          f"{sizes['pruned']:,} of {sizes['dense']:,} parameters; {structure_of(pruned).current_structure()['blocks.0']} in blocks.0")
+          f"{sizes['pruned']:,} of {sizes['dense']:,} parameters; {structure_of(pruned).block_sizes()['blocks.0']} in blocks.0")
     for name in models:
         print(f"{name:7s} best {images / min(seconds[name]):8.1f} images/s   median {images / statistics.median(seconds[name]):8.1f}")
     ratios = [d / p for d, p in zip(seconds["dense"], seconds["pruned"])]

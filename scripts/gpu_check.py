@@ -16,11 +16,12 @@ import timm
 import torch
 
 import starfish_cli
-from starfish_cli.evaluation import evaluate
+import starfish_cli.models  # noqa: F401  (registers vit_fmnist with timm)
+from starfish_cli.evaluation.compare import evaluate
 from starfish_cli.healing import HEALERS
-from starfish_cli.families import structure_of
+from starfish_cli.models import structure_of
 from starfish_cli.pruning import PRUNERS
-from starfish_cli.runtime import peak_rss_mb
+from starfish_cli.runtime.device import peak_rss_mb
 
 
 class Synthetic(torch.utils.data.Dataset):

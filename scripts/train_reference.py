@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 import starfish_cli
-from starfish_cli import fashion_mnist
-from starfish_cli.reference_model import ASSET_PATH, FASHION_MNIST_MEAN, FASHION_MNIST_STD
+import starfish_cli.models  # noqa: F401  (registers vit_fmnist with timm)
+from starfish_cli.data import fashion_mnist
+from starfish_cli.models.vit_fmnist import ASSET_PATH, FASHION_MNIST_MEAN, FASHION_MNIST_STD
 
 
 def normalise(images: torch.Tensor) -> torch.Tensor:

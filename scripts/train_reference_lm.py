@@ -1,7 +1,7 @@
 """Train the embedded reference language model (`lm_reference`) on Debian's fortunes and ship it.
 
 A byte-level BPE tokenizer (HF `tokenizers`) and a tiny Llama (HF `transformers`) trained from
-scratch on the train split of `starfish_cli.fortunes`; deterministic and seeded (the same seed,
+scratch on the train split of `starfish_cli.data.fortunes`; deterministic and seeded (the same seed,
 thread count and machine give the same weights). Writes `save_pretrained` folders (config,
 model.safetensors, tokenizer) so `AutoModelForCausalLM.from_pretrained(DIR)` loads it offline.
     python scripts/train_reference_lm.py --steps 200 --out starfish_cli/assets/lm_reference
@@ -22,7 +22,8 @@ from tokenizers import ByteLevelBPETokenizer
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 import starfish_cli
-from starfish_cli import fortunes, text
+from starfish_cli.data import fortunes
+from starfish_cli.data import tokens as text
 
 ASSET_DIR = Path(starfish_cli.__file__).parent / "assets" / "lm_reference"
 END_OF_TEXT = "<|endoftext|>"

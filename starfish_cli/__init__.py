@@ -1,15 +1,13 @@
-"""starfish: prune pretrained vision transformers, then heal them by internal-state alignment."""
+"""starfish: prune pretrained transformers (timm vision transformers, transformers causal LMs), then heal
+them by aligning their internal states with the dense model's (STARFISH)."""
 
-__version__ = "0.1.0"
-
-# Importing the package registers the embedded reference model with timm.
-from starfish_cli import reference_model as _reference_model  # noqa: F401,E402
+__version__ = "0.2.0"
 
 
 def __getattr__(name: str):
-    """`starfish_cli.load` is imported on first use: the CLI's startup does not pay for it."""
+    """`starfish_cli.load` is imported on first use: `import starfish_cli` (and `starfish --help`) loads no torch."""
     if name == "load":
-        from starfish_cli.loading import load
+        from starfish_cli.artifacts.load import load
 
         return load
     raise AttributeError(f"module 'starfish_cli' has no attribute {name!r}")

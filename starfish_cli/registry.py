@@ -10,7 +10,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Generic, TypeVar
 
-from starfish_cli.errors import StarfishError
+from starfish_cli.runtime.errors import StarfishError
 
 T = TypeVar("T")
 

@@ -16,8 +16,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 import timm  # noqa: E402
 import torch  # noqa: E402
 
-import starfish_cli  # noqa: F401  (registers vit_fmnist)
-from starfish_cli.data import DATASETS, ImageTensors, model_transform
+import starfish_cli.models  # noqa: F401  (registers vit_fmnist with timm)
+from starfish_cli.data import DATASETS
+from starfish_cli.data.images import ImageTensors
+from starfish_cli.models.vision import model_transform
 
 # No test reaches for the hub: tests that need Fashion-MNIST use the Debian package's files or skip.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

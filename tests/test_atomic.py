@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from starfish_cli.atomic import write_text_atomically
+from starfish_cli.runtime.atomic import write_text_atomically
 
 
 @pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
@@ -21,7 +21,7 @@ def test_a_failed_write_leaves_nothing(tmp_path):
     def fail(_tmp):
         raise RuntimeError("disk full")
 
-    from starfish_cli.atomic import write_atomically
+    from starfish_cli.runtime.atomic import write_atomically
 
     with pytest.raises(RuntimeError):
         write_atomically(tmp_path / "pruned.safetensors", fail)
@@ -29,7 +29,7 @@ def test_a_failed_write_leaves_nothing(tmp_path):
 
 
 def test_a_folder_is_replaced_whole_or_not_at_all(tmp_path):
-    from starfish_cli.atomic import write_folder_atomically
+    from starfish_cli.runtime.atomic import write_folder_atomically
 
     def fill(folder, text):
         write_text_atomically(folder / "model.json", text)

@@ -3,8 +3,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from starfish_cli.calibration import CalibrationSampler
-from starfish_cli.errors import StarfishError
+from starfish_cli.data.calibration import CalibrationSampler
+from starfish_cli.runtime.errors import StarfishError
 
 LABELS = np.repeat(np.arange(10), 100)  # 1,000 images, 100 per class
 

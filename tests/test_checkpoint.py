@@ -5,8 +5,8 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from starfish_cli.checkpoint import load_checkpoint, masks_digest, restore, save_checkpoint
-from starfish_cli.errors import StarfishError
+from starfish_cli.artifacts.checkpoint import load_checkpoint, masks_digest, restore, save_checkpoint
+from starfish_cli.runtime.errors import StarfishError
 from starfish_cli.pruning import PRUNERS
 
 
@@ -57,7 +57,7 @@ def test_foreign_architecture(saved):
 
 
 def test_metadata_is_read_from_the_header_alone(saved, tmp_path):
-    from starfish_cli.checkpoint import read_metadata
+    from starfish_cli.artifacts.checkpoint import read_metadata
 
     path, _, masks = saved
     assert read_metadata(path)["masks_digest"] == masks_digest(masks)

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import SHRUNK, needs_fmnist, read_json, run_cli
-from starfish_cli.checkpoint import load_checkpoint
+from starfish_cli.artifacts.checkpoint import load_checkpoint
 from starfish_cli.pruning.masks import is_nm_valid
 
 pytestmark = needs_fmnist

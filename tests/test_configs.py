@@ -4,11 +4,11 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from starfish_cli.calibration import CalibrationSampler
-from starfish_cli.cli import group_options, package_config_dir
+from starfish_cli.data.calibration import CalibrationSampler
+from starfish_cli.cli.main import group_options, package_config_dir
 from starfish_cli.data import DATASETS
 from starfish_cli.healing import HEALERS
-from starfish_cli.families.vision import build_model
+from starfish_cli.models.vision import build_model
 from starfish_cli.pruning import PRUNERS
 from starfish_cli.registry import check_arguments
 from starfish_cli.stages import STAGES

@@ -6,8 +6,8 @@ from PIL import Image
 
 from conftest import needs_fmnist
 from starfish_cli.data import DATASETS
-from starfish_cli.errors import StarfishError
-from starfish_cli.fashion_mnist import read_idx
+from starfish_cli.runtime.errors import StarfishError
+from starfish_cli.data.fashion_mnist import read_idx
 
 
 def write_idx(path, array):
@@ -95,7 +95,7 @@ def test_missing_folder_is_an_error(tmp_path):
 def test_loader_order_fixed_or_new_each_epoch():
     import torch
 
-    from starfish_cli.data import loader
+    from starfish_cli.data.loader import loader
 
     items = torch.utils.data.TensorDataset(torch.arange(40))
 
@@ -114,7 +114,7 @@ def test_loader_order_fixed_or_new_each_epoch():
 def test_batches_are_pinned_only_for_a_gpu():
     import torch
 
-    from starfish_cli.data import loader
+    from starfish_cli.data.loader import loader
 
     data = torch.utils.data.TensorDataset(torch.zeros(4, 2))
     assert not loader(data, 2).pin_memory and not loader(data, 2, device=torch.device("cpu")).pin_memory
@@ -129,7 +129,8 @@ def test_calibration_is_decoded_once_and_gives_the_same_tensors(reference_model,
 
     import torch
 
-    from starfish_cli.data import DecodedImages, ImageTensors, model_transform
+    from starfish_cli.data.images import DecodedImages, ImageTensors
+    from starfish_cli.models.vision import model_transform
     from starfish_cli.healing import HEALERS
     from starfish_cli.pruning import PRUNERS
 
@@ -154,7 +155,7 @@ def test_a_transform_without_tensor_conversion_is_stored_as_its_output():
     import torch
     from PIL import Image
 
-    from starfish_cli.data import DecodedImages
+    from starfish_cli.data.images import DecodedImages
 
     split = datasets.Dataset.from_dict({"image": [Image.new("L", (4, 4), 7)] * 3},
                                        features=datasets.Features({"image": datasets.Image()}))

@@ -7,9 +7,9 @@ from PIL import Image
 
 from conftest import read_json
 from starfish_cli import cli
-from starfish_cli.calibration import CalibrationSampler
+from starfish_cli.data.calibration import CalibrationSampler
 from starfish_cli.data import DATASETS
-from starfish_cli.errors import StarfishError
+from starfish_cli.runtime.errors import StarfishError
 
 TINY_DEIT = ["model=deit_tiny", "model.pretrained=false", "+model.kwargs.img_size=64", "+model.kwargs.num_classes=4",
              "calib.count=8", "healer.epochs=1", "healer.batch_size=4", "eval.batch_size=4", "device=cpu"]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import SHRUNK, needs_fmnist, read_json, run_cli
-from starfish_cli.checkpoint import load_checkpoint
+from starfish_cli.artifacts.checkpoint import load_checkpoint
 
 pytestmark = needs_fmnist
 
@@ -22,7 +22,7 @@ def torchrun(*args, cwd, port):
 
 
 def test_default_backend_sends_host_tensors_through_gloo_next_to_nccl():
-    from starfish_cli.distributed import backend_for
+    from starfish_cli.runtime.distributed import backend_for
 
     assert backend_for(use_cuda=True) == "cpu:gloo,cuda:nccl" and backend_for(use_cuda=False) == "gloo"
     assert backend_for(use_cuda=True, requested="nccl") == "nccl"

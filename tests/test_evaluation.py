@@ -3,7 +3,8 @@ import copy
 import pytest
 import torch
 
-from starfish_cli.evaluation import evaluate, topk_correct
+from starfish_cli.evaluation.compare import evaluate
+from starfish_cli.evaluation.metrics import topk_correct
 from starfish_cli.pruning import PRUNERS
 
 
@@ -29,7 +30,7 @@ def test_evaluate_reference_against_itself_and_a_pruned_copy(reference_model, te
 
 
 def test_sweep_cache_gives_identical_numbers(reference_model, test_images):
-    from starfish_cli.evaluation import SweepCache
+    from starfish_cli.evaluation.cache import SweepCache
 
     pruned = copy.deepcopy(reference_model)
     PRUNERS.build({"name": "magnitude", "sparsity": 0.5}).prune(pruned)
@@ -51,7 +52,7 @@ def test_sweep_cache_gives_identical_numbers(reference_model, test_images):
 
 
 def test_models_under_one_key_run_once_and_share_results(reference_model, test_images):
-    from starfish_cli.evaluation import SweepCache
+    from starfish_cli.evaluation.cache import SweepCache
 
     pruned = copy.deepcopy(reference_model)
     PRUNERS.build({"name": "magnitude", "sparsity": 0.5}).prune(pruned)
@@ -69,7 +70,7 @@ def test_models_under_one_key_run_once_and_share_results(reference_model, test_i
 
 
 def test_no_evaluation_images_is_a_clear_error(reference_model, test_images):
-    from starfish_cli.errors import StarfishError
+    from starfish_cli.runtime.errors import StarfishError
 
     empty = torch.utils.data.Subset(test_images, [])
     with pytest.raises(StarfishError, match="no images"):
@@ -77,7 +78,7 @@ def test_no_evaluation_images_is_a_clear_error(reference_model, test_images):
 
 
 def test_a_sweep_stops_recording_when_the_cap_would_be_exceeded(reference_model, test_images):
-    from starfish_cli.evaluation import SweepCache
+    from starfish_cli.evaluation.cache import SweepCache
 
     per_batch = 64 * (10 + 6 * 50 * 128) * 4  # logits and six block states of 64 images, fp32
     cache = SweepCache(max_bytes=2 * per_batch + 1)  # room for 2 of the 4 batches
@@ -109,7 +110,8 @@ def test_side_by_side_evaluation_equals_each_model_run_whole(reference_model, te
 
 
 def test_evaluation_pixels_finish_to_the_full_transform(reference_model, fmnist):
-    from starfish_cli.data import evaluation_pixels, evaluation_tensors, model_transform
+    from starfish_cli.data.images import evaluation_pixels, evaluation_tensors
+    from starfish_cli.models.vision import model_transform
 
     split = fmnist.evaluation_split(16)
     transform = model_transform(reference_model)

@@ -13,11 +13,11 @@ from safetensors.torch import save_file
 
 import starfish_cli
 from conftest import SHRUNK, needs_fmnist, read_json, run_cli
-from starfish_cli.checkpoint import load_checkpoint, read_header
-from starfish_cli.errors import StarfishError
-from starfish_cli.export import byte_counts, compress, safetensors_bytes, write_export
-from starfish_cli.families import structure_of
-from starfish_cli.loading import model_file
+from starfish_cli.artifacts.checkpoint import load_checkpoint, read_header
+from starfish_cli.runtime.errors import StarfishError
+from starfish_cli.artifacts.export import byte_counts, compress, safetensors_bytes, write_export
+from starfish_cli.models import structure_of
+from starfish_cli.artifacts.load import model_file
 from starfish_cli.pruning import PRUNERS
 
 PATTERNS = {"unstructured": "bitmask", "2:4": "n:m"}
@@ -140,7 +140,7 @@ def test_load_says_what_is_wrong_with_a_path(tmp_path):
 
 
 def test_onnx_without_the_extra_says_how_to_install_it(monkeypatch):
-    from starfish_cli.onnx_export import require_onnx
+    from starfish_cli.artifacts.onnx import require_onnx
 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed
     with pytest.raises(StarfishError, match=r"pip install 'starfish-cli\[deploy\]'"):
@@ -148,7 +148,7 @@ def test_onnx_without_the_extra_says_how_to_install_it(monkeypatch):
 
 
 def test_an_onnx_export_error_is_one_line_and_leaves_no_file(tmp_path):
-    from starfish_cli.onnx_export import export_onnx
+    from starfish_cli.artifacts.onnx import export_onnx
 
     class Untraceable(torch.nn.Module):
         def forward(self, images):
@@ -160,11 +160,11 @@ def test_an_onnx_export_error_is_one_line_and_leaves_no_file(tmp_path):
 
 
 def test_load_is_imported_on_first_use(monkeypatch):
-    monkeypatch.delitem(sys.modules, "starfish_cli.loading")
+    monkeypatch.delitem(sys.modules, "starfish_cli.artifacts.load")
     monkeypatch.delattr(starfish_cli, "loading")
     importlib.reload(starfish_cli)  # what `import starfish_cli` runs
-    assert "starfish_cli.loading" not in sys.modules
-    assert starfish_cli.load.__module__ == "starfish_cli.loading" and "starfish_cli.loading" in sys.modules
+    assert "starfish_cli.artifacts.load" not in sys.modules
+    assert starfish_cli.load.__module__ == "starfish_cli.artifacts.load" and "starfish_cli.artifacts.load" in sys.modules
 
 
 @needs_fmnist
@@ -188,13 +188,13 @@ def test_bad_export_input_is_one_line_and_writes_nothing(runs, overrides, messag
 
 @pytest.mark.skipif("structured" not in PRUNERS.names(), reason="no structured pruner in this starfish yet")
 def test_structured_model_exports_its_smaller_dense_tensors(reference_model, tmp_path):
-    from starfish_cli.checkpoint import save_checkpoint
-    from starfish_cli.loading import data_config_of
+    from starfish_cli.artifacts.checkpoint import save_checkpoint
+    from starfish_cli.artifacts.load import data_config_of
 
     model = copy.deepcopy(reference_model)
     pruner = PRUNERS.build({"name": "structured", "heads": 0.5, "mlp": 0.5, "criterion": "magnitude"}, seed=0)
     masks = pruner.prune(model, None)
-    structure = structure_of(model).current_structure()
+    structure = structure_of(model).block_sizes()
     config = {"name": "vit_fmnist", "pretrained": True, "checkpoint_path": None, "kwargs": {}, "data_config": {}}
     save_checkpoint(tmp_path / "healed.safetensors", model, masks,
                     {"model": config, "pruner": pruner.describe(), "structure": structure})
@@ -224,7 +224,7 @@ def test_a_run_folder_healed_again_after_its_export_loads_the_newer_checkpoint(r
 @pytest.mark.skipif("structured" not in PRUNERS.names(), reason="no structured pruner in this starfish yet")
 def test_a_structured_model_in_onnxruntime_has_pytorch_top1(reference_model, test_images, tmp_path):
     pytest.importorskip("onnxruntime")
-    from starfish_cli.onnx_export import compare_with_pytorch, export_onnx
+    from starfish_cli.artifacts.onnx import compare_with_pytorch, export_onnx
 
     model = copy.deepcopy(reference_model)
     PRUNERS.build({"name": "structured", "heads": 0.5, "mlp": 0.5, "criterion": "magnitude"}, seed=0).prune(model, None)

@@ -9,9 +9,9 @@ from conftest import read_json, run_cli
 
 transformers = pytest.importorskip("transformers")
 
-from starfish_cli.evaluation import Perplexity  # noqa: E402
-from starfish_cli.families import build_model, structure_of  # noqa: E402
-from starfish_cli.families.causal_lm import REFERENCE_DIR  # noqa: E402
+from starfish_cli.evaluation.metrics import Perplexity  # noqa: E402
+from starfish_cli.models import build_model, structure_of  # noqa: E402
+from starfish_cli.models.causal_lm import REFERENCE_DIR  # noqa: E402
 
 CONTEXT = 16
 

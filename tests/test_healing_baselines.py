@@ -5,11 +5,11 @@ import copy
 import pytest
 import torch
 
-from starfish_cli.data import ImageTensors
+from starfish_cli.data.images import ImageTensors
 from starfish_cli.healing import HEALERS
 from starfish_cli.healing.base import norm_and_bias_names, pruned_weight_names
 from starfish_cli.healing.states import collect_states
-from starfish_cli.families import structure_of
+from starfish_cli.models import structure_of
 from starfish_cli.pruning import PRUNERS
 
 CPU = torch.device("cpu")
@@ -23,7 +23,7 @@ def pruned(reference_model):
 
 @pytest.fixture(scope="module")
 def labelled_calibration(reference_model, fmnist):
-    from starfish_cli.data import model_transform
+    from starfish_cli.models.vision import model_transform
 
     return ImageTensors(fmnist.load("train").select(range(32)), model_transform(reference_model), 1, with_labels=True)
 
@@ -58,7 +58,7 @@ def test_branch_and_norm_states_are_collected(reference_model, calibration_batch
 
 
 def test_blockwise_requires_block_states():
-    from starfish_cli.errors import StarfishError
+    from starfish_cli.runtime.errors import StarfishError
 
     with pytest.raises(StarfishError, match="blockwise"):
         HEALERS.build({"name": "starfish", "mode": "blockwise", "states": ["attn"]})

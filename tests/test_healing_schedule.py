@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from conftest import run_cli
-from starfish_cli.errors import StarfishError
-from starfish_cli.families import structure_of
+from starfish_cli.runtime.errors import StarfishError
+from starfish_cli.models import structure_of
 from starfish_cli.healing import HEALERS
 from starfish_cli.healing.schedule import split_steps, stage_masks
 from starfish_cli.pruning import PRUNERS
-from starfish_cli.report import render_markdown
+from starfish_cli.reporting.report import render_markdown
 
 CPU = torch.device("cpu")
 

@@ -3,10 +3,10 @@ import copy
 import pytest
 import torch
 
-from starfish_cli.errors import StarfishError
+from starfish_cli.runtime.errors import StarfishError
 from starfish_cli.healing import HEALERS
 from starfish_cli.healing.states import collect_states, state_alignment_loss
-from starfish_cli.families import structure_of
+from starfish_cli.models import structure_of
 from starfish_cli.pruning import PRUNERS
 
 CPU = torch.device("cpu")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import run_cli
-from starfish_cli.errors import StarfishError
+from starfish_cli.runtime.errors import StarfishError
 from starfish_cli.healing import HEALERS
 from starfish_cli.healing.starfish import StarfishHealer
 from starfish_cli.healing.views import CalibrationViews, flip_images, mix_images, paste_boxes, shift_images

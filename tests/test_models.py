@@ -6,10 +6,10 @@ import pytest
 import timm
 import torch
 
-from starfish_cli.errors import StarfishError
+from starfish_cli.runtime.errors import StarfishError
 from starfish_cli.healing import HEALERS
-from starfish_cli.families import structure_of
-from starfish_cli.families.vision import build_model
+from starfish_cli.models import structure_of
+from starfish_cli.models.vision import build_model
 from starfish_cli.pruning import PRUNERS
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from starfish_cli.errors import StarfishError
+from starfish_cli.runtime.errors import StarfishError
 from starfish_cli.pruning.masks import (
     Pattern,
     check_sparsity,
@@ -84,7 +84,7 @@ def test_global_threshold_is_one_threshold_across_layers():
 def test_measure_sparsity_counts_zeros(reference_model):
     import copy
 
-    from starfish_cli.families import structure_of
+    from starfish_cli.models import structure_of
     from starfish_cli.pruning.masks import apply_masks
 
     model = copy.deepcopy(reference_model)

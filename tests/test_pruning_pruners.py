@@ -3,8 +3,8 @@ import copy
 import pytest
 import torch
 
-from starfish_cli.errors import StarfishError
-from starfish_cli.families import structure_of
+from starfish_cli.runtime.errors import StarfishError
+from starfish_cli.models import structure_of
 from starfish_cli.pruning import PRUNERS
 from starfish_cli.pruning.base import input_norms
 from starfish_cli.pruning.masks import is_nm_valid

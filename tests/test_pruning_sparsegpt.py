@@ -3,7 +3,7 @@ import copy
 import pytest
 import torch
 
-from starfish_cli.families import structure_of
+from starfish_cli.models import structure_of
 from starfish_cli.pruning import PRUNERS
 from starfish_cli.pruning.magnitude import magnitude_scores
 from starfish_cli.pruning.masks import Pattern, is_nm_valid, layer_mask, nm_mask, parse_pattern, row_mask

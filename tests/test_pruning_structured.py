@@ -8,10 +8,10 @@ import timm
 import torch
 
 from conftest import SHRUNK, needs_fmnist, read_json, run_cli
-from starfish_cli.checkpoint import load_checkpoint
-from starfish_cli.errors import StarfishError
-from starfish_cli.families import structure_of
-from starfish_cli.families.base import Units
+from starfish_cli.artifacts.checkpoint import load_checkpoint
+from starfish_cli.runtime.errors import StarfishError
+from starfish_cli.models import structure_of
+from starfish_cli.models.base import Units
 from starfish_cli.healing import HEALERS
 from starfish_cli.pruning import PRUNERS
 from starfish_cli.pruning.masks import measure_sparsity
@@ -56,10 +56,12 @@ def test_slicing_keeps_every_block_output_when_removed_units_are_zero(reference_
 
 def test_resize_builds_the_shapes_a_structured_checkpoint_loads_into(reference_model):
     pruned = copy.deepcopy(reference_model)
-    assert structure_of(pruned).current_structure() is None
+    full = structure_of(pruned).block_sizes()
+    assert full["blocks.0"] == {"heads": 4, "mlp_hidden": 512}
     for index, (heads, neurons) in REMOVED.items():
         structure_of(pruned).remove_units(index, heads=heads, neurons=neurons)
-    sizes = structure_of(pruned).current_structure()
+    sizes = structure_of(pruned).block_sizes()
+    assert sizes != full
     assert sizes["blocks.0"] == {"heads": 2, "mlp_hidden": 509} and sizes["blocks.1"] == {"heads": 4, "mlp_hidden": 512}
     fresh = timm.create_model("vit_fmnist", pretrained=False).eval()
     structure_of(fresh).resize(sizes)

@@ -1,7 +1,7 @@
 import timm
 from safetensors import safe_open
 
-from starfish_cli.reference_model import ASSET_PATH
+from starfish_cli.models.vit_fmnist import ASSET_PATH
 
 
 def test_shipped_weights_load_offline_through_timm():

@@ -2,7 +2,7 @@
 
 import pytest
 
-from starfish_cli.errors import StarfishError
+from starfish_cli.runtime.errors import StarfishError
 from starfish_cli.healing import HEALERS
 from starfish_cli.pruning import PRUNERS
 

@@ -1,6 +1,6 @@
 """report.json / report.md of one run: what the markdown says, from a report's values."""
 
-from starfish_cli.report import read_report, render_markdown, write_report
+from starfish_cli.reporting.report import read_report, render_markdown, write_report
 
 
 def sample_report():

@@ -2,7 +2,7 @@
 
 import torch
 
-from starfish_cli.runtime import resolve_precision
+from starfish_cli.runtime.device import resolve_precision
 
 
 def test_auto_precision_wants_bf16_in_hardware(monkeypatch):

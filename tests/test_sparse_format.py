@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from starfish_cli.pruning.masks import nm_mask
-from starfish_cli.sparse_format import (
+from starfish_cli.artifacts.sparse_format import (
     compress_bitmask, compress_nm, expand_bitmask, expand_nm, is_exact_nm, pack_bits, pack_uints, unpack_bits,
     unpack_uints,
 )

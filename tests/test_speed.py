@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from starfish_cli.pruning import PRUNERS
-from starfish_cli.speed import (
+from starfish_cli.evaluation.speed import (
     images_per_second, is_two_of_four, macs_per_image, measure_speed, parameter_counts, semi_structured_copy,
 )
 

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from conftest import SHRUNK, needs_fmnist, read_json, run_cli
-from starfish_cli.checkpoint import load_checkpoint, masks_digest
+from starfish_cli.artifacts.checkpoint import load_checkpoint, masks_digest
 
 pytestmark = needs_fmnist
 PRUNING = ["pruner.sparsity=0.6", "calib.count=32"]
@@ -100,7 +100,7 @@ def test_compiled_blocks_run_end_to_end(tmp_path):
 def test_checkpoints_of_an_old_run_folder_still_heal_and_evaluate(tmp_path):
     """Version 0.1.0 folders put the pruned checkpoint beside the healed one, with less metadata:
     `pruned=PATH healed=PATH` reads them."""
-    from starfish_cli.checkpoint import save_checkpoint
+    from starfish_cli.artifacts.checkpoint import save_checkpoint
 
     run_cli("run", *SHRUNK, "healer=norm", "hydra.run.dir=new", cwd=tmp_path)
     old = tmp_path / "old"
@@ -136,7 +136,8 @@ def test_a_greyscale_timm_vit_from_a_local_checkpoint_with_its_own_normalization
     import torch
     from safetensors.torch import save_file
 
-    from starfish_cli.data import DATASETS, ImageTensors
+    from starfish_cli.data import DATASETS
+    from starfish_cli.data.images import ImageTensors
 
     shape = dict(img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=64, depth=3, num_heads=2)
     torch.manual_seed(0)

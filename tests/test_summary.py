@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from starfish_cli.errors import StarfishError
-from starfish_cli.summary import mean_std, summarize, write_summary
+from starfish_cli.runtime.errors import StarfishError
+from starfish_cli.reporting.summary import mean_std, summarize, write_summary
 
 
 def fake_report(healer, seed, top1, dense=90.0, sparsity=0.75, pruner="wanda", seconds=1.0, labels=False,

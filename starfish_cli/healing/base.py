@@ -12,18 +12,18 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from starfish_cli import distributed
-from starfish_cli.checkpoint import masks_digest
-from starfish_cli.data import loader
-from starfish_cli.errors import StarfishError
-from starfish_cli.families import structure_of
+from starfish_cli.runtime import distributed
+from starfish_cli.artifacts.checkpoint import masks_digest
+from starfish_cli.data.loader import loader
+from starfish_cli.runtime.errors import StarfishError
+from starfish_cli.models import structure_of
 from starfish_cli.healing.resume import ResumeState
 from starfish_cli.healing.schedule import check_schedule, check_targets, pruned_fraction, split_steps, stage_masks
 from starfish_cli.healing.states import collect_states
 from starfish_cli.healing.teacher import available_host_bytes
-from starfish_cli.progress import progress_bar
+from starfish_cli.runtime.progress import progress_bar
 from starfish_cli.pruning.masks import apply_masks
-from starfish_cli.runtime import autocast
+from starfish_cli.runtime.device import autocast
 
 log = logging.getLogger("starfish")
 

@@ -1,6 +1,6 @@
 """Logit knowledge distillation: align only the outputs (KL to the dense model's softened logits)."""
 
-from starfish_cli.errors import StarfishError
+from starfish_cli.runtime.errors import StarfishError
 from starfish_cli.healing.base import GradientHealer
 from starfish_cli.healing.registry import HEALERS
 from starfish_cli.healing.teacher import TEACHER_MODES, TeacherTargets, logit_kd_loss

@@ -1,7 +1,7 @@
 """Norm/bias recalibration: the cheap baseline. Only LayerNorm parameters and linear biases train,
 on the STARFISH loss (block-output cosine); the pruned matrices stay as pruned."""
 
-from starfish_cli.errors import StarfishError
+from starfish_cli.runtime.errors import StarfishError
 from starfish_cli.healing.base import GradientHealer, norm_and_bias_names
 from starfish_cli.healing.registry import HEALERS
 from starfish_cli.healing.states import state_alignment_loss

@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-from starfish_cli.atomic import write_atomically
+from starfish_cli.runtime.atomic import write_atomically
+from starfish_cli.runtime.errors import first_line
 
 log = logging.getLogger("starfish")
 
@@ -34,7 +35,7 @@ class ResumeState:
         try:  # tensors, numbers and lists only: nothing is unpickled
             state = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as error:  # a file cut short by a kill during an older save: start over
-            log.warning("ignoring %s (%s): healing starts from step 0", self.path, str(error).splitlines()[0][:120])
+            log.warning("ignoring %s (%s): healing starts from step 0", self.path, first_line(error, 120))
             return None
         if state.get("fingerprint") != self.fingerprint:
             log.info("ignoring %s: it was saved by another healing configuration", self.path)

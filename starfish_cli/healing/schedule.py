@@ -5,7 +5,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from starfish_cli.errors import StarfishError
+from starfish_cli.runtime.errors import StarfishError
 
 
 def check_schedule(schedule: Sequence[float], share: float) -> list[float]:

@@ -10,10 +10,10 @@ fresh random view of the calibration batch every step, seen by the student and t
 
 import torch
 
-from starfish_cli import distributed
-from starfish_cli.data import loader
-from starfish_cli.errors import StarfishError
-from starfish_cli.families import structure_of
+from starfish_cli.runtime import distributed
+from starfish_cli.data.loader import loader
+from starfish_cli.runtime.errors import StarfishError
+from starfish_cli.models import structure_of
 from starfish_cli.healing.base import (
     GradientHealer, HealResult, check_parameter_groups, parameter_names, pruned_weight_names,
 )

@@ -7,7 +7,7 @@ through the model's family structure (`forward_with_states`).
 import torch
 import torch.nn.functional as F
 
-from starfish_cli.families import structure_of
+from starfish_cli.models import structure_of
 
 
 COSINE_EPS = 1e-8  # each norm's floor, as in F.cosine_similarity

@@ -6,9 +6,9 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from starfish_cli.data import loader
-from starfish_cli.distributed import processes_per_machine
-from starfish_cli.families import structure_of
+from starfish_cli.data.loader import loader
+from starfish_cli.runtime.distributed import processes_per_machine
+from starfish_cli.models import structure_of
 from starfish_cli.healing.states import collect_states
 
 log = logging.getLogger("starfish")

@@ -4,7 +4,7 @@ patient and consistent"): each healing step shows the student and the dense teac
 import torch
 import torch.nn.functional as F
 
-from starfish_cli.errors import StarfishError
+from starfish_cli.runtime.errors import StarfishError
 
 AUGMENTATIONS = ("flip", "shift", "mixup", "cutmix")  # applied in this order
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from starfish_cli.errors import StarfishError
+from starfish_cli.runtime.errors import StarfishError
 
 ALLOCATIONS = ("uniform", "owl")
 

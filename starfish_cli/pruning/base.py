@@ -6,7 +6,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from starfish_cli.families import structure_of
+from starfish_cli.models import structure_of
 from starfish_cli.pruning.masks import (
     apply_masks,
     check_sparsity,

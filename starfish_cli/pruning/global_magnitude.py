@@ -4,8 +4,8 @@ from collections.abc import Mapping
 
 import torch
 
-from starfish_cli.errors import StarfishError
-from starfish_cli.families import structure_of
+from starfish_cli.runtime.errors import StarfishError
+from starfish_cli.models import structure_of
 from starfish_cli.pruning.base import Pruner
 from starfish_cli.pruning.masks import apply_masks, global_threshold_masks
 from starfish_cli.pruning.registry import PRUNERS

@@ -11,7 +11,7 @@ from fnmatch import fnmatch
 import torch
 from torch import nn
 
-from starfish_cli.errors import StarfishError
+from starfish_cli.runtime.errors import StarfishError
 
 _NM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 

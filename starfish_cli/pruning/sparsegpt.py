@@ -9,8 +9,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from starfish_cli.errors import StarfishError
-from starfish_cli.families import structure_of
+from starfish_cli.runtime.errors import StarfishError
+from starfish_cli.models import structure_of
 from starfish_cli.pruning.base import Pruner
 from starfish_cli.pruning.masks import Pattern, sparsity_for_layer
 from starfish_cli.pruning.registry import PRUNERS

@@ -10,9 +10,9 @@ units' mean contribution to the output projection's bias, as FLAP does.
 import torch
 from torch import nn
 
-from starfish_cli.errors import StarfishError
-from starfish_cli.families import structure_of
-from starfish_cli.families.base import Units
+from starfish_cli.runtime.errors import StarfishError
+from starfish_cli.models import structure_of
+from starfish_cli.models.base import Units
 from starfish_cli.pruning.base import Pruner, input_moments
 from starfish_cli.pruning.masks import check_sparsity
 from starfish_cli.pruning.registry import PRUNERS

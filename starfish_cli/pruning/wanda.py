@@ -2,8 +2,8 @@
 
 import torch
 
-from starfish_cli.errors import StarfishError
-from starfish_cli.families import structure_of
+from starfish_cli.runtime.errors import StarfishError
+from starfish_cli.models import structure_of
 from starfish_cli.pruning.allocation import ALLOCATIONS, outlier_ratio, owl_sparsities
 from starfish_cli.pruning.base import Pruner
 from starfish_cli.pruning.registry import PRUNERS

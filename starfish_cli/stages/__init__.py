@@ -31,7 +31,7 @@ def launch(name: str) -> int:
     """Run stage `name` through its @hydra.main (argv already rewritten by the CLI); the exit code."""
     import hydra
 
-    from starfish_cli.stages.pipeline import run_stage
+    from starfish_cli.stages.run import run_stage
 
     stage = STAGES[name]
     failures: list[str] = []

@@ -9,17 +9,20 @@ from typing import Any
 import timm
 from omegaconf import DictConfig
 
-from starfish_cli.atomic import write_folder_atomically, write_text_atomically
-from starfish_cli.checkpoint import HEALED_FILE, Checkpoint, load_checkpoint, restore
-from starfish_cli.data import DATASETS, evaluation_tensors, model_transform
-from starfish_cli.export import (
+from starfish_cli.runtime.atomic import write_folder_atomically, write_text_atomically
+from starfish_cli.artifacts.checkpoint import HEALED_FILE, Checkpoint, load_checkpoint, restore
+from starfish_cli.data import DATASETS
+from starfish_cli.data.images import evaluation_tensors
+from starfish_cli.artifacts.export import (
     DTYPES, EXPORT_DIR, MANIFEST_FILE, MODEL_FILE, ONNX_FILE, byte_counts, compress, manifest, safetensors_bytes,
     write_export,
 )
-from starfish_cli.loading import data_config_of, rebuild
-from starfish_cli.report import read_report, write_report
+from starfish_cli.artifacts.load import rebuild
+from starfish_cli.models import family_of, structure_of
+from starfish_cli.runtime.errors import StarfishError
+from starfish_cli.reporting.report import read_report, write_report
 from starfish_cli.stages.layout import RunFolders
-from starfish_cli.stages.pipeline import check_settings, plain
+from starfish_cli.stages.settings import check_settings, plain
 
 log = logging.getLogger("starfish")
 REPORT_KEYS = ("seed", "pruner", "sparsity", "calibration", "healer")  # a report made here, when the folder has none
@@ -29,13 +32,17 @@ def export_run(cfg: DictConfig, folders: RunFolders) -> dict[str, Any]:
     """Write the run folder's export; bad input is a StarfishError before anything is written."""
     check_settings(cfg)
     dtype, onnx = str(cfg.export.dtype), cfg.export.format == "onnx"
-    if onnx:
-        from starfish_cli.onnx_export import require_onnx
-
-        require_onnx()
     path = Path(cfg.healed) if cfg.healed else folders.run_dir / HEALED_FILE
     checkpoint = load_checkpoint(path, "heal")
     metadata = checkpoint.metadata
+    if onnx:
+        from starfish_cli.artifacts.onnx import require_onnx
+
+        family = family_of(metadata["model"])
+        if not family.exports_onnx:
+            raise StarfishError(f"export.format=onnx traces image classifiers; this is a {family.family} model: "
+                                "use export.format=safetensors")
+        require_onnx()
     structure = metadata.get("structure")
     full_size = rebuild(metadata["model"])
     dense_bytes = safetensors_bytes(full_size.state_dict())  # the dense model's own file
@@ -43,12 +50,11 @@ def export_run(cfg: DictConfig, folders: RunFolders) -> dict[str, Any]:
     restore(model, Checkpoint(checkpoint.weights, {}, metadata), path)
     compressed = compress(checkpoint.weights, checkpoint.masks, metadata.get("pruner", {}).get("pattern", "unstructured"),
                           DTYPES[dtype])
-    header = {"model": metadata["model"], "data_config": data_config_of(model), "structure": structure, "dtype": dtype}
+    header = {"model": metadata["model"], **structure_of(model).recorded(), "structure": structure, "dtype": dtype}
     eval_set = None
     if onnx:  # the images are read before anything is written
         data = DATASETS.build(plain(cfg.data))
-        channels = int(timm.data.resolve_data_config(model=model)["input_size"][0])
-        eval_set = evaluation_tensors(data.evaluation_split(cfg.eval.max_images), model_transform(model), channels)
+        eval_set = evaluation_tensors(data.evaluation_split(cfg.eval.max_images), **structure_of(model).preprocessing())
     report = read_report(folders.run_dir) or {"model": {"name": metadata["model"]["name"]},
                                                **{key: metadata[key] for key in REPORT_KEYS if key in metadata}}
     section: dict[str, Any] = {}
@@ -57,7 +63,7 @@ def export_run(cfg: DictConfig, folders: RunFolders) -> dict[str, Any]:
         write_export(folder / MODEL_FILE, compressed, header)
         onnx_result = None
         if onnx:
-            from starfish_cli.onnx_export import compare_with_pytorch, export_onnx
+            from starfish_cli.artifacts.onnx import compare_with_pytorch, export_onnx
 
             input_size = tuple(timm.data.resolve_data_config(model=model)["input_size"])
             export_onnx(model, folder / ONNX_FILE, input_size)

@@ -14,8 +14,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from starfish_cli.checkpoint import HEALED_FILE, PRUNED_FILE, read_metadata
-from starfish_cli.report import read_report
+from starfish_cli.artifacts.checkpoint import HEALED_FILE, PRUNED_FILE, read_metadata
+from starfish_cli.reporting.report import read_report
 
 INDICES_FILE = "calibration_indices.json"
 CONFIG_FILE = "config.yaml"

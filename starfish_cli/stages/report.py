@@ -6,8 +6,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from starfish_cli.errors import StarfishError
-from starfish_cli.summary import write_summary
+from starfish_cli.runtime.errors import StarfishError
+from starfish_cli.reporting.summary import write_summary
 
 
 @hydra.main(version_base="1.3", config_path="pkg://starfish_cli.configs", config_name="report")

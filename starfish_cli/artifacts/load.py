@@ -1,4 +1,5 @@
-"""`starfish_cli.load(PATH)`: the one way from a run folder, checkpoint or export back to a timm model."""
+"""`starfish_cli.load(PATH)`: the one way from a run folder, checkpoint or export back to a model of either
+family (a timm ViT, a transformers causal LM), built by its family's registry entry."""
 
 import warnings
 from pathlib import Path
@@ -6,24 +7,24 @@ from typing import Any
 
 from torch import nn
 
-from starfish_cli.checkpoint import HEALED_FILE, PRUNED_FILE, Checkpoint, load_checkpoint, read_header, restore
-from starfish_cli.errors import StarfishError
-from starfish_cli.export import EXPORT_DIR, FORMAT as EXPORT_FORMAT, MODEL_FILE, read_export
-from starfish_cli.families import structure_of
-from starfish_cli.families.vision import DATA_CONFIG_KEYS, build_model
+from starfish_cli.artifacts.checkpoint import HEALED_FILE, PRUNED_FILE, Checkpoint, load_checkpoint, read_header, restore
+from starfish_cli.runtime.errors import StarfishError
+from starfish_cli.artifacts.export import EXPORT_DIR, FORMAT as EXPORT_FORMAT, MODEL_FILE, read_export
+from starfish_cli.models import build_model, family_of, structure_of
 
 
 def load(path: str | Path) -> nn.Module:
-    """The model in `path`, in eval mode, with `pretrained_cfg` holding its data config (so that
+    """The model in `path`, in eval mode. A vision model's `pretrained_cfg` holds its data config (so that
     `timm.data.create_transform(**timm.data.resolve_data_config(model=model))` preprocesses for it).
 
     `path`: a healer's run folder (its export when there is one, else healed.safetensors), an export
     folder or its model.safetensors, or a starfish checkpoint (pruned or healed .safetensors).
-    Nothing is fetched: the model is built from its recorded config and the weights come from the file.
+    No weights are fetched: the model is built from its recorded config and the weights come from the file
+    (a causal LM reads its architecture, config.json, from where it was loaded).
     """
     file = model_file(Path(path).expanduser())
     weights, metadata = read_weights(file)
-    model = rebuild(metadata["model"], metadata.get("structure"), metadata.get("data_config"))
+    model = rebuild(metadata["model"], metadata.get("structure"), metadata)
     restore(model, Checkpoint(weights, {}, metadata), file)
     return model.eval()
 
@@ -59,23 +60,11 @@ def read_weights(file: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def rebuild(model_config: dict[str, Any], structure: dict[str, Any] | None = None,
-            data_config: dict[str, Any] | None = None) -> nn.Module:
-    """A fresh model of the recorded config, without pretrained weights (nothing is fetched),
-    sliced to `structure` (structured pruning's kept sizes) when there is one."""
-    config = {**model_config, "pretrained": False, "checkpoint_path": None}
-    if data_config is not None:
-        config["data_config"] = data_config
-    model = build_model(**config)
+            recorded: dict[str, Any] | None = None) -> nn.Module:
+    """A fresh model of the recorded config with random weights (none are downloaded), sliced to
+    `structure` (structured pruning's kept sizes) when there is one; `recorded`: an export header's
+    additions (a vision model's data config)."""
+    model = build_model(family_of(model_config).offline_config(model_config, recorded or {}))
     if structure:
-        resize = getattr(structure_of(model), "resize", None)
-        if resize is None:
-            raise StarfishError("this model was pruned structurally, and this starfish cannot resize models: "
-                                "update starfish")
-        resize(structure)
+        structure_of(model).resize(structure)
     return model
-
-
-def data_config_of(model: nn.Module) -> dict[str, Any]:
-    """The preprocessing keys of the model's timm `pretrained_cfg`, as build_model's `data_config`."""
-    config = getattr(model, "pretrained_cfg", {}) or {}
-    return {key: config[key] for key in DATA_CONFIG_KEYS if config.get(key) is not None}

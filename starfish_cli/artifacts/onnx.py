@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from starfish_cli.atomic import write_atomically
-from starfish_cli.data import loader
-from starfish_cli.errors import StarfishError
+from starfish_cli.runtime.atomic import write_atomically
+from starfish_cli.data.loader import loader
+from starfish_cli.runtime.errors import StarfishError, first_line
 
 OPSET = 17
 TOP1_TOLERANCE = 0.05  # points of top-1 between onnxruntime and PyTorch
@@ -56,7 +56,7 @@ def compare_with_pytorch(path: Path, model: nn.Module, dataset, batch_size: int)
     try:
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as error:  # noqa: BLE001  (onnxruntime's own exception types)
-        raise StarfishError(f"onnxruntime cannot load {path} ({str(error)[:200]})") from error
+        raise StarfishError(f"onnxruntime cannot load {path} ({first_line(error)})") from error
     model = model.float().cpu().eval()
     correct = {"pytorch": 0, "onnxruntime": 0}
     seconds = {"pytorch": 0.0, "onnxruntime": 0.0}

@@ -10,11 +10,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save, save_file
 
-from starfish_cli.atomic import write_atomically
-from starfish_cli.checkpoint import read_header
-from starfish_cli.errors import StarfishError
+from starfish_cli.runtime.atomic import write_atomically
+from starfish_cli.artifacts.checkpoint import read_header
+from starfish_cli.runtime.errors import StarfishError, first_line
 from starfish_cli.pruning.masks import Pattern, parse_pattern
-from starfish_cli.sparse_format import compress_bitmask, compress_nm, expand_bitmask, expand_nm, is_exact_nm
+from starfish_cli.artifacts.sparse_format import compress_bitmask, compress_nm, expand_bitmask, expand_nm, is_exact_nm
 
 FORMAT = "starfish-export"
 VERSION = 1
@@ -121,7 +121,7 @@ def read_export(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors = load_file(str(path))
         return expand(tensors, header["layouts"]), header
     except (SafetensorError, OSError, ValueError, KeyError, RuntimeError) as error:
-        raise StarfishError(f"{path} is truncated or damaged ({str(error)[:200]}): rerun `starfish export`") from error
+        raise StarfishError(f"{path} is truncated or damaged ({first_line(error)}): rerun `starfish export`") from error
 
 
 def manifest(checkpoint_metadata: dict[str, Any], header: dict[str, Any], files: dict[str, int],
@@ -136,7 +136,7 @@ def manifest(checkpoint_metadata: dict[str, Any], header: dict[str, Any], files:
         "format": FORMAT, "version": VERSION,
         "files": files,
         "model": {"name": model["name"], "kwargs": model.get("kwargs") or {}},
-        "data_config": header["data_config"],
+        "data_config": header.get("data_config"),
         "structure": header.get("structure"),
         "dtype": header["dtype"],
         **summary,

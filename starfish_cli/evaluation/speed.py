@@ -11,8 +11,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from starfish_cli.families import structure_of
-from starfish_cli.runtime import autocast
+from starfish_cli.models import structure_of
+from starfish_cli.runtime.device import autocast
+from starfish_cli.runtime.errors import first_line
 
 ROUNDS = 3  # interleaved rounds per batch size; each model's fastest round is reported (the least disturbed)
 SECONDS_PER_ROUND = 0.15  # each model runs batches until this much time has passed in a round
@@ -103,7 +104,7 @@ def semi_structured_copy(model: nn.Module, dtype: torch.dtype = torch.bfloat16) 
         try:
             layer.weight = nn.Parameter(to_sparse_semi_structured(layer.weight.detach()), requires_grad=False)
         except (RuntimeError, ValueError) as error:  # this GPU or build has no such kernels
-            return None, f"to_sparse_semi_structured failed: {str(error).splitlines()[0][:120]}"
+            return None, f"to_sparse_semi_structured failed: {first_line(error, 120)}"
         converted += 1
     if not converted:
         return None, "no prunable layer is 2:4 with rows and columns multiples of 64"

@@ -1,5 +1,6 @@
 """The vision family: timm vision transformers (ViT, DeiT, DeiT3 …) built by name, and their structure."""
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -9,9 +10,9 @@ from safetensors import SafetensorError
 from timm.layers import Attention, Mlp
 from torch import nn
 
-import starfish_cli.reference_model  # noqa: F401  (registers vit_fmnist with timm)
-from starfish_cli.errors import StarfishError
-from starfish_cli.families.base import ModelStructure, Units, register_family
+import starfish_cli.models.vit_fmnist  # noqa: F401  (registers vit_fmnist with timm)
+from starfish_cli.runtime.errors import StarfishError, first_line
+from starfish_cli.models.base import ModelStructure, Units, register_family
 
 
 DATA_CONFIG_KEYS = ("mean", "std", "input_size", "crop_pct", "crop_mode", "interpolation")
@@ -54,11 +55,17 @@ def build_model(
     except (RuntimeError, OSError, ValueError, TypeError, KeyError, SafetensorError) as error:
         if pretrained and not checkpoint_path:
             raise StarfishError(
-                f"could not load pretrained weights for {name!r} ({_first_line(error)}): check network access "
+                f"could not load pretrained weights for {name!r} ({first_line(error)}): check network access "
                 "to the HF hub, or set model.checkpoint_path=FILE or model.pretrained=false"
             ) from error
-        raise StarfishError(f"could not build model {name!r}: {_first_line(error)}") from error
+        raise StarfishError(f"could not build model {name!r}: {first_line(error)}") from error
     return _match_data_config(model, data_config).eval()
+
+
+def model_transform(model: nn.Module) -> Callable:
+    """The model's own evaluation preprocessing (timm data config → transform)."""
+    config = timm.data.resolve_data_config(model=model)
+    return timm.data.create_transform(**config, is_training=False)
 
 
 def _match_data_config(model: nn.Module, data_config: dict[str, Any]) -> nn.Module:
@@ -89,11 +96,6 @@ def _match_data_config(model: nn.Module, data_config: dict[str, Any]) -> nn.Modu
     return model
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:200] if text else type(error).__name__
-
-
 @register_family
 class VisionTransformerStructure(ModelStructure):
     """A timm ViT: `blocks` (pre-norm residual blocks with `attn` and `mlp`), prefix tokens
@@ -101,6 +103,20 @@ class VisionTransformerStructure(ModelStructure):
 
     family = "vision"
     description = "timm vision transformer (ViT/DeiT) with `blocks` and `forward_intermediates`"
+    exports_onnx = True
+    build = staticmethod(build_model)
+
+    @classmethod
+    def offline_config(cls, model_config, recorded):
+        config = {**model_config, "pretrained": False, "checkpoint_path": None}
+        if recorded.get("data_config") is not None:  # the preprocessing the model was exported with
+            config["data_config"] = recorded["data_config"]
+        return config
+
+    def recorded(self):
+        """The preprocessing keys of the model's timm `pretrained_cfg`, as build_model's `data_config`."""
+        config = getattr(self.model, "pretrained_cfg", {}) or {}
+        return {"data_config": {key: config[key] for key in DATA_CONFIG_KEYS if config.get(key) is not None}}
 
     @classmethod
     def fits(cls, model):
@@ -146,28 +162,11 @@ class VisionTransformerStructure(ModelStructure):
         return int(self.model.num_classes)
 
     # ---- data: images in the model's own preprocessing
-    def calibration_items(self, data, sampler, seed, labels_for=None):
-        from starfish_cli.data import DecodedImages, ImageSource, model_transform
+    modality = "images"
 
-        _require(data, ImageSource, "an image dataset", "fashion_mnist, imagefolder, imagenet_hf")
-        subset, indices, balanced = data.calibration_split(sampler, seed=seed)  # the images stay encoded here
-        if labels_for and "label" not in subset.column_names:
-            raise StarfishError(f"healer={labels_for} needs labels, and "
-                                f"{data.describe(data.calib_split)} has none: choose a labelled split")
-        if "label" in subset.column_names and not labels_for:
-            subset = subset.remove_columns("label")  # healing never sees labels
-        # decoded and preprocessed once, for every epoch
-        items = DecodedImages(subset, model_transform(self.model), self._channels(), with_labels=bool(labels_for))
-        return items, indices, {"balanced": balanced}
-
-    def evaluation_items(self, data, max_items):
-        from starfish_cli.data import ImageSource, evaluation_pixels, model_transform
-
-        _require(data, ImageSource, "an image dataset", "fashion_mnist, imagefolder, imagenet_hf")
-        return evaluation_pixels(data.evaluation_split(max_items), model_transform(self.model), self._channels())
-
-    def _channels(self) -> int:
-        return int(timm.data.resolve_data_config(model=self.model)["input_size"][0])
+    def preprocessing(self):
+        channels = int(timm.data.resolve_data_config(model=self.model)["input_size"][0])
+        return {"transform": model_transform(self.model), "channels": channels}
 
     # ---- structured pruning: heads and MLP neurons sliced out of timm's Attention and Mlp
     def units(self, index):
@@ -190,8 +189,6 @@ class VisionTransformerStructure(ModelStructure):
         block = self.blocks[index]
         attn, mlp = _sliceable(block, self.block_name(index))
         units = self.units(index)
-        if not hasattr(block, "starfish_full_size"):  # what current_structure compares against
-            block.starfish_full_size = {"heads": attn.num_heads, "mlp_hidden": mlp.fc1.out_features}
         modules = dict(block.named_modules(prefix=self.block_name(index)))
         for kind, removed in (("heads", heads), ("neurons", neurons)):
             kept = _kept(units[kind].count, removed, f"{self.block_name(index)} {kind}")
@@ -203,13 +200,9 @@ class VisionTransformerStructure(ModelStructure):
         attn.num_heads = attn.qkv.out_features // (3 * attn.head_dim)
         attn.attn_dim = attn.num_heads * attn.head_dim
 
-    def current_structure(self):
-        if not any(hasattr(block, "starfish_full_size") for block in self.blocks):
-            return None  # never sliced
-        sizes = {self.block_name(index): {"heads": int(block.attn.num_heads), "mlp_hidden": int(block.mlp.fc1.out_features)}
-                 for index, block in enumerate(self.blocks)}
-        full = all(getattr(block, "starfish_full_size", size) == size for block, size in zip(self.blocks, sizes.values()))
-        return None if full else sizes
+    def block_sizes(self):
+        return {self.block_name(index): {"heads": int(block.attn.num_heads), "mlp_hidden": int(block.mlp.fc1.out_features)}
+                for index, block in enumerate(self.blocks)}
 
     def resize(self, structure):
         names = {self.block_name(index): index for index in range(len(self.blocks))}
@@ -225,11 +218,6 @@ class VisionTransformerStructure(ModelStructure):
                                     f"{counts['neurons']} MLP neurons: use the model= config it was pruned with")
             self.remove_units(index, heads=range(wanted["heads"], counts["heads"]),
                               neurons=range(wanted["neurons"], counts["neurons"]))
-
-
-def _require(data, kind: type, what: str, names: str) -> None:
-    if not isinstance(data, kind):
-        raise StarfishError(f"data={data.registered_name} is not {what}, which this model needs: choose data={names}")
 
 
 def _sliceable(block: nn.Module, name: str) -> tuple[Attention, Mlp]:

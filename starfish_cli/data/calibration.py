@@ -4,7 +4,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from starfish_cli.errors import StarfishError
+from starfish_cli.runtime.errors import StarfishError
 
 
 class CalibrationSampler:

@@ -1,10 +1,8 @@
-"""Text as token streams: documents to one stream, windows of it, and perplexity over windows."""
+"""Text as token streams: documents to one stream, and windows of it."""
 
-import math
 from collections.abc import Callable, Iterable
 
 import torch
-import torch.nn.functional as F
 
 
 def token_stream(tokenize: Callable[[str], list[int]], texts: Iterable[str], separator: int | None) -> torch.Tensor:
@@ -24,14 +22,3 @@ def windows(stream: torch.Tensor, length: int) -> torch.Tensor:
     the last whole window are left out."""
     count = len(stream) // length
     return stream[: count * length].view(count, length)
-
-
-def next_token_nll(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """Negative log-likelihood of every next token (batch × (L−1)) from logits (batch × L × vocab)."""
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten(), reduction="none"
-                           ).view(tokens.shape[0], -1)
-
-
-def perplexity(total_nll: float, count: int) -> float:
-    """exp of the mean negative log-likelihood per predicted token."""
-    return math.exp(total_nll / count) if count else float("nan")

@@ -1,5 +1,5 @@
-"""Evaluation: the family's metric (top-1/top-5 for classifiers, perplexity for causal LMs), agreement
-with the dense model, per-block alignment, throughput."""
+"""Evaluation: every model on the same batches side by side — the family's metric, agreement with the
+reference model, per-block alignment, throughput — with a sweep's shared work reused."""
 
 import time
 from collections.abc import Callable, Mapping
@@ -7,75 +7,16 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
-from starfish_cli.data import loader
-from starfish_cli.distributed import all_reduce_sum, current, shard
-from starfish_cli.errors import StarfishError
-from starfish_cli.families import structure_of
+from starfish_cli.evaluation.cache import SWEEP_CACHE, SweepCache
+from starfish_cli.evaluation.metrics import METRICS
+
+from starfish_cli.data.loader import loader
+from starfish_cli.runtime.distributed import all_reduce_sum, current, shard
+from starfish_cli.runtime.errors import StarfishError
+from starfish_cli.models import structure_of
 from starfish_cli.healing.states import block_cosine
-from starfish_cli.progress import progress_bar
-from starfish_cli.runtime import autocast
-from starfish_cli.text import next_token_nll, perplexity
-
-
-def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> int:
-    k = min(k, logits.shape[-1])
-    return int((logits.topk(k, dim=-1).indices == labels[:, None]).any(-1).sum())
-
-
-class Accuracy:
-    """Classifiers: top-1 and top-5 against the labels and top-1 agreement with the reference, per item."""
-
-    size = 3  # sums per batch
-
-    def count(self, logits: torch.Tensor, reference_prediction: torch.Tensor, labels: torch.Tensor) -> tuple[list, int]:
-        """(sums of this batch, how many predictions they cover)."""
-        return [topk_correct(logits, labels, 1), topk_correct(logits, labels, 5),
-                int((logits.argmax(-1) == reference_prediction).sum())], len(labels)
-
-    def results(self, sums: list[float], predictions: int) -> dict:
-        return {"top1": 100.0 * sums[0] / predictions, "top5": 100.0 * sums[1] / predictions,
-                "agreement": 100.0 * sums[2] / predictions}
-
-
-class Perplexity:
-    """Causal LMs on token windows (the labels are the windows): perplexity of every next token,
-    next-token top-1, and agreement of the top-1 next token with the reference's."""
-
-    size = 3
-
-    def count(self, logits, reference_prediction, labels):
-        predicted = logits[:, :-1].argmax(-1)
-        return [float(next_token_nll(logits, labels).double().sum()), int((predicted == labels[:, 1:]).sum()),
-                int((predicted == reference_prediction[:, :-1]).sum())], labels[:, 1:].numel()
-
-    def results(self, sums, predictions):
-        return {"perplexity": perplexity(sums[0], predictions), "top1": 100.0 * sums[1] / predictions,
-                "agreement": 100.0 * sums[2] / predictions, "tokens": predictions}
-
-
-METRICS = {"accuracy": Accuracy, "perplexity": Perplexity}  # a family's `metric` → how evaluation measures
-
-
-class SweepCache:
-    """What a sweep evaluates again and again, kept in one process: the reference model's outputs
-    on the evaluation set (fp32, so every number equals a fresh computation) and finished results
-    of models that several runs share (the same pruned checkpoint under different healers)."""
-
-    def __init__(self, max_bytes: int = 4 * 2**30):
-        self.max_bytes = max_bytes
-        self.key: str | None = None
-        self.batches: list | None = None
-        self.seconds = 0.0
-        self.results: dict[str, dict] = {}
-
-    def reference_for(self, key: str | None):
-        return self.batches if key is not None and key == self.key else None
-
-    def store_reference(self, key: str, batches: list, seconds: float) -> None:
-        self.key, self.batches, self.seconds = key, batches, seconds
-
-
-SWEEP_CACHE = SweepCache()
+from starfish_cli.runtime.progress import progress_bar
+from starfish_cli.runtime.device import autocast
 
 
 class _Clock:

@@ -2,14 +2,17 @@
 calibrated and evaluated on."""
 
 from pathlib import Path
+from typing import Any
 
 import datasets
 import numpy as np
 import torch
 
-from starfish_cli import fortunes, text
-from starfish_cli.data import DATASETS
-from starfish_cli.errors import StarfishError
+from starfish_cli.data import fortunes
+from starfish_cli.data import tokens
+from starfish_cli.data.calibration import CalibrationSampler
+from starfish_cli.data.registry import DATASETS
+from starfish_cli.runtime.errors import StarfishError, first_line
 
 
 class TextSource:
@@ -18,6 +21,7 @@ class TextSource:
     joins the rows (rows are lines, as in wikitext: "\\n\\n")."""
 
     registered_name = "?"
+    modality = "text"
 
     def __init__(self, calib_split: str = "train", eval_split: str = "test", separator: str = "eos",
                  text_column: str = "text"):
@@ -38,7 +42,7 @@ class TextSource:
         documents = [row for row in rows[self.text_column] if row]
         # verbose=False: a split is longer than the model's context by design (it is cut into windows later)
         if self.separator == "eos":
-            stream = text.token_stream(lambda doc: tokenizer(doc, verbose=False)["input_ids"], documents,
+            stream = tokens.token_stream(lambda doc: tokenizer(doc, verbose=False)["input_ids"], documents,
                                        tokenizer.eos_token_id)
         else:
             stream = torch.tensor(tokenizer(self.separator.join(documents), verbose=False)["input_ids"]
@@ -47,15 +51,38 @@ class TextSource:
             raise StarfishError(f"{self.describe(split)} has no text: give a split with some")
         return stream
 
+    def calibration_items(self, sampler: CalibrationSampler, seed: int, labels_for: str | None, tokenizer,
+                          context: int) -> tuple["TokenWindows", list[int], dict[str, Any]]:
+        """`sampler.count` seeded windows of `sampler.seq_len` tokens (at most the model's `context`), their
+        token offsets, and what the report says of them."""
+        if labels_for:
+            raise StarfishError(f"healer={labels_for} needs labels, and text has none: choose another healer")
+        length = sampler.seq_len or context
+        if length > context:
+            raise StarfishError(f"calib.seq_len={length} is longer than the model's context of {context} "
+                                "tokens: lower calib.seq_len")
+        stream = self.token_stream(tokenizer, self.calib_split)
+        count = sampler.count if sampler.count is not None else max(1, round(sampler.fraction * (len(stream) // length)))
+        offsets = calibration_windows(stream, count, length, seed)
+        windows = torch.stack([stream[offset:offset + length] for offset in offsets])
+        return TokenWindows(windows), offsets, {"balanced": False, "seq_len": length, "offsets": "token offsets"}
+
+    def evaluation_items(self, max_items: int | None, tokenizer, context: int) -> tuple["TokenWindows", None]:
+        """Consecutive windows of the model's `context` tokens (the first `max_items`), targets included."""
+        stream = self.token_stream(tokenizer, self.eval_split)
+        chosen = tokens.windows(stream, context)
+        if not len(chosen):
+            raise StarfishError(f"{self.describe(self.eval_split)} has {len(stream)} tokens, fewer than one window "
+                                f"of the model's context ({context}): give a longer evaluation split")
+        return TokenWindows(chosen[:max_items] if max_items else chosen, with_targets=True), None
+
 
 def _read(loader, what: str, hint: str):
     datasets.disable_progress_bars()
     try:
         return loader()
     except Exception as error:  # datasets raises many types: offline, missing files, bad configs
-        first = str(error).strip().splitlines()
-        raise StarfishError(f"could not read {what} ({(first[0] if first else type(error).__name__)[:150]}): {hint}"
-                            ) from error
+        raise StarfishError(f"could not read {what} ({first_line(error, 150)}): {hint}") from error
     finally:
         datasets.enable_progress_bars()
 

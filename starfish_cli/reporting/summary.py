@@ -13,9 +13,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from starfish_cli.atomic import write_atomically, write_text_atomically
-from starfish_cli.errors import StarfishError
-from starfish_cli.report import is_perplexity
+from starfish_cli.runtime.atomic import write_atomically, write_text_atomically
+from starfish_cli.runtime.errors import StarfishError
+from starfish_cli.reporting.report import is_perplexity
 
 RECOVERY_TARGET = 0.97
 

@@ -7,7 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from starfish_cli.atomic import write_text_atomically
+from starfish_cli.runtime.atomic import write_text_atomically
 
 SCHEMA_VERSION = 1
 MODEL_ROWS = ("dense", "pruned", "healed")

@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from starfish_cli.errors import StarfishError
-from starfish_cli.families.base import ModelStructure, register_family
+from starfish_cli.runtime.errors import StarfishError, first_line
+from starfish_cli.models.base import ModelStructure, register_family
 
 REFERENCE_DIR = Path(__file__).resolve().parent.parent / "assets" / "lm_reference"
 REFERENCE_NAME = "lm_reference"
@@ -30,8 +30,7 @@ def model_source(name: str) -> str:
     return str(path) if path.exists() else name
 
 
-def build_model(name: str = REFERENCE_NAME, family: str = "causal_lm", pretrained: bool = True,
-                revision: str | None = None) -> nn.Module:
+def build_model(name: str = REFERENCE_NAME, pretrained: bool = True, revision: str | None = None) -> nn.Module:
     """`AutoModelForCausalLM.from_pretrained(name)` in float32 and eval mode (`pretrained=false`: its
     architecture, randomly initialized), with GPT-2's Conv1D layers turned into nn.Linear (the same
     function, weight transposed) so every pruner sees (out × in) matrices."""
@@ -49,17 +48,15 @@ def build_model(name: str = REFERENCE_NAME, family: str = "causal_lm", pretraine
             config = transformers.AutoConfig.from_pretrained(source, revision=revision)
             model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     except (OSError, ValueError, KeyError, RuntimeError) as error:
-        text = str(error).strip().splitlines()
-        raise StarfishError(f"could not load causal LM {name!r} ({(text[0] if text else type(error).__name__)[:160]}): "
+        raise StarfishError(f"could not load causal LM {name!r} ({first_line(error, 160)}): "
                             "give a folder written by save_pretrained, or a hub id with network access") from error
     _linear_from_conv1d(model, transformers)
-    model.starfish_source = source  # where its tokenizer is
     return model.eval()
 
 
 def load_tokenizer(model: nn.Module):
     transformers = _transformers()
-    source = getattr(model, "starfish_source", None) or model.config.name_or_path
+    source = model.config.name_or_path  # the folder or hub id it was loaded from: its tokenizer is there
     try:
         return transformers.AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError, KeyError) as error:
@@ -97,6 +94,7 @@ class CausalLMStructure(ModelStructure):
     family = "causal_lm"
     description = "transformers causal LM with `model.layers` or `transformer.h`"
     metric = "perplexity"
+    build = staticmethod(build_model)
 
     def __init__(self, model):
         super().__init__(model)
@@ -218,35 +216,7 @@ class CausalLMStructure(ModelStructure):
         return names
 
     # ---- data: token windows of a text dataset
-    def _stream(self, data, split: str) -> torch.Tensor:
-        from starfish_cli.families.vision import _require
-        from starfish_cli.text_data import TextSource
+    modality = "text"
 
-        _require(data, TextSource, "a text dataset", "fortunes, text_files, hub_text")
-        return data.token_stream(load_tokenizer(self.model), split)
-
-    def calibration_items(self, data, sampler, seed, labels_for=None):
-        from starfish_cli.text_data import TokenWindows, calibration_windows
-
-        if labels_for:
-            raise StarfishError(f"healer={labels_for} needs labels, and text has none: choose another healer")
-        length = sampler.seq_len or self.context()
-        if length > self.context():
-            raise StarfishError(f"calib.seq_len={length} is longer than the model's context of {self.context()} "
-                                "tokens: lower calib.seq_len")
-        stream = self._stream(data, data.calib_split)
-        count = sampler.count if sampler.count is not None else max(1, round(sampler.fraction * (len(stream) // length)))
-        offsets = calibration_windows(stream, count, length, seed)
-        windows = torch.stack([stream[offset:offset + length] for offset in offsets])
-        return TokenWindows(windows), offsets, {"balanced": False, "seq_len": length, "offsets": "token offsets"}
-
-    def evaluation_items(self, data, max_items):
-        from starfish_cli.text import windows
-        from starfish_cli.text_data import TokenWindows
-
-        stream = self._stream(data, data.eval_split)
-        chosen = windows(stream, self.context())
-        if not len(chosen):
-            raise StarfishError(f"{data.describe(data.eval_split)} has {len(stream)} tokens, fewer than one window "
-                                f"of the model's context ({self.context()}): give a longer evaluation split")
-        return TokenWindows(chosen[:max_items] if max_items else chosen, with_targets=True), None
+    def preprocessing(self):
+        return {"tokenizer": load_tokenizer(self.model), "context": self.context()}

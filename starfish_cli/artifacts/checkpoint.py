@@ -11,8 +11,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from starfish_cli.atomic import write_atomically
-from starfish_cli.errors import StarfishError
+from starfish_cli.runtime.atomic import write_atomically
+from starfish_cli.runtime.errors import StarfishError
 
 FORMAT = "starfish-checkpoint"
 VERSION = 1

@@ -10,7 +10,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN  # noqa: F401  (kept so timm.data is
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
-ASSET_PATH = Path(__file__).parent / "assets" / "vit_fmnist.safetensors"
+ASSET_PATH = Path(__file__).resolve().parent.parent / "assets" / "vit_fmnist.safetensors"
 
 FASHION_MNIST_MEAN = (0.2860,)
 FASHION_MNIST_STD = (0.3530,)

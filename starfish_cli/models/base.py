@@ -1,28 +1,45 @@
 """The family seam: a `ModelStructure` answers every architecture question the pipeline asks."""
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from starfish_cli.errors import StarfishError
+from starfish_cli.runtime.errors import StarfishError
 
-_FAMILIES: list[type["ModelStructure"]] = []
+FAMILIES: dict[str, type["ModelStructure"]] = {}  # model.family → its structure, in registration order
 
 
 def register_family(cls: type["ModelStructure"]) -> type["ModelStructure"]:
-    _FAMILIES.append(cls)
+    """One entry per family: it builds its models from a model config (`build`) and recognizes them (`fits`)."""
+    if cls.family in FAMILIES:
+        raise ValueError(f"model family {cls.family!r} is registered twice")
+    FAMILIES[cls.family] = cls
     return cls
+
+
+def family_of(model_config: Mapping[str, Any]) -> type["ModelStructure"]:
+    """The family a model config names (`model.family`; vision when it names none)."""
+    family = model_config.get("family", "vision")
+    if family not in FAMILIES:
+        raise StarfishError(f"model.family={family!r} is not a model family: use {', '.join(FAMILIES)}")
+    return FAMILIES[family]
+
+
+def build_model(model_config: Mapping[str, Any]) -> nn.Module:
+    """The model a `model:` config node describes, in eval mode, built by its family."""
+    options = {key: value for key, value in model_config.items() if key != "family"}
+    return family_of(model_config).build(**options)
 
 
 def structure_of(model: nn.Module) -> "ModelStructure":
     """The structure of `model`, from the first registered family that recognises it."""
-    for family in _FAMILIES:
+    for family in FAMILIES.values():
         if family.fits(model):
             return family(model)
-    names = ", ".join(family.description for family in _FAMILIES)
+    names = ", ".join(family.description for family in FAMILIES.values())
     raise StarfishError(f"{type(model).__name__} is not a model starfish can prune: choose a {names}")
 
 
@@ -41,15 +58,33 @@ class ModelStructure:
 
     Subclasses give `fits`, `blocks`, `block_name`, `forward_with_states`, `embed`, `head`,
     `branch_modules`, `state_size` and `output_size`; everything else follows from those. A family
-    that prunes structurally also gives `units`, `remove_units`, `current_structure` and `resize`.
+    that prunes structurally also gives `units`, `remove_units`, `block_sizes` and `resize`.
     """
 
     family = "?"
     description = "?"
     metric = "accuracy"  # what evaluation measures (evaluation.METRICS): top-1 for classifiers
+    exports_onnx = False  # whether `starfish export format=onnx` can trace it (image in, logits out)
 
     def __init__(self, model: nn.Module):
         self.model = model
+
+    # ---- the registry entry: build and recognize
+    @staticmethod
+    def build(**options: Any) -> nn.Module:
+        """The model of a `model:` config node (without `family`), in eval mode."""
+        raise NotImplementedError
+
+    @classmethod
+    def offline_config(cls, model_config: Mapping[str, Any], recorded: Mapping[str, Any]) -> dict[str, Any]:
+        """The model config that rebuilds a recorded model with random weights and without downloading
+        weights (the checkpoint's weights replace them); `recorded` is what an export header adds."""
+        return {**model_config, "pretrained": False}
+
+    def recorded(self) -> dict[str, Any]:
+        """What an export header records beside the model config so that `offline_config` rebuilds the
+        model as it was (a vision model's preprocessing); {} when the config says it all."""
+        return {}
 
     @classmethod
     def fits(cls, model: nn.Module) -> bool:
@@ -93,15 +128,12 @@ class ModelStructure:
         """Values per input in the model's output (classes)."""
         raise NotImplementedError
 
-    # ---- data: what the model is calibrated and evaluated on
-    def calibration_items(self, data: Any, sampler: Any, seed: int, labels_for: str | None = None
-                          ) -> tuple[torch.utils.data.Dataset, list[int], dict[str, Any]]:
-        """(items `(index, input)` — `(index, input, label)` for the healer named by `labels_for` —, the
-        sampled positions in the split, what the report says about them: `balanced`, …)."""
-        raise NotImplementedError
+    # ---- data: the family names the kind of data it reads and how to prepare it; the data source makes the items
+    modality = "?"  # a data source of the same modality (data.DATASETS entries' `modality`) serves it
 
-    def evaluation_items(self, data: Any, max_items: int | None) -> tuple[torch.utils.data.Dataset, Any]:
-        """(items `(index, input, target)`, `finish`: a batch of inputs → the model's, on the device, or None)."""
+    def preprocessing(self) -> dict[str, Any]:
+        """What a data source of this modality needs to turn its rows into this model's inputs (the keyword
+        arguments of its `calibration_items` and `evaluation_items`)."""
         raise NotImplementedError
 
     # ---- structured pruning: whole units removed physically
@@ -114,10 +146,16 @@ class ModelStructure:
         block computes what the full one computes when those units' weights are zero."""
         raise StarfishError(f"the {self.family} family cannot remove whole units: choose an unstructured pruner")
 
-    def current_structure(self) -> dict[str, dict[str, int]] | None:
-        """The kept sizes per block name (`{"blocks.0": {"heads": 2, "mlp_hidden": 96}, …}`); None when
-        every block has its full size."""
+    def block_sizes(self) -> dict[str, dict[str, int]] | None:
+        """The current sizes per block name (`{"blocks.0": {"heads": 2, "mlp_hidden": 96}, …}`); None for a
+        family that cannot remove units. Compared with the dense model's, it says what structured pruning kept."""
         return None
+
+    def compile_blocks(self) -> None:
+        """torch.compile every block in place (the blocks are where the time goes; compiling them one by
+        one keeps the model's own forward, hooks and `run_block` working)."""
+        for block in self.blocks:
+            block.compile()
 
     def resize(self, structure: dict[str, dict[str, int]]) -> None:
         """Slice a freshly built full-size model to `structure`'s sizes (weights arbitrary), so that the

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from starfish_cli.errors import StarfishError
+from starfish_cli.runtime.errors import StarfishError
 
 PRECISIONS = ("auto", "fp32", "bf16")
 

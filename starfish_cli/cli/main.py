@@ -15,7 +15,7 @@ from pathlib import Path
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from starfish_cli.errors import StarfishError
+from starfish_cli.runtime.errors import StarfishError, first_line
 from starfish_cli.stages import STAGES as PIPELINE_STAGES
 from starfish_cli.stages import launch
 
@@ -130,7 +130,7 @@ def check_overrides(config_name: str, overrides: list[str], extra_dirs: list[Pat
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as error:
-        raise StarfishError(f"cannot read the overrides ({str(error).splitlines()[0]}): write key=value, "
+        raise StarfishError(f"cannot read the overrides ({first_line(error)}): write key=value, "
                             "quote values with spaces or commas, e.g. 'dist_backend=\"cpu:gloo,cuda:nccl\"'") from error
     checked = [o for o in parsed if not o.key_or_group.startswith(("hydra.", "hydra/")) and o.key_or_group != "hydra"]
     first = {id(o): next(o.sweep_string_iterator()) if o.is_sweep_override() else None for o in checked}

@@ -2,25 +2,26 @@
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import datasets
 import torch
-from timm.data import create_transform, resolve_data_config
 from timm.data.transforms import MaybeToTensor
 from torchvision.transforms import Compose, Normalize, ToTensor
 from torchvision.transforms.functional import pil_to_tensor
-from torch import nn
 
-from starfish_cli import fashion_mnist
-from starfish_cli.calibration import CalibrationSampler
-from starfish_cli.errors import StarfishError
-from starfish_cli.registry import Registry
+from starfish_cli.data import fashion_mnist
+from starfish_cli.data.calibration import CalibrationSampler
+from starfish_cli.runtime.errors import StarfishError, first_line
+from starfish_cli.data.registry import DATASETS
 
 
 class ImageSource:
-    """A named image dataset with a split for calibration and a split for evaluation."""
+    """A named image dataset with a split for calibration and a split for evaluation; it makes a vision
+    model's items with the model's `transform` (PIL image → tensor) and input `channels`."""
 
     registered_name = "?"
+    modality = "images"
 
     def __init__(self, calib_split: str, eval_split: str):
         self.calib_split = calib_split
@@ -46,14 +47,29 @@ class ImageSource:
     def evaluation_split(self, max_images: int | None) -> datasets.Dataset | datasets.IterableDataset:
         return self._first(self.load(self.eval_split), max_images)
 
+    def calibration_items(self, sampler: CalibrationSampler, seed: int, labels_for: str | None, transform: Callable,
+                          channels: int) -> tuple[torch.utils.data.Dataset, list[int], dict[str, Any]]:
+        """(items `(index, image)` — `(index, image, label)` for the healer named by `labels_for` —, the
+        sampled positions in the split, what the report says of them), decoded once for every epoch."""
+        subset, indices, balanced = self.calibration_split(sampler, seed=seed)  # the images stay encoded here
+        if labels_for and "label" not in subset.column_names:
+            raise StarfishError(f"healer={labels_for} needs labels, and "
+                                f"{self.describe(self.calib_split)} has none: choose a labelled split")
+        if "label" in subset.column_names and not labels_for:
+            subset = subset.remove_columns("label")  # healing never sees labels
+        items = DecodedImages(subset, transform, channels, with_labels=bool(labels_for))
+        return items, indices, {"balanced": balanced}
+
+    def evaluation_items(self, max_items: int | None, transform: Callable, channels: int
+                         ) -> tuple[torch.utils.data.Dataset, Callable | None]:
+        """(items `(index, pixels, label)`, `finish`: a batch of pixels → the model's inputs, or None)."""
+        return evaluation_pixels(self.evaluation_split(max_items), transform, channels)
+
     def _first(self, split, max_images: int | None):
         """The first `max_images` of a loaded, labelled evaluation split."""
         if "label" not in split.column_names:
             raise StarfishError(f"{self.describe(self.eval_split)} has no labels: set data.eval_split to a labelled split")
         return split.select(range(min(int(max_images), len(split)))) if max_images else split
-
-
-DATASETS: Registry[ImageSource] = Registry("data")
 
 
 @DATASETS.register("fashion_mnist")
@@ -84,7 +100,7 @@ class FashionMNIST(ImageSource):
             try:
                 return datasets.load_dataset(self.hub_id, split=split)
             except Exception as error:  # the hub raises many types: offline, gated, missing
-                hub_problem = f"failed: {str(error).strip().splitlines()[0][:120]}" if str(error).strip() else "failed"
+                hub_problem = f"failed: {first_line(error, 120)}"
         raise StarfishError(
             f"Fashion-MNIST {split} split not found: data.path={self.path!r} has no IDX files; "
             f"{self.system_dir or 'no system folder'} has none (apt-get install dataset-fashion-mnist); "
@@ -140,7 +156,7 @@ class ImageFolder(ImageSource):
         try:
             splits = datasets.load_dataset("imagefolder", data_dir=self.path)
         except Exception as error:
-            raise StarfishError(f"could not read image folders under {self.path}: {str(error).splitlines()[0][:150]}") from error
+            raise StarfishError(f"could not read image folders under {self.path}: {first_line(error, 150)}") from error
         finally:
             datasets.enable_progress_bars()
         if split not in splits:
@@ -166,7 +182,7 @@ class ImageNetHF(ImageSource):
         try:
             return datasets.load_dataset(self.hub_id, split=split, streaming=self.streaming)
         except Exception as error:
-            text = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+            text = first_line(error, 160)
             if any(word in text.lower() for word in ("gated", "authenticated", "401", "403", "access")):
                 raise StarfishError(f"{self.hub_id} is gated: accept its terms on huggingface.co, then "
                                     "`huggingface-cli login` (or set HF_TOKEN)") from error
@@ -207,12 +223,6 @@ class ImageNetHF(ImageSource):
         return split.take(int(max_images)) if max_images else split
 
 
-def model_transform(model: nn.Module) -> Callable:
-    """The model's own evaluation preprocessing (timm data config → transform)."""
-    config = resolve_data_config(model=model)
-    return create_transform(**config, is_training=False)
-
-
 class ImageTensors(torch.utils.data.Dataset):
     """Items `(index, image tensor)` or `(index, image tensor, label)` from a `datasets` split."""
 
@@ -232,7 +242,7 @@ class ImageTensors(torch.utils.data.Dataset):
             row = self.split[int(index)]
             image = self.transform(row["image"].convert(self.mode))
         except (OSError, ValueError, SyntaxError) as error:  # PIL's errors for files that are not images
-            raise StarfishError(f"image {index} of the split cannot be read ({_first_line(error)}): "
+            raise StarfishError(f"image {index} of the split cannot be read ({first_line(error, 150)}): "
                                 "remove or replace the damaged file") from error
         return (index, image, row["label"]) if self.with_labels else (index, image)
 
@@ -273,11 +283,6 @@ class DecodedImages(torch.utils.data.Dataset):
         return (index, image) if self.labels is None else (index, image, self.labels[index])
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:150] if text else type(error).__name__
-
-
 class StreamedImageTensors(torch.utils.data.IterableDataset):
     """Items `(index, image tensor, label)` from a streamed `datasets.IterableDataset`."""
 
@@ -310,22 +315,3 @@ def evaluation_pixels(split, transform: Callable, channels: int) -> tuple[torch.
     if finish is not None:
         to_pixels = Compose([to_pixels, pil_to_tensor])
     return evaluation_tensors(split, to_pixels, channels), finish
-
-
-def loader(dataset: torch.utils.data.Dataset, batch_size: int, shuffle: bool = False, seed: int = 0,
-           num_workers: int = 0, reshuffle: bool = True, device: torch.device | None = None,
-           sampler=None) -> torch.utils.data.DataLoader:
-    """Batches of `dataset` for `device` (pinned host memory when they go to a GPU). `shuffle`: in a
-    seeded random order, new every epoch, or with `reshuffle=False` one seeded order that every
-    epoch repeats; or the order of `sampler`."""
-    generator = torch.Generator().manual_seed(seed) if shuffle else None
-    if shuffle and not reshuffle:
-        sampler = torch.randperm(len(dataset), generator=generator).tolist()
-        shuffle = False
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, generator=generator,
-        num_workers=num_workers, pin_memory=device is not None and device.type == "cuda", persistent_workers=False,
-    )
-
-
-from starfish_cli import text_data  # noqa: E402,F401  (registers the text datasets in DATASETS)

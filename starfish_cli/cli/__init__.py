@@ -1,0 +1,1 @@
+"""The `starfish` command: argv → the stage's Hydra app."""

@@ -1,0 +1,1 @@
+"""Run reports (report.json / report.md / the terminal table) and sweep summaries with plots."""

@@ -1,0 +1,52 @@
+"""The heal step: a copy of the pruned model optimized towards the dense one by the healer, masks
+fixed, saved with what it was healed from and how."""
+
+import copy
+import json
+import logging
+from typing import Any
+
+from starfish_cli.artifacts.checkpoint import HEALED_FILE, save_checkpoint
+from starfish_cli.healing import Healer
+from starfish_cli.models import structure_of
+from starfish_cli.runtime.device import measure
+from starfish_cli.stages.layout import HEAL_STATE_FILE
+from starfish_cli.stages.settings import plain
+from starfish_cli.stages.values import Calibration, Context, Healed, Pruned
+
+log = logging.getLogger("starfish")
+
+
+def heal(context: Context, healer: Healer, pruned: Pruned, calibration: Calibration) -> Healed:
+    student = copy.deepcopy(pruned.model)
+    if context.cfg.compile:
+        structure_of(student).compile_blocks()
+        structure_of(context.dense).compile_blocks()
+    timing: dict[str, Any] = {}
+    state_file = context.folders.record(context.folders.run_dir / HEAL_STATE_FILE)  # removed again on bad input
+    with measure("heal", context.device, timing):
+        result = healer.heal(student, context.dense, pruned.masks, calibration.images, context.device,
+                             context.precision, state_file if context.world.is_main else None)
+    student.eval()
+    log.info("healed with %s: %d steps, final loss %s", healer.registered_name, result.steps,
+             f"{result.loss_history[-1]:.5f}" if result.loss_history else "–")
+    metadata = json.loads(json.dumps({
+        "model": plain(context.cfg.model), "seed": int(context.cfg.seed),
+        "pruner": pruned.metadata["pruner"], "sparsity": pruned.metadata["sparsity"],
+        **({"structure": pruned.metadata["structure"]} if "structure" in pruned.metadata else {}),
+        "calibration": {**calibration.info, "labels_used": healer.labels_used},
+        "healer": healer.describe(), "labels_used": healer.labels_used, "changes_weights": healer.changes_weights,
+        "pruned_masks_digest": pruned.metadata["masks_digest"],
+        "healing": {
+            "steps": result.steps,
+            "trained_parameters": len(result.trained_parameters),
+            "final_loss": result.loss_history[-1] if result.loss_history else None,
+            "loss_history": result.loss_history,
+            **({"stages": result.stages} if result.stages else {}),  # gradual healing's sparsity and steps per stage
+        },
+        "timing": timing["heal"],
+    }))
+    if context.world.is_main:
+        save_checkpoint(context.folders.record(context.folders.run_dir / HEALED_FILE), student, pruned.masks,
+                        metadata)
+    return Healed(student, metadata)

@@ -1,0 +1,53 @@
+"""The prune step: the dense model → a pruned copy with its masks, measured, saved with the
+calibration indices it was pruned on."""
+
+import copy
+import json
+import logging
+from typing import Any
+
+from starfish_cli.artifacts.checkpoint import PRUNED_FILE, masks_digest, save_checkpoint
+from starfish_cli.data import loader
+from starfish_cli.models import structure_of
+from starfish_cli.pruning import Pruner
+from starfish_cli.pruning.masks import measure_sparsity
+from starfish_cli.runtime import distributed
+from starfish_cli.runtime.atomic import write_text_atomically
+from starfish_cli.runtime.device import measure
+from starfish_cli.stages.layout import INDICES_FILE
+from starfish_cli.stages.settings import plain, pruning_config
+from starfish_cli.stages.values import Calibration, Context, Pruned
+
+log = logging.getLogger("starfish")
+
+
+def prune(context: Context, pruner: Pruner, calibration: Calibration) -> Pruned:
+    cfg, device = context.cfg, context.device
+    batches = [batch[1].to(device) for batch in loader(calibration.images, 32, device=device)]
+    timing: dict[str, Any] = {}
+    with measure("prune", device, timing):
+        model = copy.deepcopy(context.dense)
+        masks = pruner.prune(model, batches if pruner.needs_calibration else None)
+        # one set of masks and weights for every rank: rank 0's
+        distributed.broadcast_from_main([*model.state_dict().values(), *masks.values()])
+    structure = structure_of(model)
+    sizes = structure.block_sizes()
+    if sizes == structure_of(context.dense).block_sizes():
+        sizes = None  # no whole unit was removed
+    sparsity = measure_sparsity(model, structure.prunable_layers(), context.dense)
+    log.info("pruned with %s: %.4f of prunable weights are zero or removed; %d of %d parameters remain",
+             pruner.registered_name, sparsity["prunable"], sparsity["remaining_parameters"],
+             sparsity["total_parameters"])
+    metadata = json.loads(json.dumps({  # plain JSON values: equal to what a reload gives
+        "model": plain(cfg.model), "pruner": pruner.describe(), "sparsity": sparsity,
+        **({"structure": sizes} if sizes else {}),
+        "calibration": calibration.info, "seed": int(cfg.seed), "pruning_config": pruning_config(cfg),
+        "timing": timing["prune"], "masks_digest": masks_digest(masks, model if sizes else None),
+    }))
+    if context.world.is_main:
+        folders = context.folders
+        save_checkpoint(folders.record(folders.prune_dir / PRUNED_FILE), model, masks, metadata)
+        text = json.dumps({"source": calibration.info["source"], "seed": int(cfg.seed),
+                           "indices": calibration.indices}) + "\n"
+        write_text_atomically(folders.record(folders.prune_dir / INDICES_FILE), text)
+    return Pruned(model, masks, metadata)

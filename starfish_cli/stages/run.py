@@ -1,0 +1,74 @@
+"""One invocation of a stage: its steps in order (prune → heal → eval), each handing its result to the
+next, then the report; and the body of every stage's @hydra.main, which turns bad input into one line
+and removes what the invocation wrote."""
+
+import logging
+import sys
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from starfish_cli.reporting.report import print_summary, write_report
+from starfish_cli.runtime import distributed
+from starfish_cli.runtime.atomic import write_text_atomically
+from starfish_cli.runtime.errors import StarfishError
+from starfish_cli.stages.eval import evaluate_models
+from starfish_cli.stages.export import export_run
+from starfish_cli.stages.heal import heal
+from starfish_cli.stages.inputs import prepare
+from starfish_cli.stages.layout import CONFIG_FILE, RunFolders, finished, has_results
+from starfish_cli.stages.prune import prune
+from starfish_cli.stages.record import assemble_report
+from starfish_cli.stages.values import Context, Inputs
+
+log = logging.getLogger("starfish")
+
+RUN = ("prune", "heal", "eval")
+
+
+def execute(context: Context, inputs: Inputs, steps: tuple[str, ...]) -> dict[str, Any]:
+    pruned = inputs.pruned if inputs.pruned is not None else prune(context, inputs.pruner, inputs.calibration)
+    healed = heal(context, inputs.healer, pruned, inputs.calibration) if "heal" in steps else inputs.healed
+    evaluation = (evaluate_models(context, pruned, healed, inputs.eval_data, inputs.eval_workers)
+                  if "eval" in steps else None)
+    report = assemble_report(context, pruned, healed, evaluation, inputs.calibration)
+    if context.world.is_main:  # only rank 0 writes
+        run_dir = context.folders.run_dir
+        write_text_atomically(context.folders.record(run_dir / CONFIG_FILE),
+                              OmegaConf.to_yaml(context.cfg, resolve=True))
+        context.folders.record(run_dir / "report.json")
+        context.folders.record(run_dir / "report.md")
+        write_report(run_dir, report)
+        if evaluation is not None:
+            print_summary(report)
+        log.info("run folder: %s", run_dir)
+    return report
+
+
+def run_stage(cfg: DictConfig, steps: tuple[str, ...]) -> str | None:
+    """The body of every stage's @hydra.main. Bad input: one line on stderr, nothing left behind,
+    and the message returned (the CLI then exits with code 2)."""
+    folders = RunFolders.of(cfg, steps)
+    earlier_results = has_results(folders.run_dir)
+    if steps == RUN and cfg.skip_finished and finished(folders, cfg):
+        log.info("skipping %s: a finished run with this exact config (skip_finished=false reruns it)",
+                 folders.run_dir)
+        return None
+    try:
+        if steps == ("export",):  # reads a finished run: no dense model, calibration or pruning
+            export_run(cfg, folders)
+        else:
+            context, inputs = prepare(cfg, folders, steps)
+            execute(context, inputs, steps)
+    except StarfishError as error:
+        if distributed.launched_world().is_main:
+            folders.discard(earlier_results)
+        message = str(error)
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode == RunMode.MULTIRUN:  # say which run of the sweep failed; the others go on
+            message = f"run {hydra_cfg.job.num} ({','.join(hydra_cfg.overrides.task) or 'defaults'}): {message}"
+        print(f"starfish: error: {message}", file=sys.stderr)
+        return message
+    return None

@@ -1,0 +1,70 @@
+"""The settings every stage reads: plain values of config nodes, and the checks that run before
+anything is loaded or written (so that bad input is one line and leaves nothing behind)."""
+
+import os
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from starfish_cli.artifacts.export import check_options as check_export_options
+from starfish_cli.data.calibration import CalibrationSampler
+from starfish_cli.healing import HEALERS
+from starfish_cli.models import family_of
+from starfish_cli.pruning import PRUNERS
+from starfish_cli.registry import check_arguments, check_types
+from starfish_cli.runtime.errors import StarfishError
+
+PRUNING_CONFIG = ("model", "data", "calib", "pruner", "seed")  # everything that determines a pruned checkpoint
+
+
+def plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def pruning_config(cfg: DictConfig) -> dict[str, Any]:
+    return {key: plain(cfg[key]) for key in PRUNING_CONFIG}
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """The top-level keys, `eval.*`, `model`, `calib` and `export`: one line for a value of the wrong kind or range."""
+    def whole(value, minimum: int) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+    problems = {
+        "seed": (whole(cfg.seed, 0), "a whole number ≥ 0"),
+        "eval.batch_size": (whole(cfg.eval.batch_size, 1), "a whole number ≥ 1"),
+        "eval.max_images": (cfg.eval.max_images is None or whole(cfg.eval.max_images, 1), "a whole number ≥ 1 or null"),
+        "skip_finished": (isinstance(cfg.skip_finished, bool), "true or false"),
+        "compile": (isinstance(cfg.compile, bool), "true or false"),
+        "eval.speed": (isinstance(cfg.eval.speed, bool), "true or false"),
+    }
+    for key, (fine, allowed) in problems.items():
+        if not fine:
+            raise StarfishError(f"{key}={OmegaConf.select(cfg, key)!r} must be {allowed}")
+    eval_workers(cfg.eval.num_workers)
+    model = plain(cfg.model)
+    check_types(family_of(model).build, model, prefix="model")
+    check_arguments(CalibrationSampler, plain(cfg.calib), "calib", prefix="calib")
+    check_types(CalibrationSampler, plain(cfg.calib), prefix="calib")
+    check_export_options(cfg.export.format, cfg.export.dtype)
+
+
+def check_config(cfg: DictConfig, steps: tuple[str, ...]) -> None:
+    """Everything a stage can check from its config alone, without a model or data: the settings, and
+    the pruner, healer and calibration sampler built from their nodes. The CLI runs it on every run of
+    a sweep before the first one starts."""
+    check_settings(cfg)
+    if "prune" in steps:
+        PRUNERS.build(plain(cfg.pruner), seed=int(cfg.seed))
+    if "heal" in steps:
+        HEALERS.build(plain(cfg.healer), seed=int(cfg.seed))
+    CalibrationSampler(**plain(cfg.calib))
+
+
+def eval_workers(setting) -> int:
+    """`auto`: one loader process per spare core (at most 8), so decoding overlaps the forward passes."""
+    if str(setting) == "auto":
+        return min(8, max(0, (os.cpu_count() or 1) - 1))
+    if isinstance(setting, bool) or not isinstance(setting, int) or setting < 0:
+        raise StarfishError(f"eval.num_workers={setting!r}: give auto or a whole number ≥ 0")
+    return setting
