@@ -2,6 +2,6 @@
 
 import sys
 
-from starfish_cli.cli.main import main
+from starfish_cli.cli import main
 
 sys.exit(main())

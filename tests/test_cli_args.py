@@ -2,7 +2,8 @@
 
 import pytest
 
-from starfish_cli.cli.main import check_group_choices, experiment_arguments, split_flags
+from starfish_cli.cli.arguments import experiment_arguments, split_flags
+from starfish_cli.cli.checks import check_group_choices
 from starfish_cli.runtime.errors import StarfishError
 
 
@@ -52,7 +53,7 @@ def test_unknown_group_choices_fail(override, message):
 
 
 def test_model_kwargs_take_new_keys_as_written():
-    from starfish_cli.cli.main import open_node_overrides
+    from starfish_cli.cli.arguments import open_node_overrides
 
     assert open_node_overrides(["model.kwargs={img_size:28,in_chans:1}", "model.kwargs.depth=2", "+model.kwargs.x=1",
                                 "model.name=vit_fmnist", "seed=1"]) == [

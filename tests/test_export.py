@@ -161,7 +161,7 @@ def test_an_onnx_export_error_is_one_line_and_leaves_no_file(tmp_path):
 
 def test_load_is_imported_on_first_use(monkeypatch):
     monkeypatch.delitem(sys.modules, "starfish_cli.artifacts.load")
-    monkeypatch.delattr(starfish_cli, "loading")
+    monkeypatch.delattr(starfish_cli.artifacts, "load")
     importlib.reload(starfish_cli)  # what `import starfish_cli` runs
     assert "starfish_cli.artifacts.load" not in sys.modules
     assert starfish_cli.load.__module__ == "starfish_cli.artifacts.load" and "starfish_cli.artifacts.load" in sys.modules
@@ -189,7 +189,6 @@ def test_bad_export_input_is_one_line_and_writes_nothing(runs, overrides, messag
 @pytest.mark.skipif("structured" not in PRUNERS.names(), reason="no structured pruner in this starfish yet")
 def test_structured_model_exports_its_smaller_dense_tensors(reference_model, tmp_path):
     from starfish_cli.artifacts.checkpoint import save_checkpoint
-    from starfish_cli.artifacts.load import data_config_of
 
     model = copy.deepcopy(reference_model)
     pruner = PRUNERS.build({"name": "structured", "heads": 0.5, "mlp": 0.5, "criterion": "magnitude"}, seed=0)
@@ -200,7 +199,7 @@ def test_structured_model_exports_its_smaller_dense_tensors(reference_model, tmp
                     {"model": config, "pruner": pruner.describe(), "structure": structure})
     compressed = compress(model.state_dict(), masks, pruner.describe().get("pattern", "unstructured"))
     assert compressed.layouts == {}  # nothing left to mask: plain dense tensors of the smaller shapes
-    header = {"model": config, "data_config": data_config_of(model), "structure": structure, "dtype": "float32"}
+    header = {"model": config, **structure_of(model).recorded(), "structure": structure, "dtype": "float32"}
     write_export(tmp_path / "export" / "model.safetensors", compressed, header)
     assert safetensors_bytes(model.state_dict()) < 0.75 * safetensors_bytes(reference_model.state_dict())
     for path in (tmp_path / "healed.safetensors", tmp_path / "export"):

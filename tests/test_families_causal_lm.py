@@ -46,7 +46,7 @@ def text_files(tmp_path_factory):
 
 
 def test_side_by_side_blocks_equal_the_models_forward(tiny_folder):
-    model = build_model(family="causal_lm", name=str(tiny_folder))
+    model = build_model({"family": "causal_lm", "name": str(tiny_folder)})
     structure = structure_of(model)
     assert structure.family == "causal_lm" and len(structure.prunable_layers()) in (8, 14)
     assert all(isinstance(layer, torch.nn.Linear) for layer in structure.prunable_layers().values())
@@ -116,7 +116,7 @@ def test_pruners_cut_every_decoder_linear(tiny_folder, pruner, pattern):
     """Each pruner, unstructured and N:M, on the decoder layers' linears; embeddings and head untouched."""
     from starfish_cli.pruning import PRUNERS
 
-    model = build_model(family="causal_lm", name=str(tiny_folder))
+    model = build_model({"family": "causal_lm", "name": str(tiny_folder)})
     structure = structure_of(model)
     head = model.get_output_embeddings().weight.clone()
     calibration = [torch.randint(0, 100, (4, CONTEXT), generator=torch.Generator().manual_seed(1))]

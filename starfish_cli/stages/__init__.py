@@ -12,7 +12,7 @@ _register_resolvers()  # before Hydra composes: the run-folder path uses them
 
 @dataclass(frozen=True)
 class Stage:
-    steps: tuple[str, ...]
+    steps: tuple[str, ...]  # () for `report`, which reads finished runs
     config_name: str  # primary config in starfish_cli/configs
     help: str
 
@@ -24,20 +24,33 @@ STAGES = {
     "run": Stage(("prune", "heal", "eval"), "starfish", "prune, heal and evaluate in one process"),
     "export": Stage(("export",), "starfish", "compress the healed model to ship (export/: model.safetensors, "
                     "model.json; format=onnx: model.onnx)"),
+    "report": Stage((), "report", "aggregate every run under DIR: summary.md, summary.csv, plots (starfish report DIR)"),
 }
+
+
+def check_config(cfg, steps: tuple[str, ...]) -> None:
+    """What a stage checks from its config alone (stages.settings.check_config), imported when first used."""
+    from starfish_cli.stages.settings import check_config as check
+
+    check(cfg, steps)
 
 
 def launch(name: str) -> int:
     """Run stage `name` through its @hydra.main (argv already rewritten by the CLI); the exit code."""
     import hydra
 
-    from starfish_cli.stages.run import run_stage
-
     stage = STAGES[name]
     failures: list[str] = []
 
     def task(cfg) -> None:
-        error = run_stage(cfg, stage.steps)
+        if stage.steps:
+            from starfish_cli.stages.run import run_stage
+
+            error = run_stage(cfg, stage.steps)
+        else:
+            from starfish_cli.stages.report import report_folder
+
+            error = report_folder(cfg)
         if error:
             failures.append(error)
 

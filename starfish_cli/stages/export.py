@@ -25,6 +25,7 @@ from starfish_cli.stages.layout import RunFolders
 from starfish_cli.stages.settings import check_settings, plain
 
 log = logging.getLogger("starfish")
+HEADLINE_METRICS = ("top1", "top5", "perplexity")  # what model.json quotes of the report, where the family has it
 REPORT_KEYS = ("seed", "pruner", "sparsity", "calibration", "healer")  # a report made here, when the folder has none
 
 
@@ -91,11 +92,12 @@ def export_run(cfg: DictConfig, folders: RunFolders) -> dict[str, Any]:
 
 
 def _accuracy(report: dict[str, Any]) -> dict[str, Any] | None:
-    """The report's top-1/top-5 of the dense and the healed model, and the recovery; None before `eval`."""
+    """The report's headline metrics of the dense and the healed model (top-1/top-5, or perplexity and
+    next-token top-1), and the recovery; None before `eval`."""
     accuracy = report.get("accuracy")
     if not accuracy:
         return None
-    models = {name: {key: accuracy[name][key] for key in ("top1", "top5")} for name in ("dense", "healed")
-              if name in accuracy}
+    models = {name: {key: accuracy[name][key] for key in HEADLINE_METRICS if key in accuracy[name]}
+              for name in ("dense", "healed") if name in accuracy}
     return {"split": accuracy.get("split"), "images": accuracy.get("images"), **models,
             "recovery": report.get("recovery")}

@@ -3,25 +3,21 @@
 import sys
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
-from starfish_cli.runtime.errors import StarfishError
 from starfish_cli.reporting.summary import write_summary
+from starfish_cli.runtime.errors import StarfishError
 
 
-@hydra.main(version_base="1.3", config_path="pkg://starfish_cli.configs", config_name="report")
-def main(cfg: DictConfig) -> None:
+def report_folder(cfg: DictConfig) -> str | None:
+    """The body of `starfish report`'s @hydra.main: the summary files, or the one-line problem."""
     try:
         root = Path(cfg.dir)
         if not root.is_dir():
             raise StarfishError(f"{root} is not a folder: give the folder of a sweep, e.g. starfish report outputs")
-        for name, path in write_summary(root).items():
+        for path in write_summary(root).values():
             print(f"wrote {path}")
     except StarfishError as error:
         print(f"starfish: error: {error}", file=sys.stderr)
-        sys.exit(2)
-
-
-if __name__ == "__main__":
-    main()
+        return str(error)
+    return None
