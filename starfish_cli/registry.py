@@ -1,14 +1,19 @@
-"""Name-keyed registries for pruners, healers and datasets, built from config nodes.
+"""Name-keyed registries for pruners, healers and datasets, built from config nodes, and the options
+those components declare.
 
-A config node is `{name: <registered name>, **constructor arguments}`; unknown or
-mistyped keys are errors, never silently ignored.
+A config node is `{name: <registered name>, **constructor arguments}`; unknown or mistyped keys are
+errors, never silently ignored. A component declares its options once, as dataclass fields whose
+annotations carry the kind, the choices (`Literal`) and the range (`Annotated[..., Range(...)]`):
+validation, the reported options, run-folder labels and the resume fingerprint all read that declaration.
 """
 
+import dataclasses
 import inspect
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
-from typing import Any, Callable, Generic, TypeVar
+from typing import Annotated, Any, Callable, ClassVar, Generic, Literal, TypeVar
 
 from starfish_cli.runtime.errors import StarfishError
 
@@ -26,6 +31,7 @@ class Registry(Generic[T]):
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
             self._entries[name] = cls
             cls.registered_name = name
+            cls.option_prefix = self.kind
             return cls
         return add
 
@@ -62,7 +68,7 @@ class Registry(Generic[T]):
             raise StarfishError(f"the {self.kind} config has no 'name' key: set {self.kind}=<name>")
         cls = self.get(str(name))
         check_arguments(cls, options, f"{self.kind} {name!r}", prefix=self.kind)
-        check_types(cls, options, prefix=self.kind)
+        check_types(cls, options, prefix=self.kind)  # again in a Component's __post_init__: one-line errors either way
         accepted = inspect.signature(cls).parameters
         extra = {key: value for key, value in extra.items() if key in accepted and key not in options}
         return cls(**options, **extra)
@@ -82,38 +88,150 @@ def check_arguments(cls: Callable, options: Mapping[str, Any], what: str, prefix
             )
 
 
-# what a YAML value may be for a constructor annotation, and how to say it
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The interval a number option must lie in, declared in its annotation:
+    `lr: Annotated[float, Range(0, low_open=True)]` is "> 0"."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def holds(self, value: float) -> bool:
+        if isinstance(value, float) and math.isnan(value):
+            return False
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '≥'} {self.low:g}"
+        if self.low is None:
+            return f"{'<' if self.high_open else '≤'} {self.high:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+# what a YAML value may be for a declared kind, and how to say it
 _KINDS = {bool: ((bool,), "true or false"), int: ((int,), "a whole number"), float: ((int, float), "a number"),
           str: ((str,), "text"), list: ((list, tuple), "a list"), tuple: ((list, tuple), "a list"),
           Mapping: ((Mapping,), "a mapping"), dict: ((Mapping,), "a mapping"), Sequence: ((list, tuple), "a list")}
 
 
-def _accepted(annotation) -> list[tuple[tuple[type, ...], str]] | None:
-    """The kinds of value an annotation accepts; None when it says nothing checkable."""
+def _plain_kind(annotation) -> tuple[tuple[type, ...], str] | None:
+    base = typing.get_origin(annotation) or annotation
     if annotation is None or annotation is type(None):
-        return [((type(None),), "null")]
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        kinds = [_accepted(arg) for arg in typing.get_args(annotation)]
-        return None if any(kind is None for kind in kinds) else [k for kind in kinds for k in kind]
-    base = origin or annotation
+        return (type(None),), "null"
     for known, kind in _KINDS.items():
         if base is known or (isinstance(base, type) and known is not bool and issubclass(base, known)
                              and base is not bool):
-            return [kind]
+            return kind
     return None
 
 
+def _is_kind(value: Any, types_: tuple[type, ...]) -> bool:
+    return isinstance(value, types_) and not (isinstance(value, bool) and bool not in types_)
+
+
+def _describe(annotation) -> str:
+    """How an annotation reads in an error: "a whole number ≥ 0", "one of row, layer", …"""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        base, *extras = typing.get_args(annotation)
+        return " ".join([_describe(base), *(str(extra) for extra in extras if isinstance(extra, Range))])
+    if origin is Literal:
+        return "one of " + ", ".join(str(choice) for choice in typing.get_args(annotation))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(dict.fromkeys(_describe(arg) for arg in typing.get_args(annotation)))
+    kind = _plain_kind(annotation)
+    if kind and origin in (list, tuple, Sequence) and typing.get_args(annotation):
+        return f"a list, each {_describe(typing.get_args(annotation)[0])}"
+    return kind[1] if kind else "?"
+
+
+def problem(annotation, value: Any) -> str | None:
+    """Why `value` does not fit the declared `annotation` (the tail of a one-line error), or None."""
+    origin = typing.get_origin(annotation)
+    if annotation is inspect.Parameter.empty or annotation is Any:
+        return None
+    if origin is Annotated:
+        base, *extras = typing.get_args(annotation)
+        found = problem(base, value)
+        if found:
+            return found
+        ranges = [extra for extra in extras if isinstance(extra, Range)]
+        return next((f"must be {_describe(annotation)}" for r in ranges if not r.holds(value)), None)
+    if origin is Literal:
+        choices = typing.get_args(annotation)
+        fits = any(value == choice and type(value) is type(choice) for choice in choices)
+        return None if fits else ": choose one of " + ", ".join(str(choice) for choice in choices)
+    if origin in (typing.Union, types.UnionType):
+        members = typing.get_args(annotation)
+        found = [problem(member, value) for member in members]
+        if any(f is None for f in found):
+            return None
+        # the member of the value's own kind says best what is wrong (a list's bad item, a number's range)
+        for member, member_problem in zip(members, found):
+            kind = _plain_kind(typing.get_args(member)[0] if typing.get_origin(member) is Annotated else member)
+            if kind and _is_kind(value, kind[0]) and typing.get_origin(member) is not Literal:
+                return member_problem
+        return f"must be {_describe(annotation)}"
+    kind = _plain_kind(annotation)
+    if kind is None:
+        return None  # a type this checker knows nothing about: the constructor's business
+    if not _is_kind(value, kind[0]):
+        return f"must be {kind[1]}"
+    items = typing.get_args(annotation) if origin in (list, tuple, Sequence) else ()
+    if items and isinstance(value, (list, tuple)):
+        if any(problem(items[0], item) for item in value):
+            return f"must be {_describe(annotation)}"
+    return None
+
+
+def error_text(prefix: str, key: str, value: Any, tail: str) -> str:
+    return f"{prefix}.{key}={value!r}{'' if tail.startswith(':') else ' '}{tail}"
+
+
 def check_types(cls: Callable, options: Mapping[str, Any], prefix: str) -> None:
-    """A one-line error for a value of the wrong kind (`healer.lr=fast`), before the constructor runs."""
+    """A one-line error for a value that does not fit its declaration (`healer.lr=fast`, `healer.epochs=-1`,
+    `pruner.comparison=column`), before the constructor runs."""
     parameters = inspect.signature(cls).parameters
     for key, value in options.items():
-        if key not in parameters or parameters[key].annotation is inspect.Parameter.empty:
-            continue
-        kinds = _accepted(parameters[key].annotation)
-        if kinds is None:
-            continue
-        plain_bool = isinstance(value, bool) and not any(bool in types_ for types_, _ in kinds)
-        if plain_bool or not any(isinstance(value, types_) for types_, _ in kinds):
-            allowed = " or ".join(dict.fromkeys(text for _, text in kinds))
-            raise StarfishError(f"{prefix}.{key}={value!r} must be {allowed}")
+        if key in parameters:
+            tail = problem(parameters[key].annotation, value)
+            if tail:
+                raise StarfishError(error_text(prefix, key, value, tail))
+
+
+class Component:
+    """A pruner, healer or sampler: a dataclass whose fields are its declared options (`@dataclass(eq=False)`
+    on each subclass). Built from a config node or directly, its options are checked against their
+    declarations; subclasses check what spans several options in `check()`, and keep derived state in
+    private attributes, so that `describe()` — the reported options — is exactly the declaration."""
+
+    registered_name: ClassVar[str] = "?"
+    option_prefix: ClassVar[str] = "?"
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            tail = problem(field.type, getattr(self, field.name))
+            if tail:
+                raise StarfishError(error_text(self.option_prefix, field.name, getattr(self, field.name), tail))
+        self.check()
+
+    def check(self) -> None:
+        """Checks across options, and derived private state; a StarfishError for a bad combination."""
+
+    def describe(self) -> dict[str, Any]:
+        """The name and every declared option, as plain values (reports, labels, the resume fingerprint)."""
+        return {"name": self.registered_name,
+                **{field.name: _plain(getattr(self, field.name)) for field in dataclasses.fields(self)}}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple | list):
+        return [_plain(item) for item in value]
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    return value

@@ -120,3 +120,19 @@ def test_evaluation_pixels_finish_to_the_full_transform(reference_model, fmnist)
     assert finish is not None and pixels[0][1].dtype == torch.uint8  # a quarter of the bytes through the loader
     batch = torch.stack([pixels[i][1] for i in range(16)])
     assert torch.equal(finish(batch), torch.stack([full[i][1] for i in range(16)]))  # bit-identical
+
+
+def test_plan_runs_each_key_once_and_reuses_finished_results():
+    from starfish_cli.evaluation.cache import SweepCache
+    from starfish_cli.evaluation.compare import plan
+
+    cache = SweepCache()
+    cache.results["q"] = {"top1": 1.0}
+    models = {name: torch.nn.Identity() for name in ("dense", "pruned", "healed", "other")}
+    chosen = plan(models, "dense", {"dense": "k", "pruned": "p", "healed": "p", "other": "q"}, cache)
+    assert list(chosen.to_run) == ["dense", "pruned"] and chosen.reference_key == "k"
+    own = {"dense": {"top1": 3.0}, "pruned": {"top1": 2.0}}
+    assert chosen.results(own) == {"dense": {"top1": 3.0}, "pruned": {"top1": 2.0}, "healed": {"top1": 2.0},
+                                   "other": {"top1": 1.0}}
+    cache.store_results(chosen.keys, own)
+    assert cache.results == {"q": {"top1": 1.0}, "p": {"top1": 2.0}}  # the reference's key holds its outputs only

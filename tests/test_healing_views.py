@@ -125,9 +125,9 @@ def test_student_and_teacher_see_the_same_view_every_step(reference_model, calib
 
 
 @pytest.mark.parametrize("options,message", [
-    ({"augment": ["rotate"]}, "healer.augment=['rotate']: choose from flip, shift, mixup, cutmix"),
-    ({"augment": ["shift"], "shift": -1}, "healer.shift=-1 must be a whole number of pixels ≥ 0"),
-    ({"augment": ["mixup"], "mix_alpha": 0}, "healer.mix_alpha=0 must be > 0"),
+    ({"augment": ["rotate"]}, "healer.augment=['rotate'] must be a list, each one of flip, shift, mixup, cutmix"),
+    ({"augment": ["shift"], "shift": -1}, "healer.shift=-1 must be a whole number ≥ 0"),
+    ({"augment": ["mixup"], "mix_alpha": 0}, "healer.mix_alpha=0 must be a number > 0"),
     ({"augment": ["flip"], "teacher": "host"}, "healer.teacher=host caches targets of the raw images"),
     ({"augment": ["flip"], "teacher": "gpu"}, "healer.teacher=gpu caches targets of the raw images"),
     ({"augment": ["flip"], "mode": "blockwise"}, "healer.mode=blockwise heals on cached block inputs"),

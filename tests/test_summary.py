@@ -29,11 +29,11 @@ def test_summarize_groups_seeds_by_configuration():
     reports += [fake_report({"name": "kd"}, s, 70.0) for s in range(3)]
     reports += [fake_report({"name": "supervised"}, 0, 85.0, labels=True)]
     rows = summarize(reports)
-    cells = rows[("wanda", "unstructured", 0.75)]["cells"]
-    assert cells["starfish"]["top1"] == pytest.approx((82.0, 2.0)) and cells["starfish"]["seeds"] == [0, 1, 2]
-    assert cells["kd"]["top1"] == pytest.approx((70.0, 0.0))
-    assert cells["supervised"]["labels_used"] and not cells["starfish"]["labels_used"]
-    assert cells["starfish"]["recovery"][0] == pytest.approx(82.0 / 90.0)
+    cells = rows[("wanda", "unstructured", 0.75)].cells
+    assert cells["starfish"].top1 == pytest.approx((82.0, 2.0)) and cells["starfish"].seeds == [0, 1, 2]
+    assert cells["kd"].top1 == pytest.approx((70.0, 0.0))
+    assert cells["supervised"].labels_used and not cells["starfish"].labels_used
+    assert cells["starfish"].recovery[0] == pytest.approx(82.0 / 90.0)
 
 
 def test_seeds_of_one_target_share_a_row_whatever_sparsity_they_measure():
@@ -43,7 +43,7 @@ def test_seeds_of_one_target_share_a_row_whatever_sparsity_they_measure():
         report["pruner"]["sparsity"] = 0.9
     rows = summarize(reports)
     assert list(rows) == [("wanda[allocation=owl]", "unstructured", 0.9)]
-    assert rows[("wanda[allocation=owl]", "unstructured", 0.9)]["cells"]["starfish"]["seeds"] == [0, 1, 2]
+    assert rows[("wanda[allocation=owl]", "unstructured", 0.9)].cells["starfish"].seeds == [0, 1, 2]
     n_m = fake_report({"name": "starfish"}, 0, 80.0, sparsity=0.5)
     n_m["pruner"].update(pattern="2:4", sparsity=None)
     assert list(summarize([n_m])) == [("wanda", "2:4", 0.5)]  # no target: as measured
@@ -54,8 +54,8 @@ def test_summarize_keeps_pruner_options_apart():
     layer_reports = [fake_report({"name": "starfish"}, s, 84.0, pruner_label="wanda[comparison=layer]")
                      for s in range(2)]
     rows = summarize(row_reports + layer_reports)
-    assert rows[("wanda", "unstructured", 0.75)]["cells"]["starfish"]["top1"][0] == pytest.approx(80.0)
-    assert rows[("wanda[comparison=layer]", "unstructured", 0.75)]["cells"]["starfish"]["top1"][0] \
+    assert rows[("wanda", "unstructured", 0.75)].cells["starfish"].top1[0] == pytest.approx(80.0)
+    assert rows[("wanda[comparison=layer]", "unstructured", 0.75)].cells["starfish"].top1[0] \
         == pytest.approx(84.0)
 
 
@@ -75,7 +75,7 @@ def test_written_summary_keeps_option_labels_in_the_terminal_table(tmp_path, cap
 def test_old_reports_without_labels_get_plain_names():
     report = fake_report({"name": "kd", "epochs": 30}, 0, 70.0)
     del report["labels"]
-    assert list(summarize([report]).values())[0]["cells"].keys() == {"kd"}
+    assert list(summarize([report]).values())[0].cells.keys() == {"kd"}
 
 
 def test_one_seed_shows_no_spread(tmp_path):
@@ -94,10 +94,10 @@ def test_one_seed_shows_no_spread(tmp_path):
 def test_plots_give_each_healer_one_colour_and_one_shared_legend(tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
 
-    from starfish_cli import summary
+    from starfish_cli.reporting import plots, summary
 
     figures = []
-    monkeypatch.setattr(summary, "_save", lambda figure, path: figures.append(figure))
+    monkeypatch.setattr(plots, "_save", lambda figure, path: figures.append(figure))
     monkeypatch.setattr(plt, "close", lambda figure: None)
     reports = []
     for pruner in ("magnitude", "wanda"):  # two panels; kd is missing from the second
@@ -148,9 +148,9 @@ def fake_lm_report(healer, seed, perplexity, dense=100.0):
 def test_language_model_sweeps_compare_perplexity(tmp_path):
     reports = [fake_lm_report("starfish", s, p) for s, p in enumerate([110.0, 120.0])]
     reports += [fake_lm_report("none", s, 150.0) for s in range(2)]
-    cells = summarize(reports)[("wanda", "unstructured", 0.5)]["cells"]
-    assert cells["starfish"]["value"] == pytest.approx((115.0, 50 ** 0.5))
-    assert cells["starfish"]["ratio"][0] == pytest.approx(1.15) and cells["none"]["ratio"][0] == pytest.approx(1.5)
+    cells = summarize(reports)[("wanda", "unstructured", 0.5)].cells
+    assert cells["starfish"].value == pytest.approx((115.0, 50 ** 0.5))
+    assert cells["starfish"].ratio[0] == pytest.approx(1.15) and cells["none"].ratio[0] == pytest.approx(1.5)
     for index, report in enumerate(reports):
         (tmp_path / str(index)).mkdir()
         (tmp_path / str(index) / "report.json").write_text(json.dumps(report))
@@ -176,7 +176,7 @@ def test_heal_time_goes_into_the_csv_and_a_recovery_vs_heal_time_plot(tmp_path, 
 
     import matplotlib.pyplot as plt
 
-    from starfish_cli import summary
+    from starfish_cli.reporting import plots, summary
 
     reports = []  # 2 healers × 2 budgets × 2 seeds; seconds and top-1 rise with the budget
     for healer, base in (("kd", 5.0), ("starfish", 10.0)):
@@ -191,7 +191,7 @@ def test_heal_time_goes_into_the_csv_and_a_recovery_vs_heal_time_plot(tmp_path, 
     reports += [untimed, no_op]
     _write_reports(tmp_path, reports)
     figures = {}
-    monkeypatch.setattr(summary, "_save", lambda figure, path: figures.setdefault(path.name, figure))
+    monkeypatch.setattr(plots, "_save", lambda figure, path: figures.setdefault(path.name, figure))
     monkeypatch.setattr(plt, "close", lambda figure: None)
     written = summary.write_summary(tmp_path)
 

@@ -2,12 +2,17 @@
 
 from collections.abc import Sequence
 
+from dataclasses import dataclass
+from typing import Annotated
+
 import numpy as np
 
+from starfish_cli.registry import Component, Range
 from starfish_cli.runtime.errors import StarfishError
 
 
-class CalibrationSampler:
+@dataclass(eq=False)
+class CalibrationSampler(Component):
     """Picks `count` images (or `fraction` of the split) without replacement; for text, `count`
     windows of `seq_len` tokens (or `fraction` of the split's whole windows).
 
@@ -15,16 +20,14 @@ class CalibrationSampler:
     randomly chosen classes); without labels the draw is uniform.
     """
 
-    def __init__(self, fraction: float = 0.004, count: int | None = None, balanced: bool = True,
-                 seq_len: int | None = None):
-        if not 0.0 < float(fraction) <= 1.0:
-            raise StarfishError(f"calib.fraction={fraction} must be in (0, 1]: e.g. calib.fraction=0.004")
-        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count <= 0):
-            raise StarfishError(f"calib.count={count!r} must be a positive whole number of images, e.g. calib.count=240")
-        if seq_len is not None and (isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2):
-            raise StarfishError(f"calib.seq_len={seq_len!r} must be a whole number of tokens ≥ 2, e.g. calib.seq_len=128")
-        self.fraction, self.count, self.balanced = float(fraction), count, balanced
-        self.seq_len = seq_len  # tokens per calibration window (text); null: the model's context
+    option_prefix = "calib"
+    fraction: Annotated[float, Range(0, 1, low_open=True)] = 0.004
+    count: Annotated[int, Range(1)] | None = None  # overrides fraction
+    balanced: bool = True
+    seq_len: Annotated[int, Range(2)] | None = None  # tokens per calibration window (text); null: the model's context
+
+    def check(self) -> None:
+        self.fraction = float(self.fraction)
 
     def size(self, split_size: int) -> int:
         size = self.count if self.count is not None else round(self.fraction * split_size)

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
 import torch
 from torch import nn
@@ -23,9 +23,19 @@ from starfish_cli.healing.states import collect_states
 from starfish_cli.healing.teacher import available_host_bytes
 from starfish_cli.runtime.progress import progress_bar
 from starfish_cli.pruning.masks import apply_masks
+from starfish_cli.registry import Component, Range
 from starfish_cli.runtime.device import autocast
 
 log = logging.getLogger("starfish")
+
+
+@dataclass(eq=False)
+class GradualOptions:
+    """The options of a healer that can heal gradually: intermediate sparsities (ascending, below the
+    pruner's), and the fraction of the steps they take, split equally."""
+
+    schedule: Sequence[Annotated[float, Range(0, 1, low_open=True, high_open=True)]] = ()
+    schedule_share: Annotated[float, Range(0, 1, low_open=True, high_open=True)] = 0.5
 
 
 @dataclass
@@ -36,7 +46,7 @@ class HealResult:
     stages: list[dict[str, Any]] = field(default_factory=list)  # gradual healing: sparsity and steps of each stage
 
 
-class Healer:
+class Healer(Component):
     """Optimizes a pruned student towards its dense teacher, masks fixed.
 
     `heal(student, teacher, masks, calibration, device)` modifies `student` in place;
@@ -44,14 +54,10 @@ class Healer:
     for healers with `labels_used`.
     """
 
-    registered_name = "?"
-    labels_used = False  # True: the healer reads the calibration labels (reports say so)
-    changes_weights = True  # False: the healed model is the pruned one, so evaluation runs it once
-    student_states: tuple[str, ...] = ()  # the internal states the loss reads from the student
-    student_outputs = True  # whether the loss reads the student's outputs (logits); False skips its head
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.registered_name, **{k: v for k, v in vars(self).items() if not k.startswith("_")}}
+    labels_used: ClassVar[bool] = False  # True: the healer reads the calibration labels (reports say so)
+    changes_weights: ClassVar[bool] = True  # False: the healed model is the pruned one, so evaluation runs it once
+    student_states: ClassVar[tuple[str, ...]] = ()  # the internal states the loss reads from the student
+    student_outputs: ClassVar[bool] = True  # whether the loss reads the student's outputs (logits); False skips its head
 
     def heal(self, student: nn.Module, teacher: nn.Module, masks: Mapping[str, torch.Tensor],
              calibration: torch.utils.data.Dataset, device: torch.device,
@@ -92,9 +98,10 @@ PARAMETER_GROUPS = {
 
 
 def check_parameter_groups(groups) -> list[str]:
+    """`healer.train` as a list: one or more groups, each once (their names are declared where it is)."""
     groups = [groups] if isinstance(groups, str) else list(groups)
-    if not groups or any(group not in PARAMETER_GROUPS for group in groups) or len(set(groups)) < len(groups):
-        raise StarfishError(f"healer.train={groups}: choose one or more of {', '.join(PARAMETER_GROUPS)}")
+    if not groups or len(set(groups)) < len(groups):
+        raise StarfishError(f"healer.train={groups}: choose one or more of {', '.join(PARAMETER_GROUPS)}, each once")
     return groups
 
 
@@ -190,6 +197,7 @@ class StudentForward(nn.Module):
         return collect_states(self.model, images, self.kinds, self.with_outputs)
 
 
+@dataclass(eq=False)
 class GradientHealer(Healer):
     """The shared recipe: Adam on `trainable_names`, cosine decay per step, masks fixed. The
     calibration images come in one seeded order that every epoch repeats, as in the reference
@@ -197,33 +205,28 @@ class GradientHealer(Healer):
 
     Subclasses say what trains (`trainable_names`), which student states the loss needs
     (`student_states`), what the teacher provides (`teacher_targets`, computed once before the
-    first step) and what is minimized (`loss`). Under torchrun the student runs in
+    first step) and what is minimized (`objective`). Under torchrun the student runs in
     DistributedDataParallel and every rank takes batch_size / world images of each global batch.
 
-    A `schedule` of intermediate sparsities heals gradually (`heal_gradually`); healers that offer
-    it pass it on, the others leave it None and heal at the final masks only.
+    A `schedule` of intermediate sparsities heals gradually (`heal_gradually`): healers that offer it
+    declare `GradualOptions` too; the others heal at the final masks only.
     """
 
-    schedule: Sequence[float] = ()  # not an option of this healer unless its constructor passes one
+    epochs: Annotated[int, Range(0)] = 10
+    batch_size: Annotated[int, Range(1)] = 32
+    lr: Annotated[float, Range(0, low_open=True)] = 6e-4
+    min_lr: Annotated[float, Range(0)] = 1e-6  # the cosine decay's floor
+    weight_decay: Annotated[float, Range(0)] = 0.0
+    reshuffle: bool = False  # false: one seeded order every epoch (as the reference); true: a new one each epoch
+    save_every: Annotated[int, Range(0)] = 200  # steps between saves of the resumable state; 0: never
+    seed: int = 0
+    schedule = ()  # not an option unless the healer declares GradualOptions
     schedule_share = 0.5
 
-    def __init__(self, epochs: int = 10, batch_size: int = 32, lr: float = 6e-4, min_lr: float = 1e-6,
-                 weight_decay: float = 0.0, seed: int = 0, reshuffle: bool = False, save_every: int = 200,
-                 schedule: Sequence[float] | None = None, schedule_share: float = 0.5):
-        if not isinstance(epochs, int) or epochs < 0:
-            raise StarfishError(f"healer.epochs={epochs!r} must be a whole number ≥ 0")
-        if not isinstance(batch_size, int) or batch_size <= 0:
-            raise StarfishError(f"healer.batch_size={batch_size!r} must be a positive whole number")
-        if not lr > 0 or min_lr < 0 or min_lr > lr:
-            raise StarfishError(f"healer.lr={lr} must be > 0 and healer.min_lr={min_lr} in [0, lr]")
-        self.epochs, self.batch_size, self.lr, self.min_lr = epochs, batch_size, lr, min_lr
-        if not isinstance(reshuffle, bool):
-            raise StarfishError(f"healer.reshuffle={reshuffle!r} must be true or false")
-        if not isinstance(save_every, int) or isinstance(save_every, bool) or save_every < 0:
-            raise StarfishError(f"healer.save_every={save_every!r}: a whole number of steps ≥ 0 (0: never)")
-        self.weight_decay, self.seed, self.reshuffle, self.save_every = weight_decay, seed, reshuffle, save_every
-        if schedule is not None:
-            self.schedule, self.schedule_share = check_schedule(schedule, schedule_share), float(schedule_share)
+    def check(self) -> None:
+        if self.min_lr > self.lr:
+            raise StarfishError(f"healer.min_lr={self.min_lr} must be at most healer.lr={self.lr}")
+        self.schedule = check_schedule(self.schedule)
 
     def trainable_names(self, student: nn.Module) -> list[str]:
         return pruned_weight_names(student)
@@ -232,7 +235,7 @@ class GradientHealer(Healer):
         """What `loss` compares against (e.g. cached teacher states); None when the loss needs no teacher."""
         return None
 
-    def loss(self, outputs: tuple, batch: tuple, targets: Any, device: torch.device) -> torch.Tensor:
+    def objective(self, outputs: tuple, batch: tuple, targets: Any, device: torch.device) -> torch.Tensor:
         """`outputs` = the student's (logits, states) on `batch`; `targets` = `teacher_targets(…)`."""
         raise NotImplementedError
 
@@ -251,7 +254,7 @@ class GradientHealer(Healer):
 
         def loss_of_batch(batch, forward):
             images = self.step_inputs(batch, device)  # the student and `loss` (its teacher) see the same inputs
-            return self.loss(forward(images), (batch[0], images, *batch[2:]), targets, device)
+            return self.objective(forward(images), (batch[0], images, *batch[2:]), targets, device)
 
         forward = StudentForward(student, self.student_states, self.student_outputs)
         if self.schedule:

@@ -8,6 +8,10 @@ added logit-KD term, block-wise healing, and consistent augmented views (functio
 fresh random view of the calibration batch every step, seen by the student and the recomputed teacher).
 """
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
 import torch
 
 from starfish_cli.runtime import distributed
@@ -15,68 +19,57 @@ from starfish_cli.data.loader import loader
 from starfish_cli.runtime.errors import StarfishError
 from starfish_cli.models import structure_of
 from starfish_cli.healing.base import (
-    GradientHealer, HealResult, check_parameter_groups, parameter_names, pruned_weight_names,
+    PARAMETER_GROUPS, GradientHealer, GradualOptions, HealResult, check_parameter_groups, parameter_names,
+    pruned_weight_names,
 )
 from starfish_cli.healing.registry import HEALERS
 from starfish_cli.healing.states import STATE_KINDS, STATE_LOSSES, state_alignment_loss
 from starfish_cli.healing.teacher import TEACHER_MODES, TeacherTargets, logit_kd_loss
 from starfish_cli.healing.views import AUGMENTATIONS, CalibrationViews
+from starfish_cli.registry import Range
 
 MODES = ("end_to_end", "blockwise")
+PARAMETER_GROUP_NAMES = tuple(PARAMETER_GROUPS)
 
 
 @HEALERS.register("starfish")
-class StarfishHealer(GradientHealer):
-    def __init__(
-        self,
-        epochs: int = 10,
-        batch_size: int = 32,
-        lr: float = 6e-4,
-        min_lr: float = 1e-6,
-        weight_decay: float = 0.0,
-        reshuffle: bool = False, save_every: int = 200,
-        states: str | list[str] | tuple[str, ...] = ("blocks",),
-        loss: str = "cosine",
-        kd_weight: float = 0.0,
-        kd_temperature: float = 1.0,
-        mode: str = "end_to_end",
-        teacher: str = "auto",
-        augment: str | list[str] | tuple[str, ...] = (),
-        shift: int = 2,
-        mix_alpha: float = 0.4,
-        schedule: list[float] | tuple[float, ...] = (),
-        schedule_share: float = 0.5,
-        train: str | list[str] | tuple[str, ...] = ("pruned_weights",),
-        seed: int = 0,
-    ):
-        super().__init__(epochs, batch_size, lr, min_lr, weight_decay, seed, reshuffle, save_every, schedule,
-                         schedule_share)
-        states = (states,) if isinstance(states, str) else tuple(states)
-        for name, value, allowed in (("teacher", teacher, TEACHER_MODES), ("loss", loss, tuple(STATE_LOSSES)),
-                                     ("mode", mode, MODES)):
-            if value not in allowed:
-                raise StarfishError(f"healer.{name}={value!r}: choose one of {', '.join(allowed)}")
-        if not states or any(kind not in STATE_KINDS for kind in states):
-            raise StarfishError(f"healer.states={list(states)}: choose from {', '.join(STATE_KINDS)}")
-        if kd_weight < 0 or kd_temperature <= 0:
-            raise StarfishError("healer.kd_weight must be ≥ 0 and healer.kd_temperature > 0")
-        if mode == "blockwise" and (states != ("blocks",) or kd_weight):
-            raise StarfishError("healer.mode=blockwise aligns block outputs only: use states=[blocks] and kd_weight=0")
-        if mode == "blockwise" and self.schedule:
-            raise StarfishError("healer.mode=blockwise heals at the final masks only: "
-                                "use mode=end_to_end or schedule=[]")
-        self.states, self.loss_name, self.kd_weight, self.kd_temperature = list(states), loss, kd_weight, kd_temperature
-        self.mode, self.teacher = mode, teacher
-        self.train = check_parameter_groups(train)
-        if mode == "blockwise" and self.train != ["pruned_weights"]:
-            raise StarfishError("healer.mode=blockwise trains the pruned weights only: use train=[pruned_weights]")
-        self.augment, self.shift, self.mix_alpha = checked_views(augment, shift, mix_alpha, mode, teacher)
+@dataclass(eq=False)
+class StarfishHealer(GradientHealer, GradualOptions):
+    states: Literal[STATE_KINDS] | Sequence[Literal[STATE_KINDS]] = ("blocks",)  # the states aligned
+    loss: Literal[tuple(STATE_LOSSES)] = "cosine"  # the distance between a student and a teacher state
+    kd_weight: Annotated[float, Range(0)] = 0.0  # > 0 adds a logit-KD term
+    kd_temperature: Annotated[float, Range(0, low_open=True)] = 1.0
+    mode: Literal[MODES] = "end_to_end"
+    teacher: Literal[TEACHER_MODES] = "auto"
+    augment: Literal[AUGMENTATIONS] | Sequence[Literal[AUGMENTATIONS]] = ()  # function matching's views
+    shift: Annotated[int, Range(0)] = 2  # pixels, for augment=[shift]
+    mix_alpha: Annotated[float, Range(0, low_open=True)] = 0.4  # mixup's and cutmix's Beta(α, α)
+    train: Literal[PARAMETER_GROUP_NAMES] | Sequence[Literal[PARAMETER_GROUP_NAMES]] = ("pruned_weights",)
+
+    def check(self):
+        super().check()
+        self.states = [self.states] if isinstance(self.states, str) else list(self.states)
+        self.augment = [self.augment] if isinstance(self.augment, str) else list(self.augment)
+        self.train = check_parameter_groups(self.train)
+        if not self.states:
+            raise StarfishError(f"healer.states=[]: choose from {', '.join(STATE_KINDS)}")
+        if self.mode == "blockwise":
+            self._check_blockwise()
+        if self.augment and self.teacher in ("gpu", "host"):
+            raise StarfishError(f"healer.teacher={self.teacher} caches targets of the raw images, but healer.augment "
+                                "shows a new view every step: use teacher=recompute or auto")
         self._views: CalibrationViews | None = None
 
-    def describe(self):
-        described = super().describe()
-        described["loss"] = described.pop("loss_name")
-        return described
+    def _check_blockwise(self) -> None:
+        if self.states != ["blocks"] or self.kd_weight:
+            raise StarfishError("healer.mode=blockwise aligns block outputs only: use states=[blocks] and kd_weight=0")
+        if self.schedule:
+            raise StarfishError("healer.mode=blockwise heals at the final masks only: use mode=end_to_end or schedule=[]")
+        if self.train != ["pruned_weights"]:
+            raise StarfishError("healer.mode=blockwise trains the pruned weights only: use train=[pruned_weights]")
+        if self.augment:
+            raise StarfishError("healer.mode=blockwise heals on cached block inputs, which have no views: "
+                                "use mode=end_to_end or augment=[]")
 
     def trainable_names(self, student):
         return parameter_names(student, self.train)
@@ -98,10 +91,10 @@ class StarfishHealer(GradientHealer):
         images = super().step_inputs(batch, device)
         return self._views(images) if self._views else images
 
-    def loss(self, outputs, batch, targets, device):
+    def objective(self, outputs, batch, targets, device):
         logits, states = outputs
         teacher_logits, teacher_states = targets(batch[0], batch[1].to(device, non_blocking=True))
-        loss = state_alignment_loss(states, teacher_states, self.loss_name)
+        loss = state_alignment_loss(states, teacher_states, self.loss)
         if self.kd_weight:
             loss = loss + self.kd_weight * logit_kd_loss(logits, teacher_logits, self.kd_temperature)
         return loss
@@ -129,7 +122,7 @@ class StarfishHealer(GradientHealer):
             def loss_of_batch(batch, _forward, number=number, target=teacher_outputs[number]):
                 indices, x = batch
                 return state_alignment_loss([structure.run_block(number, x.to(device))],
-                                            [target[indices].to(device).float()], self.loss_name)
+                                            [target[indices].to(device).float()], self.loss)
 
             result.steps += self.optimize(student, names, masks, block_set, device, precision, result.loss_history,
                                           loss_of_batch, f"healing block {number}")
@@ -137,24 +130,6 @@ class StarfishHealer(GradientHealer):
                 inputs = torch.cat([structure.run_block(number, x.to(device)).cpu()
                                     for _, x in loader(block_set, self.batch_size, device=device)])
         return result
-
-
-def checked_views(augment, shift, mix_alpha, mode: str, teacher: str) -> tuple[list[str], int, float]:
-    """The view options as plain values (they go into reports), or a one-line error."""
-    augment = [augment] if isinstance(augment, str) else list(augment)
-    if any(name not in AUGMENTATIONS for name in augment):
-        raise StarfishError(f"healer.augment={augment}: choose from {', '.join(AUGMENTATIONS)} (or [] for none)")
-    if not isinstance(shift, int) or isinstance(shift, bool) or shift < 0:
-        raise StarfishError(f"healer.shift={shift!r} must be a whole number of pixels ≥ 0")
-    if not mix_alpha > 0:
-        raise StarfishError(f"healer.mix_alpha={mix_alpha} must be > 0 (mixup's and cutmix's Beta(α, α))")
-    if augment and teacher in ("gpu", "host"):
-        raise StarfishError(f"healer.teacher={teacher} caches targets of the raw images, but healer.augment shows "
-                            "a new view every step: use teacher=recompute or auto")
-    if augment and mode == "blockwise":
-        raise StarfishError("healer.mode=blockwise heals on cached block inputs, which have no views: "
-                            "use mode=end_to_end or augment=[]")
-    return augment, shift, mix_alpha
 
 
 class BlockInputs(torch.utils.data.Dataset):

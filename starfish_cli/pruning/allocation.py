@@ -9,9 +9,6 @@ import torch
 
 from starfish_cli.runtime.errors import StarfishError
 
-ALLOCATIONS = ("uniform", "owl")
-
-
 def outlier_ratio(scores: Sequence[torch.Tensor], threshold: float) -> float:
     """The share of a block's scores (all its layers together) above `threshold` × their mean."""
     flat = torch.cat([score.flatten().float() for score in scores])

@@ -1,12 +1,15 @@
-"""What every pruner shares: sparsity and pattern validation, calibration statistics, mask selection."""
+"""What every pruner shares: the interface a stage calls, and for weight-level pruners the sparsity,
+pattern and mask selection; the calibration statistics (input moments and norms)."""
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from starfish_cli.models import structure_of
+from starfish_cli.registry import Component
 from starfish_cli.pruning.masks import (
     apply_masks,
     check_sparsity,
@@ -18,28 +21,42 @@ from starfish_cli.pruning.masks import (
 )
 
 
-class Pruner:
-    """Scores each prunable weight and zeroes the lowest-scoring ones.
+class Pruner(Component):
+    """What a stage calls: `prune(model, calibration)` zeroes (or removes) weights in place and returns the
+    keep-masks by layer name; `needs_calibration` says whether it reads calibration inputs."""
 
-    Subclasses implement `score`; `compare` says whether scores compete across the whole
+    needs_calibration: ClassVar[bool] = False
+
+    def prune(self, model: nn.Module, calibration: Iterable[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+Sparsity = float | Mapping[str, float]  # one fraction for every layer, or glob pattern → fraction
+
+
+@dataclass(eq=False)
+class WeightPruner(Pruner):
+    """Scores each prunable weight and zeroes the lowest-scoring ones: unstructured, or N:M.
+
+    Subclasses implement `score`; `comparison` says whether scores compete across the whole
     layer ("layer") or within each output row ("row").
     """
 
-    registered_name = "?"
-    needs_calibration = False
-    compare = "layer"
+    sparsity: Sparsity = 0.5
+    pattern: str = "unstructured"
+    comparison: ClassVar[str] = "layer"
 
-    def __init__(self, sparsity: float | Mapping[str, float] = 0.5, pattern: str = "unstructured"):
-        if isinstance(sparsity, Mapping):
-            self.sparsity = {str(k): check_sparsity(v, f"pruner.sparsity[{k!r}]") for k, v in sparsity.items()}
+    def check(self) -> None:
+        if isinstance(self.sparsity, Mapping):
+            self.sparsity = {str(k): check_sparsity(v, f"pruner.sparsity[{k!r}]") for k, v in self.sparsity.items()}
         else:
-            self.sparsity = check_sparsity(sparsity)
-        self.pattern = parse_pattern(pattern)
+            self.sparsity = check_sparsity(self.sparsity)
+        self._pattern = parse_pattern(self.pattern)
+        self.pattern = str(self._pattern)
 
     def describe(self) -> dict[str, Any]:
         # an N:M pattern fixes the sparsity (2:4 → 0.5), whatever `sparsity` says
-        target = self.pattern.sparsity if self.pattern.is_nm else self.sparsity
-        return {"name": self.registered_name, "sparsity": target, "pattern": str(self.pattern)}
+        return super().describe() | ({"sparsity": self._pattern.sparsity} if self._pattern.is_nm else {})
 
     def score(self, name: str, weight: torch.Tensor, input_norms: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
@@ -52,9 +69,9 @@ class Pruner:
     def select(self, scores: torch.Tensor, sparsity: float) -> torch.Tensor:
         if sparsity == 0.0:
             return torch.ones_like(scores, dtype=torch.bool)
-        if self.pattern.is_nm:
-            return nm_mask(scores, self.pattern.n, self.pattern.m)
-        return row_mask(scores, sparsity) if self.compare == "row" else layer_mask(scores, sparsity)
+        if self._pattern.is_nm:
+            return nm_mask(scores, self._pattern.n, self._pattern.m)
+        return row_mask(scores, sparsity) if self.comparison == "row" else layer_mask(scores, sparsity)
 
     @torch.no_grad()
     def prune(self, model: nn.Module, calibration: Iterable[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:

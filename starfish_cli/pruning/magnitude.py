@@ -1,8 +1,10 @@
 """Magnitude pruning: drop the smallest |W| of each layer."""
 
+from dataclasses import dataclass
+
 import torch
 
-from starfish_cli.pruning.base import Pruner
+from starfish_cli.pruning.base import WeightPruner
 from starfish_cli.pruning.registry import PRUNERS
 
 
@@ -11,6 +13,7 @@ def magnitude_scores(weight: torch.Tensor) -> torch.Tensor:
 
 
 @PRUNERS.register("magnitude")
-class MagnitudePruner(Pruner):
+@dataclass(eq=False)
+class MagnitudePruner(WeightPruner):
     def score(self, name, weight, input_norms):
         return magnitude_scores(weight)

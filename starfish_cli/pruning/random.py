@@ -1,18 +1,18 @@
 """Random pruning: the control every real pruner must beat."""
 
 import zlib
+from dataclasses import dataclass
 
 import torch
 
-from starfish_cli.pruning.base import Pruner
+from starfish_cli.pruning.base import WeightPruner
 from starfish_cli.pruning.registry import PRUNERS
 
 
 @PRUNERS.register("random")
-class RandomPruner(Pruner):
-    def __init__(self, sparsity=0.5, pattern="unstructured", seed: int = 0):
-        super().__init__(sparsity, pattern)
-        self.seed = seed
+@dataclass(eq=False)
+class RandomPruner(WeightPruner):
+    seed: int = 0
 
     def score(self, name, weight, input_norms):
         # a per-layer stream derived from the run seed and the layer name: independent of layer order

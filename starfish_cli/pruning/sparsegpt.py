@@ -5,15 +5,17 @@ inputs produced by the already-pruned prefix, so later layers compensate earlier
 """
 
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 from torch import nn
 
-from starfish_cli.runtime.errors import StarfishError
 from starfish_cli.models import structure_of
-from starfish_cli.pruning.base import Pruner
+from starfish_cli.pruning.base import WeightPruner
 from starfish_cli.pruning.masks import Pattern, sparsity_for_layer
 from starfish_cli.pruning.registry import PRUNERS
+from starfish_cli.registry import Range
 
 
 def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, pattern: Pattern,
@@ -76,19 +78,11 @@ def input_hessian(inputs: Iterable[torch.Tensor], features: int) -> torch.Tensor
 
 
 @PRUNERS.register("sparsegpt")
-class SparseGPTPruner(Pruner):
+@dataclass(eq=False)
+class SparseGPTPruner(WeightPruner):
     needs_calibration = True
-
-    def __init__(self, sparsity=0.5, pattern="unstructured", block_size: int = 128, damping: float = 0.01):
-        super().__init__(sparsity, pattern)
-        if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-            raise StarfishError(f"pruner.block_size={block_size!r} must be a whole number ≥ 1 (columns per lazy update)")
-        if isinstance(damping, bool) or not isinstance(damping, int | float) or damping < 0:
-            raise StarfishError(f"pruner.damping={damping!r} must be a number ≥ 0 (a fraction of mean diag H)")
-        self.block_size, self.damping = block_size, damping
-
-    def describe(self):
-        return super().describe() | {"block_size": self.block_size, "damping": self.damping}
+    block_size: Annotated[int, Range(1)] = 128  # columns per lazy batch update
+    damping: Annotated[float, Range(0)] = 0.01  # a fraction of the mean diagonal of H
 
     @torch.no_grad()
     def prune(self, model: nn.Module, calibration=None) -> dict[str, torch.Tensor]:
@@ -108,7 +102,7 @@ class SparseGPTPruner(Pruner):
                     hook.remove()
                 hessian = input_hessian(captured, layer.in_features).to(layer.weight.device)
                 new_weight, masks[name] = sparsegpt_prune(
-                    layer.weight, hessian, sparsity_for_layer(self.sparsity, name), self.pattern,
+                    layer.weight, hessian, sparsity_for_layer(self.sparsity, name), self._pattern,
                     self.block_size, self.damping)
                 layer.weight.copy_(new_weight)
             block_inputs = [structure.run_block(number, x) for x in block_inputs]  # the pruned block feeds the next

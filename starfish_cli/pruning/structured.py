@@ -7,6 +7,9 @@ over the unit's output-projection columns (An et al., AAAI 2024). `compensate` a
 units' mean contribution to the output projection's bias, as FLAP does.
 """
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 from torch import nn
 
@@ -17,8 +20,6 @@ from starfish_cli.pruning.base import Pruner, input_moments
 from starfish_cli.pruning.masks import check_sparsity
 from starfish_cli.pruning.registry import PRUNERS
 
-CRITERIA = ("magnitude", "activation", "fluctuation")
-SCOPES = ("block", "global")
 KINDS = {"heads": ("heads", "heads"), "neurons": ("mlp", "MLP neurons")}  # unit kind → (option, in words)
 
 
@@ -90,29 +91,29 @@ def mean_contribution(weight: torch.Tensor, mean: torch.Tensor, columns: torch.T
 
 
 @PRUNERS.register("structured")
+@dataclass(eq=False)
 class StructuredPruner(Pruner):
     """Removes `heads` and `mlp` (fractions) of each block's attention heads and MLP neurons, ranked by
     `criterion` within each block (`scope=block`) or over all blocks (`scope=global`, scores standardized
     per block). At least one head and one neuron stay in every block. Nothing is left to mask: every
     remaining weight trains."""
 
-    def __init__(self, heads: float = 0.5, mlp: float = 0.5, criterion: str = "fluctuation", scope: str = "block",
-                 compensate: bool = False):
-        self.fractions = {"heads": check_sparsity(heads, "pruner.heads", "attention heads"),
-                          "neurons": check_sparsity(mlp, "pruner.mlp", "MLP neurons")}
-        if criterion not in CRITERIA:
-            raise StarfishError(f"pruner.criterion={criterion!r}: choose one of {', '.join(CRITERIA)}")
-        if scope not in SCOPES:
-            raise StarfishError(f"pruner.scope={scope!r}: choose one of {', '.join(SCOPES)}")
-        if not isinstance(compensate, bool):
-            raise StarfishError(f"pruner.compensate={compensate!r} must be true or false")
-        self.criterion, self.scope, self.compensate = criterion, scope, compensate
-        self.needs_calibration = criterion != "magnitude" or compensate
+    heads: float = 0.5
+    mlp: float = 0.5
+    criterion: Literal["magnitude", "activation", "fluctuation"] = "fluctuation"
+    scope: Literal["block", "global"] = "block"
+    compensate: bool = False
+
+    def check(self):
+        self.heads = check_sparsity(self.heads, "pruner.heads", "attention heads")
+        self.mlp = check_sparsity(self.mlp, "pruner.mlp", "MLP neurons")
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.criterion != "magnitude" or self.compensate
 
     def describe(self):
-        return {"name": self.registered_name, "pattern": "heads+neurons", "heads": self.fractions["heads"],
-                "mlp": self.fractions["neurons"], "criterion": self.criterion, "scope": self.scope,
-                "compensate": self.compensate}
+        return super().describe() | {"pattern": "heads+neurons"}
 
     @torch.no_grad()
     def prune(self, model: nn.Module, calibration=None) -> dict[str, torch.Tensor]:
@@ -127,8 +128,9 @@ class StructuredPruner(Pruner):
             for kind in KINDS:
                 block_scores[kind].append(unit_scores(block[kind], scores, rows=self.criterion != "fluctuation"))
         choose = lowest_per_block if self.scope == "block" else lowest_overall
-        removed = {kind: choose(block_scores[kind], self.fractions[kind], f"pruner.{option}={self.fractions[kind]}",
-                                words) for kind, (option, words) in KINDS.items()}
+        fractions = {"heads": self.heads, "neurons": self.mlp}
+        removed = {kind: choose(block_scores[kind], fractions[kind], f"pruner.{option}={fractions[kind]}", words)
+                   for kind, (option, words) in KINDS.items()}
         for index, block in enumerate(units):
             if self.compensate:
                 self._compensate(layers, moments, block, {kind: removed[kind][index] for kind in KINDS})

@@ -1,14 +1,16 @@
 """Wanda (Sun et al., 2023): |W| scaled by the input-feature norm, compared within each output row."""
 
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
 import torch
 
 from starfish_cli.runtime.errors import StarfishError
 from starfish_cli.models import structure_of
-from starfish_cli.pruning.allocation import ALLOCATIONS, outlier_ratio, owl_sparsities
-from starfish_cli.pruning.base import Pruner
+from starfish_cli.pruning.allocation import outlier_ratio, owl_sparsities
+from starfish_cli.pruning.base import WeightPruner
 from starfish_cli.pruning.registry import PRUNERS
-
-COMPARISONS = ("row", "layer")
+from starfish_cli.registry import Range
 
 
 def wanda_scores(weight: torch.Tensor, input_norms: torch.Tensor) -> torch.Tensor:
@@ -17,41 +19,30 @@ def wanda_scores(weight: torch.Tensor, input_norms: torch.Tensor) -> torch.Tenso
 
 
 @PRUNERS.register("wanda")
-class WandaPruner(Pruner):
+@dataclass(eq=False)
+class WandaPruner(WeightPruner):
     """`comparison`: scores compete within each output row (Wanda's default, also for ViTs) or
     across the whole layer (Wanda's `--prune_granularity layer`). `allocation`: the same sparsity in
     every block, or OWL's outlier-weighted sparsity per block (pruning.allocation)."""
 
     needs_calibration = True
+    comparison: Literal["row", "layer"] = "row"
+    allocation: Literal["uniform", "owl"] = "uniform"
+    outlier_threshold: Annotated[float, Range(0, low_open=True)] = 5.0  # owl: an outlier is above this × the block's mean
+    allocation_spread: Annotated[float, Range(0, 0.5, high_open=True)] = 0.08  # owl: block sparsities span target ± this
 
-    def __init__(self, sparsity=0.5, pattern: str = "unstructured", comparison: str = "row",
-                 allocation: str = "uniform", outlier_threshold: float = 5.0, allocation_spread: float = 0.08):
-        super().__init__(sparsity, pattern)
-        if comparison not in COMPARISONS:
-            raise StarfishError(f"pruner.comparison={comparison!r}: choose one of {', '.join(COMPARISONS)}")
-        if allocation not in ALLOCATIONS:
-            raise StarfishError(f"pruner.allocation={allocation!r}: choose one of {', '.join(ALLOCATIONS)}")
-        if allocation == "owl" and (self.pattern.is_nm or not isinstance(self.sparsity, float)):
+    def check(self):
+        super().check()
+        if self.allocation == "owl" and (self._pattern.is_nm or not isinstance(self.sparsity, float)):
             raise StarfishError("pruner.allocation=owl spreads one unstructured sparsity over the blocks: "
                                 "use a single pruner.sparsity and pattern=unstructured")
-        if not outlier_threshold > 0 or not 0 <= allocation_spread < 0.5:
-            raise StarfishError(f"pruner.outlier_threshold={outlier_threshold} must be > 0 and "
-                                f"pruner.allocation_spread={allocation_spread} in [0, 0.5)")
-        self.compare, self.allocation = comparison, allocation
-        self.outlier_threshold, self.allocation_spread = outlier_threshold, allocation_spread
-
-    def describe(self):
-        described = super().describe() | {"comparison": self.compare, "allocation": self.allocation}
-        if self.allocation == "owl":
-            described |= {"outlier_threshold": self.outlier_threshold, "allocation_spread": self.allocation_spread}
-        return described
 
     def layer_sparsities(self, model, layers, input_norms):
         if self.allocation == "uniform":
             return super().layer_sparsities(model, layers, input_norms)
         structure = structure_of(model)
-        prefixes = [f"{structure.block_name(number)}." for number in range(len(structure.blocks))]
-        blocks = [{name: layer for name, layer in layers.items() if name.startswith(prefix)} for prefix in prefixes]
+        blocks = [{name: layers[name] for name in structure.block_layers(number) if name in layers}
+                  for number in range(len(structure.blocks))]
         # one block's scores at a time (scored again for the masks): all of a large model's at once would not fit
         ratios = [outlier_ratio([self.score(name, layer.weight.float(), input_norms[name])
                                  for name, layer in block.items()], self.outlier_threshold) for block in blocks]

@@ -48,7 +48,7 @@ def assemble_report(context: Context, pruned: Pruned, healed: Healed | None, eva
         "pruner": pruned.metadata["pruner"],
         "sparsity": pruned.metadata["sparsity"],
         "calibration": pruned.metadata["calibration"],
-        "labels": {"pruner": PRUNERS.label(pruned.metadata["pruner"], ("name", "sparsity", "pattern"))},
+        "labels": {"pruner": PRUNERS.label(pruned.metadata["pruner"], ("name", "sparsity", "pattern", "seed"))},
         "checkpoints": {"pruned_masks_digest": pruned.metadata["masks_digest"]},
     }
     stages = {"calibration": calibration.timing if calibration else {},
