@@ -5,7 +5,7 @@ INSTALLED := $(VENV)/.installed
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 FORTUNES_DIR := /usr/share/games/fortunes
 
-.PHONY: setup data demo test clean
+.PHONY: setup data demo test test-fast clean
 
 $(PYTHON):
 	python3 -m venv $(VENV)
@@ -32,6 +32,10 @@ demo: setup
 
 test: setup
 	$(PYTHON) -m pytest -q -n auto --maxprocesses=4  # one worker per core: most tests wait on a CLI subprocess
+
+# the pure functions and in-process tests, without the slow ones (a CLI subprocess, a whole stage)
+test-fast: setup
+	$(PYTHON) -m pytest -q -n auto --maxprocesses=4 -m "not slow"
 
 clean:
 	rm -rf outputs multirun .pytest_cache

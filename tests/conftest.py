@@ -74,3 +74,12 @@ def run_cli(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedPr
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+SLOW_FIXTURES = {"runs"}  # fixtures that run the installed `starfish`: every test using one is slow
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

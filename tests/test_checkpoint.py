@@ -5,7 +5,8 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from starfish_cli.artifacts.checkpoint import load_checkpoint, masks_digest, restore, save_checkpoint
+from starfish_cli.artifacts.checkpoint import load_checkpoint, restore, save_checkpoint
+from starfish_cli.pruning.masks import masks_digest
 from starfish_cli.runtime.errors import StarfishError
 from starfish_cli.pruning import PRUNERS
 

@@ -10,7 +10,7 @@ from conftest import SHRUNK, needs_fmnist, read_json, run_cli
 from starfish_cli.artifacts.checkpoint import load_checkpoint
 from starfish_cli.pruning.masks import is_nm_valid
 
-pytestmark = needs_fmnist
+pytestmark = [needs_fmnist, pytest.mark.slow]  # the installed `starfish` in subprocesses
 REPORT_KEYS = ["accuracy.dense.top1", "accuracy.pruned.top1", "accuracy.healed.top1", "recovery",
                "sparsity.prunable", "calibration.count", "calibration.labels_used", "seed"]
 

@@ -40,8 +40,11 @@ def test_missing_experiment_file(tmp_path):
 
 
 @pytest.mark.parametrize("override", ["pruner=wanda", "healer=none,kd,starfish", "model=deit_base", "+experiment=fmnist_wanda_75"])
-def test_known_group_choices_pass(override):
-    check_group_choices([override], [])
+def test_known_group_choices_pass_and_a_typo_of_each_fails(override):
+    check_group_choices([override], [])  # raises for an unknown choice
+    group = override.lstrip("+").split("=")[0]
+    with pytest.raises(StarfishError, match=f"unknown {group} '.*x': choose one of"):
+        check_group_choices([f"{override}x"], [])
 
 
 @pytest.mark.parametrize("override,message", [("pruner=wandaa", "unknown pruner 'wandaa'"),

@@ -11,6 +11,8 @@ from starfish_cli.data.calibration import CalibrationSampler
 from starfish_cli.data import DATASETS
 from starfish_cli.runtime.errors import StarfishError
 
+pytestmark = pytest.mark.slow  # whole stages, in process
+
 TINY_DEIT = ["model=deit_tiny", "model.pretrained=false", "+model.kwargs.img_size=64", "+model.kwargs.num_classes=4",
              "calib.count=8", "healer.epochs=1", "healer.batch_size=4", "eval.batch_size=4", "device=cpu"]
 

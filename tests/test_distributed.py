@@ -10,7 +10,7 @@ import torch
 from conftest import SHRUNK, needs_fmnist, read_json, run_cli
 from starfish_cli.artifacts.checkpoint import load_checkpoint
 
-pytestmark = needs_fmnist
+pytestmark = [needs_fmnist, pytest.mark.slow]  # the installed `starfish` in subprocesses
 
 
 def torchrun(*args, cwd, port):

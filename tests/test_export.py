@@ -173,6 +173,7 @@ def test_load_is_imported_on_first_use(monkeypatch):
     (["export.format=tflite"], "export.format='tflite': choose one of safetensors, onnx"),
     (["dtype=int8"], "export.dtype='int8': choose one of float32, bfloat16, float16"),
 ])
+@pytest.mark.slow
 def test_bad_export_input_is_one_line_and_writes_nothing(runs, overrides, message):
     root, folders = runs
     folder = folders["unstructured"]

@@ -78,6 +78,7 @@ def test_perplexity_is_exp_of_mean_next_token_nll():
     assert results["top1"] == 50.0 and results["agreement"] == 100.0
 
 
+@pytest.mark.slow
 def test_run_on_a_save_pretrained_folder(tiny_folder, text_files, tmp_path):
     run_dir = tmp_path / "run"
     run_cli("run", "model=hf_causal_lm", f"model.name={tiny_folder}", "data=text_files",
@@ -101,6 +102,7 @@ def test_run_on_a_save_pretrained_folder(tiny_folder, text_files, tmp_path):
     (["calib.seq_len=4096"], "longer than the model's context"),
     (["data=text_files", "data.train=EMPTY", "data.test=EMPTY"], "has no text"),
 ])
+@pytest.mark.slow
 def test_bad_input_is_one_line_and_exit_2(overrides, message, text_files, tmp_path):
     overrides = [item.replace("EMPTY", str(text_files / "empty.txt")) for item in overrides]
     result = run_cli("run", "model=lm_reference", *overrides, "eval.speed=false", f"hydra.run.dir={tmp_path / 'run'}",
@@ -131,3 +133,31 @@ def test_pruners_cut_every_decoder_linear(tiny_folder, pruner, pattern):
     assert torch.equal(model.get_output_embeddings().weight, head)
     with torch.no_grad():
         assert torch.isfinite(model(calibration[0]).logits).all()
+
+
+@pytest.mark.slow
+def test_a_language_model_run_exports_loads_and_compiles(tmp_path):
+    """`starfish export` and `starfish_cli.load` reach the causal-LM family through the model registry, and
+    compile=true compiles its decoder layers: the same perplexities as the eager run."""
+    import starfish_cli
+    from starfish_cli.artifacts.checkpoint import load_checkpoint
+    from starfish_cli.artifacts.load import rebuild
+    from starfish_cli.data import DATASETS
+
+    small = ["model=lm_reference", "calib.count=8", "healer.epochs=1", "eval.max_images=4", "eval.speed=false"]
+    run_cli("run", *small, "hydra.run.dir=run", cwd=tmp_path)
+    exported = run_cli("export", *small, "hydra.run.dir=run", cwd=tmp_path)
+    assert exported.returncode == 0 and (tmp_path / "run" / "export" / "model.safetensors").is_file()
+    loaded = starfish_cli.load(tmp_path / "run")
+    checkpoint = load_checkpoint(tmp_path / "run" / "healed.safetensors", "heal")
+    healed = rebuild(checkpoint.metadata["model"])
+    healed.load_state_dict(checkpoint.weights)
+    windows, _ = DATASETS.build({"name": "fortunes"}).evaluation_items(4, **structure_of(healed).preprocessing())
+    tokens = windows.windows
+    with torch.no_grad():
+        assert torch.equal(loaded(tokens).logits, healed(tokens).logits)
+
+    run_cli("run", *small, "compile=true", "hydra.run.dir=compiled", cwd=tmp_path)
+    eager, compiled = (read_json(tmp_path / name / "report.json")["accuracy"] for name in ("run", "compiled"))
+    for model in ("dense", "pruned", "healed"):
+        assert compiled[model]["perplexity"] == pytest.approx(eager[model]["perplexity"], rel=1e-3), model

@@ -143,6 +143,7 @@ def test_report_says_how_the_steps_were_split():
     assert "8 steps\n" in render_markdown({"healing": {"steps": 8}})
 
 
+@pytest.mark.slow
 def test_bad_schedule_on_the_command_line_is_one_line_exit_2(tmp_path):
     result = run_cli("run", "healer.schedule=[0.75,0.5]", cwd=tmp_path, check=False)
     assert result.returncode == 2, result.stderr[-2000:]

@@ -138,6 +138,7 @@ def test_bad_view_options_are_one_line_errors(options, message):
     assert message in str(error.value)
 
 
+@pytest.mark.slow
 def test_cli_refuses_an_unknown_augmentation_with_exit_2(tmp_path):
     result = run_cli("heal", "healer.augment=[rotate]", cwd=tmp_path, check=False)
     lines = [line for line in result.stderr.splitlines() if line.startswith("starfish: error:")]

@@ -157,6 +157,7 @@ def test_healers_train_the_smaller_model(reference_model, calibration_images, ca
 @pytest.mark.parametrize("setting,message", [("pruner.heads=1.0", "pruner.heads=1.0 is outside [0, 1)"),
                                              ("pruner.mlp=-0.1", "pruner.mlp=-0.1 is outside [0, 1)"),
                                              ("pruner.heads=0.9", "removes all 4 heads of block 0")])
+@pytest.mark.slow
 def test_bad_structured_settings_exit_2_and_leave_nothing(tmp_path, setting, message):
     result = run_cli("prune", "pruner=structured", setting, "calib.count=8", cwd=tmp_path, check=False)
     lines = [line for line in result.stderr.splitlines() if line.startswith("starfish: error:")]
@@ -165,6 +166,7 @@ def test_bad_structured_settings_exit_2_and_leave_nothing(tmp_path, setting, mes
 
 
 @needs_fmnist
+@pytest.mark.slow
 def test_structured_checkpoint_heals_and_evaluates_from_disk(tmp_path):
     settings = ["pruner=structured", "pruner.heads=0.5", "pruner.mlp=0.75", "healer=kd", *SHRUNK, "eval.speed=false"]
     for stage in ("prune", "heal", "eval"):

@@ -5,7 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import needs_fmnist
+
+pytestmark = pytest.mark.slow  # the installed `starfish` in subprocesses
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 

@@ -1,6 +1,5 @@
 """Checkpoints: model weights + pruning masks + metadata in one safetensors file, written atomically."""
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +10,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from starfish_cli.pruning.masks import masks_digest
 from starfish_cli.runtime.atomic import write_atomically
 from starfish_cli.runtime.errors import StarfishError
 
@@ -26,19 +26,6 @@ class Checkpoint:
     weights: dict[str, torch.Tensor]
     masks: dict[str, torch.Tensor]
     metadata: dict[str, Any]
-
-
-def masks_digest(masks: dict[str, torch.Tensor], kept: nn.Module | None = None) -> str:
-    """A short content hash of the masks: ties a healed checkpoint to the pruned one it came from.
-    A structurally pruned model has nothing left to mask: its weights (`kept`) say which units stayed."""
-    digest = hashlib.sha256()
-    for name in sorted(masks):
-        digest.update(name.encode())
-        digest.update(masks[name].to(torch.uint8).cpu().numpy().tobytes())
-    for name, tensor in (kept.state_dict().items() if kept is not None else ()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def save_checkpoint(path: Path, model: nn.Module, masks: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:

@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from starfish_cli.runtime import distributed
-from starfish_cli.artifacts.checkpoint import masks_digest
+from starfish_cli.pruning.masks import masks_digest
 from starfish_cli.data.loader import loader
 from starfish_cli.runtime.errors import StarfishError
 from starfish_cli.models import structure_of

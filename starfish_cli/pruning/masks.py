@@ -3,6 +3,7 @@
 Masks are boolean tensors shaped like the weight: True = kept, False = pruned to zero.
 """
 
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -146,3 +147,16 @@ def measure_sparsity(model: nn.Module, layers: Mapping[str, nn.Linear], dense: n
         "remaining_parameters": remaining,  # fewer than total_parameters when whole units were removed
         "per_layer": per_layer,
     }
+
+
+def masks_digest(masks: dict[str, torch.Tensor], kept: nn.Module | None = None) -> str:
+    """A short content hash of the masks: ties a healed checkpoint to the pruned one it came from.
+    A structurally pruned model has nothing left to mask: its weights (`kept`) say which units stayed."""
+    digest = hashlib.sha256()
+    for name in sorted(masks):
+        digest.update(name.encode())
+        digest.update(masks[name].to(torch.uint8).cpu().numpy().tobytes())
+    for name, tensor in (kept.state_dict().items() if kept is not None else ()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]

@@ -6,7 +6,8 @@ import json
 import logging
 from typing import Any
 
-from starfish_cli.artifacts.checkpoint import PRUNED_FILE, masks_digest, save_checkpoint
+from starfish_cli.artifacts.checkpoint import PRUNED_FILE, save_checkpoint
+from starfish_cli.pruning.masks import masks_digest
 from starfish_cli.data import loader
 from starfish_cli.models import structure_of
 from starfish_cli.pruning import Pruner
