@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 
 from conftest import SHRUNK, needs_fmnist, read_json, run_cli
 from starfish_cli.artifacts.checkpoint import load_checkpoint
-from starfish_cli.pruning.masks import is_nm_valid
+from starfish_cli.pruning.masks import fits_nm
 
 pytestmark = [needs_fmnist, pytest.mark.slow]  # the installed `starfish` in subprocesses
 REPORT_KEYS = ["accuracy.dense.top1", "accuracy.pruned.top1", "accuracy.healed.top1", "recovery",
@@ -56,7 +56,7 @@ def test_two_four_pattern_masks_on_disk(tmp_path):
     run_cli("run", *SHRUNK, "pruner.pattern=2:4", "hydra.run.dir=out", cwd=tmp_path)
     for name in ("pruned.safetensors", "healed.safetensors"):
         checkpoint = load_checkpoint(tmp_path / "out" / name, "prune")
-        assert checkpoint.masks and all(is_nm_valid(m, 2, 4) for m in checkpoint.masks.values())
+        assert checkpoint.masks and all(fits_nm(m, 2, 4) for m in checkpoint.masks.values())
         for layer, mask in checkpoint.masks.items():
             assert torch.all(checkpoint.weights[f"{layer}.weight"][~mask] == 0)
     assert read_json(tmp_path / "out" / "report.json")["healing"]["steps"] == 1
@@ -116,7 +116,7 @@ def _bad_checkpoint(tmp_path, kind):
     (["run", "healer.lr=fast"], "healer.lr='fast' must be a number"),
     (["run", "pruner.sparsity=[0.5"], "cannot read the overrides"),
     (["run", "-m", "healer=none,kd"], "unknown key 'healer.epochs' (with healer=none)"),
-    (["run", "calib.fraction=2"], "calib.fraction=2 must be in (0, 1]"),
+    (["run", "calib.fraction=2"], "calib.fraction=2 must be a number in (0, 1]"),
     (["run", "eval.batch_size=0"], "eval.batch_size=0 must be a whole number ≥ 1"),
     (["run", "seed=abc"], "seed='abc' must be a whole number"),
     (["run", "device=tpu"], "device='tpu' is not a device"),

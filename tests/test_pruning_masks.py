@@ -6,7 +6,7 @@ from starfish_cli.pruning.masks import (
     Pattern,
     check_sparsity,
     global_threshold_masks,
-    is_nm_valid,
+    fits_nm,
     layer_mask,
     measure_sparsity,
     nm_mask,
@@ -36,9 +36,9 @@ def test_nm_mask_keeps_n_largest_of_each_group():
     scores = torch.tensor([[1.0, 9.0, 3.0, 2.0, 5.0, 4.0, 8.0, 0.0]])
     expected = torch.tensor([[False, True, True, False, True, False, True, False]])
     assert torch.equal(nm_mask(scores, 2, 4), expected)
-    assert is_nm_valid(nm_mask(torch.randn(16, 64), 2, 4), 2, 4)
-    assert is_nm_valid(nm_mask(torch.randn(16, 64), 4, 8), 4, 8)
-    assert not is_nm_valid(torch.ones(2, 8, dtype=torch.bool), 2, 4)
+    assert fits_nm(nm_mask(torch.randn(16, 64), 2, 4), 2, 4)
+    assert fits_nm(nm_mask(torch.randn(16, 64), 4, 8), 4, 8)
+    assert not fits_nm(torch.ones(2, 8, dtype=torch.bool), 2, 4)
 
 
 def test_nm_mask_rejects_indivisible_width():

@@ -7,7 +7,7 @@ from starfish_cli.runtime.errors import StarfishError
 from starfish_cli.models import structure_of
 from starfish_cli.pruning import PRUNERS
 from starfish_cli.pruning.base import input_norms
-from starfish_cli.pruning.masks import is_nm_valid
+from starfish_cli.pruning.masks import fits_nm
 from starfish_cli.pruning.wanda import wanda_scores
 
 
@@ -48,8 +48,8 @@ def test_pruners_reach_target_sparsity_only_on_block_linears(reference_model, ca
 def test_nm_pattern_masks_are_valid(reference_model, calibration_batches, pattern, n, m):
     model = copy.deepcopy(reference_model)
     masks = PRUNERS.build({"name": "wanda", "pattern": pattern}).prune(model, calibration_batches)
-    assert all(is_nm_valid(mask, n, m) for mask in masks.values())
-    assert all(is_nm_valid(layer.weight != 0, n, m) for layer in structure_of(model).prunable_layers().values())
+    assert all(fits_nm(mask, n, m) for mask in masks.values())
+    assert all(fits_nm(layer.weight != 0, n, m) for layer in structure_of(model).prunable_layers().values())
 
 
 def test_wanda_keeps_outputs_closer_than_magnitude_and_random(reference_model, calibration_batches):

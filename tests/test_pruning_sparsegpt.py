@@ -6,7 +6,7 @@ import torch
 from starfish_cli.models import structure_of
 from starfish_cli.pruning import PRUNERS
 from starfish_cli.pruning.magnitude import magnitude_scores
-from starfish_cli.pruning.masks import Pattern, is_nm_valid, layer_mask, nm_mask, parse_pattern, row_mask
+from starfish_cli.pruning.masks import Pattern, fits_nm, layer_mask, nm_mask, parse_pattern, row_mask
 from starfish_cli.pruning.sparsegpt import input_hessian, sparsegpt_prune
 from starfish_cli.pruning.wanda import wanda_scores
 
@@ -46,7 +46,7 @@ def test_sparsegpt_beats_wanda_beats_magnitude_on_every_layer(every_layer_inputs
         assert (sparsegpt == 0).float().mean().item() == pytest.approx(0.5, abs=0.01)
         assert torch.all(sparsegpt[~mask] == 0)
         if parsed.is_nm:
-            assert is_nm_valid(mask, 2, 4)
+            assert fits_nm(mask, 2, 4)
 
 
 def test_sparsegpt_beats_the_shipped_wanda_and_magnitude_pruners(every_layer_inputs):
@@ -72,7 +72,7 @@ def test_sparsegpt_pruner_on_whole_model(reference_model, calibration_batches, p
         assert torch.all(layer.weight[~masks[name]] == 0)
         assert (~masks[name]).float().mean().item() == pytest.approx(0.5, abs=0.01)
         if pattern == "4:8":
-            assert is_nm_valid(masks[name], 4, 8)
+            assert fits_nm(masks[name], 4, 8)
     changed = [n for n, layer in structure_of(model).prunable_layers().items()
                if not torch.equal(layer.weight[masks[n]], reference_model.get_submodule(n).weight[masks[n]])]
     assert changed, "SparseGPT updates the kept weights"

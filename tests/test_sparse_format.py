@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from starfish_cli.pruning.masks import nm_mask
+from starfish_cli.pruning.masks import fits_nm
 from starfish_cli.artifacts.sparse_format import (
-    compress_bitmask, compress_nm, expand_bitmask, expand_nm, is_exact_nm, pack_bits, pack_uints, unpack_bits,
+    compress_bitmask, compress_nm, expand_bitmask, expand_nm, pack_bits, pack_uints, unpack_bits,
     unpack_uints,
 )
 
@@ -50,7 +51,7 @@ def test_nm_round_trip(n, m, shape):
     weight = torch.randn(shape, generator=generator)
     mask = nm_mask(weight.abs(), n, m)
     weight = weight * mask
-    assert is_exact_nm(mask, n, m)
+    assert fits_nm(mask, n, m, exactly=True)
     values, positions = compress_nm(weight, mask, n, m)
     assert values.shape == (shape[0], shape[1] * n // m)
     bits = max(1, (m - 1).bit_length())
@@ -68,7 +69,7 @@ def test_nm_keeps_group_order_and_positions():
 
 def test_exact_nm_rejects_fewer_kept_or_ragged_rows():
     mask = nm_mask(torch.rand(4, 8), 2, 4)
-    assert is_exact_nm(mask, 2, 4)
+    assert fits_nm(mask, 2, 4, exactly=True)
     mask[0, :4] = False
-    assert not is_exact_nm(mask, 2, 4)
-    assert not is_exact_nm(torch.ones(2, 6, dtype=torch.bool), 2, 4)
+    assert not fits_nm(mask, 2, 4, exactly=True)
+    assert not fits_nm(torch.ones(2, 6, dtype=torch.bool), 2, 4, exactly=True)

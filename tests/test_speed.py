@@ -4,8 +4,9 @@ import torch
 from torch import nn
 
 from starfish_cli.pruning import PRUNERS
+from starfish_cli.pruning.masks import fits_nm
 from starfish_cli.evaluation.speed import (
-    images_per_second, is_two_of_four, macs_per_image, measure_speed, parameter_counts, semi_structured_copy,
+    images_per_second, macs_per_image, measure_speed, parameter_counts, semi_structured_copy,
 )
 
 
@@ -22,9 +23,9 @@ def test_parameter_counts_see_zeros():
 
 
 def test_two_of_four_by_hand():
-    assert is_two_of_four(torch.tensor([[1.0, 0, 2, 0, 0, 0, 0, 3]]))
-    assert not is_two_of_four(torch.tensor([[1.0, 1, 2, 0, 0, 0, 0, 3]]))
-    assert not is_two_of_four(torch.ones(2, 6))  # rows not in groups of 4
+    assert fits_nm(torch.tensor([[1.0, 0, 2, 0, 0, 0, 0, 3]]) != 0, 2, 4)
+    assert not fits_nm(torch.tensor([[1.0, 1, 2, 0, 0, 0, 0, 3]]) != 0, 2, 4)
+    assert not fits_nm(torch.ones(2, 6) != 0, 2, 4)  # rows not in groups of 4
 
 
 def test_images_per_second_for_every_model_and_batch(reference_model):

@@ -13,8 +13,8 @@ from safetensors.torch import load_file, save, save_file
 from starfish_cli.runtime.atomic import write_atomically
 from starfish_cli.artifacts.checkpoint import read_header
 from starfish_cli.runtime.errors import StarfishError, first_line
-from starfish_cli.pruning.masks import Pattern, parse_pattern
-from starfish_cli.artifacts.sparse_format import compress_bitmask, compress_nm, expand_bitmask, expand_nm, is_exact_nm
+from starfish_cli.pruning.masks import Pattern, fits_nm, parse_pattern
+from starfish_cli.artifacts.sparse_format import compress_bitmask, compress_nm, expand_bitmask, expand_nm
 
 FORMAT = "starfish-export"
 VERSION = 1
@@ -58,7 +58,7 @@ def compress(weights: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], p
         if mask is None or tensor.dim() != 2 or mask.shape != tensor.shape:
             tensors[name] = value
             continue
-        if nm.is_nm and is_exact_nm(mask, nm.n, nm.m):
+        if nm.is_nm and fits_nm(mask, nm.n, nm.m, exactly=True):
             layout, parts = {"layout": "n:m", "n": nm.n, "m": nm.m}, compress_nm(value, mask, nm.n, nm.m)
         else:
             layout, parts = {"layout": "bitmask"}, compress_bitmask(value, mask)

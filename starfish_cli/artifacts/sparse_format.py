@@ -63,15 +63,9 @@ def expand_bitmask(bitmask: torch.Tensor, values: torch.Tensor, shape: tuple[int
     return weight
 
 
-def is_exact_nm(mask: torch.Tensor, n: int, m: int) -> bool:
-    """True when every group of M consecutive weights of each row keeps exactly N."""
-    rows, cols = mask.shape
-    return cols % m == 0 and bool((mask.reshape(rows, cols // m, m).sum(-1) == n).all())
-
-
 def compress_nm(weight: torch.Tensor, mask: torch.Tensor, n: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(kept values rows × cols·N/M, packed in-group positions) of a weight whose mask keeps exactly
-    N of every M (`is_exact_nm`); the kept values of a group stay in column order."""
+    N of every M (`pruning.masks.fits_nm(exactly=True)`); the kept values of a group stay in column order."""
     rows, cols = weight.shape
     groups = mask.reshape(rows, cols // m, m)
     # a stable sort puts each group's kept positions (key 0) first, in ascending order

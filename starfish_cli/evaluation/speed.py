@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from starfish_cli.models import structure_of
+from starfish_cli.pruning.masks import fits_nm
 from starfish_cli.runtime.device import autocast
 from starfish_cli.runtime.errors import first_line
 
@@ -99,7 +100,7 @@ def semi_structured_copy(model: nn.Module, dtype: torch.dtype = torch.bfloat16) 
     converted = 0
     for layer in layers.values():
         rows, columns = layer.weight.shape
-        if rows % 64 or columns % 64 or not is_two_of_four(layer.weight):
+        if rows % 64 or columns % 64 or not fits_nm(layer.weight != 0, 2, 4):
             continue
         try:
             layer.weight = nn.Parameter(to_sparse_semi_structured(layer.weight.detach()), requires_grad=False)
@@ -109,13 +110,6 @@ def semi_structured_copy(model: nn.Module, dtype: torch.dtype = torch.bfloat16) 
     if not converted:
         return None, "no prunable layer is 2:4 with rows and columns multiples of 64"
     return sparse_model, f"{converted} of {len(layers)} layers on 2:4 kernels"
-
-
-def is_two_of_four(weight: torch.Tensor) -> bool:
-    """At most 2 nonzeros in every group of 4 consecutive weights along each row."""
-    if weight.shape[-1] % 4:
-        return False
-    return bool((weight.reshape(weight.shape[0], -1, 4) != 0).sum(-1).le(2).all())
 
 
 def measure_speed(models: Mapping[str, nn.Module], images: torch.Tensor, batch_sizes: Sequence[int],

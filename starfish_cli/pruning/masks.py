@@ -109,10 +109,14 @@ def global_threshold_masks(scores: Mapping[str, torch.Tensor], sparsity: float) 
     return masks
 
 
-def is_nm_valid(mask: torch.Tensor, n: int, m: int) -> bool:
-    """True when every group of M consecutive input weights keeps at most N."""
+def fits_nm(mask: torch.Tensor, n: int, m: int, exactly: bool = False) -> bool:
+    """True when every group of M consecutive input weights of each row keeps at most N (`exactly`: N);
+    False when the rows do not split into groups of M. A weight's nonzeros (`weight != 0`) are its mask."""
     rows, cols = mask.shape
-    return bool((mask.reshape(rows, cols // m, m).sum(-1) <= n).all())
+    if cols % m:
+        return False
+    kept = mask.reshape(rows, cols // m, m).sum(-1)
+    return bool((kept == n).all() if exactly else (kept <= n).all())
 
 
 @torch.no_grad()
