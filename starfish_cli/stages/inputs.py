@@ -22,7 +22,7 @@ from starfish_cli.runtime import distributed
 from starfish_cli.runtime.device import measure, resolve_device, resolve_precision, seed_everything
 from starfish_cli.runtime.errors import StarfishError
 from starfish_cli.stages.layout import INDICES_FILE, RunFolders
-from starfish_cli.stages.settings import check_settings, eval_workers, plain, pruning_config
+from starfish_cli.stages.settings import calibration_sampler, check_settings, eval_workers, plain, pruning_config
 from starfish_cli.stages.values import Calibration, Context, EvaluationData, Healed, Inputs, Pruned
 
 log = logging.getLogger("starfish")
@@ -39,7 +39,7 @@ def prepare(cfg: DictConfig, folders: RunFolders, steps: tuple[str, ...]) -> tup
         # hooks inside a compiled block change its guards on every step: it would recompile each time
         raise StarfishError("compile=true compiles whole blocks, and healer.states attn/mlp read inside them: "
                             "use compile=false, or healer.states=[blocks] / [final_norm]")
-    sampler = CalibrationSampler(**plain(cfg.calib))
+    sampler = calibration_sampler(cfg)
     workers = eval_workers(cfg.eval.num_workers)
     # checkpoints first: a missing or foreign file is found before any model or data is loaded
     pruned_path = Path(cfg.pruned) if cfg.pruned else folders.prune_dir / PRUNED_FILE

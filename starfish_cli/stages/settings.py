@@ -44,21 +44,26 @@ def check_settings(cfg: DictConfig) -> None:
     eval_workers(cfg.eval.num_workers)
     model = plain(cfg.model)
     check_types(family_of(model).build, model, prefix="model")
-    check_arguments(CalibrationSampler, plain(cfg.calib), "calib", prefix="calib")
-    check_types(CalibrationSampler, plain(cfg.calib), prefix="calib")
+    calibration_sampler(cfg)
     check_export_options(cfg.export.format, cfg.export.dtype)
 
 
+def calibration_sampler(cfg: DictConfig) -> CalibrationSampler:
+    """The `calib` node's sampler: an unknown key or a value outside its declaration is one line."""
+    options = plain(cfg.calib)
+    check_arguments(CalibrationSampler, options, "calib", prefix="calib")
+    return CalibrationSampler(**options)
+
+
 def check_config(cfg: DictConfig, steps: tuple[str, ...]) -> None:
-    """Everything a stage can check from its config alone, without a model or data: the settings, and
-    the pruner, healer and calibration sampler built from their nodes. The CLI runs it on every run of
+    """Everything a stage can check from its config alone, without a model or data: the settings (the
+    calibration sampler among them), and the pruner and healer built from their nodes. The CLI runs it on every run of
     a sweep before the first one starts."""
     check_settings(cfg)
     if "prune" in steps:
         PRUNERS.build(plain(cfg.pruner), seed=int(cfg.seed))
     if "heal" in steps:
         HEALERS.build(plain(cfg.healer), seed=int(cfg.seed))
-    CalibrationSampler(**plain(cfg.calib))
 
 
 def eval_workers(setting) -> int:
