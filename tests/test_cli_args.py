@@ -62,3 +62,10 @@ def test_model_kwargs_take_new_keys_as_written():
                                 "model.name=vit_fmnist", "seed=1"]) == [
         "++model.kwargs={img_size:28,in_chans:1}", "++model.kwargs.depth=2", "+model.kwargs.x=1",
         "model.name=vit_fmnist", "seed=1"]
+
+
+def test_export_keys_are_short_after_export():
+    from starfish_cli.cli.arguments import export_shorthand
+
+    assert export_shorthand(["format=hf", "dtype=bfloat16", "push_to_hub=me/pruned", "pruner.sparsity=0.5"]) == [
+        "export.format=hf", "export.dtype=bfloat16", "export.push_to_hub=me/pruned", "pruner.sparsity=0.5"]

@@ -2,6 +2,7 @@
 or N:M, see `sparse_format`), everything else dense, and `model.json` says how to rebuild it."""
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,14 +23,15 @@ EXPORT_DIR = "export"  # inside the healer's run folder
 MODEL_FILE = "model.safetensors"
 MANIFEST_FILE = "model.json"
 ONNX_FILE = "model.onnx"
-FORMATS = ("safetensors", "onnx")
+FORMATS = ("safetensors", "onnx", "hf")  # hf: the library's own folder (artifacts/hf.py), in <run folder>/hf/
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # the tensors that stand for one compressed matrix NAME: NAME.<part>
 PARTS = {"bitmask": ("bitmask", "values"), "n:m": ("values", "positions")}
+_REPO_ID = re.compile(r"([\w.-]+/)?[\w.-]+")  # a hub repository id (the hub checks the rest)
 
 
-def check_options(format: Any, dtype: Any) -> None:
-    """`export.format` and `export.dtype`: one line for a value starfish cannot write."""
+def check_options(format: Any, dtype: Any, push_to_hub: Any = None) -> None:
+    """`export.format`, `export.dtype` and `export.push_to_hub`: one line for a value starfish cannot write."""
     if format not in FORMATS:
         raise StarfishError(f"export.format={format!r}: choose one of {', '.join(FORMATS)}")
     if dtype not in DTYPES:
@@ -37,6 +39,11 @@ def check_options(format: Any, dtype: Any) -> None:
     if format == "onnx" and dtype != "float32":
         raise StarfishError(f"export.format=onnx writes float32 (what onnxruntime runs on CPUs), not "
                             f"export.dtype={dtype}: drop export.dtype, or use export.format=safetensors")
+    if push_to_hub is not None and format != "hf":
+        raise StarfishError(f"export.push_to_hub uploads the folder of export.format=hf, not of {format}: "
+                            "add export.format=hf")
+    if push_to_hub is not None and not (isinstance(push_to_hub, str) and _REPO_ID.fullmatch(push_to_hub)):
+        raise StarfishError(f"export.push_to_hub={push_to_hub!r}: give a hub model repository, NAME or OWNER/NAME")
 
 
 @dataclass

@@ -35,6 +35,7 @@ examples:
   starfish run --config configs/experiment/fmnist_wanda_75.yaml
   starfish run --cfg job                         # print the composed config
   starfish export                                # the healed model, compressed, to ship (format=onnx too)
+  starfish export format=hf                      # hf/: a folder timm or transformers loads without starfish
   starfish report outputs                        # summary.md, summary.csv, plots of every run under outputs/
 """
 

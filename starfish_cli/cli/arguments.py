@@ -16,7 +16,7 @@ UNSUPPORTED_FLAGS = {"--shell-completion", "-sc"}
 _INFO_TOPICS = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
 # config nodes whose keys are the user's (timm.create_model kwargs, preprocessing): `model.kwargs.depth=2` adds a key
 _OPEN_NODES = re.compile(r"^(model\.kwargs|model\.data_config)(\.[^=]*)?=")
-_EXPORT_SHORTHAND = re.compile(r"^(format|dtype)=")  # `starfish export format=onnx`: keys of the export node
+_EXPORT_SHORTHAND = re.compile(r"^(format|dtype|push_to_hub)=")  # `starfish export format=onnx`: keys of the export node
 
 
 def package_config_dir() -> Path:
@@ -47,7 +47,7 @@ def open_node_overrides(overrides: list[str]) -> list[str]:
 
 
 def export_shorthand(overrides: list[str]) -> list[str]:
-    """`format=…` and `dtype=…` after `starfish export` are `export.format=…` and `export.dtype=…`."""
+    """`format=…`, `dtype=…` and `push_to_hub=…` after `starfish export` are `export.format=…` and so on."""
     return [f"export.{o}" if _EXPORT_SHORTHAND.match(o) else o for o in overrides]
 
 

@@ -2,6 +2,7 @@
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -134,6 +135,29 @@ class ModelStructure:
     def preprocessing(self) -> dict[str, Any]:
         """What a data source of this modality needs to turn its rows into this model's inputs (the keyword
         arguments of its `calibration_items` and `evaluation_items`)."""
+        raise NotImplementedError
+
+    # ---- the ecosystem's own format (`starfish export format=hf`): a folder its library loads without starfish
+    hub_library: str | None = None  # the library that loads that folder (a model card's `library_name`)
+    hub_pipeline: str | None = None  # the hub's task for it (a model card's `pipeline_tag`)
+
+    def save_for_hub(self, folder: Path, dtype: torch.dtype) -> None:
+        """Write the model (floating-point weights cast to `dtype`) as its own library saves it, with
+        what that library needs to rebuild it, so that a Python without starfish loads it."""
+        raise StarfishError(f"the {self.family} family has no hub format: use export.format=safetensors")
+
+    @classmethod
+    def load_from_hub(cls, folder: Path) -> nn.Module:
+        """The model in a `save_for_hub` folder as its library alone loads it, in float32: the check
+        that the folder computes what the model does."""
+        raise NotImplementedError
+
+    def hub_base_model(self, model_config: Mapping[str, Any]) -> str | None:
+        """The hub repository of the dense model it was pruned from; None for a local or embedded one."""
+        return None
+
+    def random_inputs(self, count: int, seed: int = 0) -> torch.Tensor:
+        """`count` random inputs of the model's kind and size, for checks that a copy computes the same."""
         raise NotImplementedError
 
     # ---- structured pruning: whole units removed physically

@@ -1,6 +1,7 @@
 """The causal_lm family: HF transformers causal language models (Llama-style `model.layers`, GPT-2's
 `transformer.h`) built from a hub id or a save_pretrained folder, their structure, and text data."""
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -220,3 +221,32 @@ class CausalLMStructure(ModelStructure):
 
     def preprocessing(self):
         return {"tokenizer": load_tokenizer(self.model), "context": self.context()}
+
+    # ---- the hub format: transformers' own save_pretrained folder, with the tokenizer
+    hub_library = "transformers"
+    hub_pipeline = "text-generation"
+
+    def save_for_hub(self, folder, dtype):
+        """`save_pretrained` of the architecture built afresh from the model's config, holding these weights
+        (GPT-2's Conv1D layers, which `build_model` turned into nn.Linear, get their (in × out) weights
+        back), and the tokenizer beside it: `AutoModelForCausalLM.from_pretrained(folder)` needs nothing else."""
+        transformers = _transformers()
+        fresh = transformers.AutoModelForCausalLM.from_config(copy.deepcopy(self.model.config), dtype=torch.float32)
+        conv1d = {name for name, module in fresh.named_modules() if isinstance(module, transformers.pytorch_utils.Conv1D)}
+        weights = {name: tensor.T if name.removesuffix(".weight") in conv1d else tensor
+                   for name, tensor in self.model.state_dict().items()}
+        fresh.load_state_dict(weights)
+        fresh.to(dtype).save_pretrained(folder)
+        load_tokenizer(self.model).save_pretrained(folder)
+
+    @classmethod
+    def load_from_hub(cls, folder):
+        return _transformers().AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+
+    def hub_base_model(self, model_config):
+        name = str(model_config.get("name", REFERENCE_NAME))
+        return None if name == REFERENCE_NAME or Path(name).expanduser().exists() else name
+
+    def random_inputs(self, count, seed=0):
+        vocabulary = int(self.model.get_input_embeddings().num_embeddings)
+        return torch.randint(vocabulary, (count, min(self.context(), 64)), generator=torch.Generator().manual_seed(seed))

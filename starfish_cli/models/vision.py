@@ -1,5 +1,6 @@
 """The vision family: timm vision transformers (ViT, DeiT, DeiT3 …) built by name, and their structure."""
 
+import copy
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from safetensors import SafetensorError
 from timm.layers import Attention, Mlp
 from torch import nn
 
-import starfish_cli.models.vit_fmnist  # noqa: F401  (registers vit_fmnist with timm)
+from starfish_cli.models.vit_fmnist import PLAIN_TIMM  # importing it registers vit_fmnist with timm
 from starfish_cli.runtime.errors import StarfishError, first_line
 from starfish_cli.models.base import ModelStructure, Units, register_family
 
@@ -167,6 +168,46 @@ class VisionTransformerStructure(ModelStructure):
     def preprocessing(self):
         channels = int(timm.data.resolve_data_config(model=self.model)["input_size"][0])
         return {"transform": model_transform(self.model), "channels": channels}
+
+    # ---- the hub format: timm's own save_for_hf folder (config.json + model.safetensors)
+    hub_library = "timm"
+    hub_pipeline = "image-classification"
+
+    def save_for_hub(self, folder, dtype):
+        """timm's `save_for_hf`; a model that only starfish registers (vit_fmnist) is written as the timm
+        built-in of the same class with arguments that rebuild its shape, so plain timm builds it."""
+        architecture = self.model.pretrained_cfg.get("architecture")
+        saved = copy.deepcopy(self.model).to(dtype)  # save_for_hf writes the state_dict as it is
+        # the arguments it was created with, less a local checkpoint's overlay, which names its file and
+        # would replace the folder's own on loading
+        saved._model_args = {key: value for key, value in getattr(saved, "_model_args", {}).items()
+                             if key != "pretrained_cfg_overlay"}
+        model_config, model_args = {}, {}
+        if architecture in PLAIN_TIMM:
+            stand_in, arguments = PLAIN_TIMM[architecture]
+            model_config, model_args = {"pretrained_cfg": {"architecture": stand_in}}, {**arguments, **saved._model_args}
+        elif not timm.models.model_entrypoint(architecture).__module__.startswith("timm."):
+            raise StarfishError(f"export.format=hf: {architecture} is registered outside timm, which plain timm "
+                                "cannot build: use export.format=safetensors and starfish_cli.load")
+        try:
+            timm.models.save_for_hf(saved, str(folder), model_config=model_config, model_args=model_args,
+                                    safe_serialization=True)
+        except (ValueError, TypeError) as error:  # e.g. an argument that JSON cannot hold
+            raise StarfishError(f"export.format=hf: timm cannot write {architecture}'s config "
+                                f"({first_line(error)}): use export.format=safetensors") from error
+
+    @classmethod
+    def load_from_hub(cls, folder):
+        return timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+
+    def hub_base_model(self, model_config):
+        if model_config.get("checkpoint_path"):
+            return None
+        return (getattr(self.model, "pretrained_cfg", {}) or {}).get("hf_hub_id") or None
+
+    def random_inputs(self, count, seed=0):
+        size = timm.data.resolve_data_config(model=self.model)["input_size"]
+        return torch.randn(count, *size, generator=torch.Generator().manual_seed(seed))
 
     # ---- structured pruning: heads and MLP neurons sliced out of timm's Attention and Mlp
     def units(self, index):

@@ -27,6 +27,11 @@ VIT_FMNIST_ARGS = dict(
     mlp_ratio=4.0,
 )
 
+# A Python without starfish has no `vit_fmnist`: the same network is timm's own VisionTransformer
+# built through a built-in name with these arguments (the built-in's own size arguments all overridden),
+# which is what `starfish export format=hf` writes as the architecture.
+PLAIN_TIMM = {"vit_fmnist": ("vit_base_patch16_224", VIT_FMNIST_ARGS)}
+
 default_cfgs = generate_default_cfgs({
     "vit_fmnist.starfish": {
         "file": str(ASSET_PATH),

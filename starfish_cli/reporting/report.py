@@ -161,9 +161,18 @@ def speed_lines(speed: dict[str, Any] | None) -> list[str]:
 
 
 def export_lines(export: dict[str, Any] | None) -> list[str]:
-    """report.md's section on `starfish export`: the files, their size against the dense model, ONNX's check."""
+    """report.md's section on `starfish export`: the files, their size against the dense model, ONNX's check,
+    and the folder of `format=hf` (`hf`)."""
     if not export:
         return []
+    hub = export.get("hf")
+    hub_lines = [f"## Export for {hub['library']} ({hub['folder']}/, {hub['dtype']})", "", "| file | bytes |", "|---|---|",
+                 *[f"| {name} | {size} |" for name, size in hub["files"].items()], "",
+                 f"Loaded by {hub['library']} alone: outputs within {hub['check']['max_output_difference']:.2g} of the "
+                 f"healed model's on {hub['check']['inputs']} random inputs"
+                 + (f"; pushed to {hub['pushed_to']}" if hub.get("pushed_to") else ""), ""] if hub else []
+    if "folder" not in export:  # only format=hf so far
+        return hub_lines
     lines = [f"## Export ({export['folder']}/, {export['dtype']})", "", "| file | bytes |", "|---|---|"]
     lines += [f"| {name} | {size} |" for name, size in export["files"].items()]
     lines += ["", f"model.safetensors: **{export['ratio']:.3f}×** the dense model's safetensors file "
@@ -173,7 +182,7 @@ def export_lines(export: dict[str, Any] | None) -> list[str]:
         lines += [f"ONNX on {onnx['images']} images: top-1 {_fmt(onnx['top1_onnxruntime'])}% in onnxruntime, "
                   f"{_fmt(onnx['top1_pytorch'])}% in PyTorch; {onnx['images_per_second_onnxruntime']:.0f} vs "
                   f"{onnx['images_per_second_pytorch']:.0f} images/s (CPU)", ""]
-    return lines
+    return lines + hub_lines
 
 
 def print_summary(report: dict[str, Any], console: Console | None = None) -> None:

@@ -37,13 +37,17 @@ def write_text_atomically(path: Path, text: str) -> None:
 
 def write_folder_atomically(path: Path, fill: Callable[[Path], None]) -> None:
     """Call `fill(tmp_folder)`, then put tmp_folder in the place of the folder `path` (replacing an
-    earlier one): a failure in `fill` leaves `path` as it was."""
+    earlier one): a failure in `fill` leaves `path` as it was. Its files get the mode of any new file
+    (libraries that write through their own temporary files leave mkstemp's private 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
     old = None
     try:
         fill(tmp)
+        for file in tmp.rglob("*"):
+            if file.is_file() and not file.is_symlink():
+                os.chmod(file, 0o666 & ~_umask())
         os.chmod(tmp, 0o777 & ~_umask())
         if path.exists():  # rename(2) replaces an empty folder only: move the earlier one aside first
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))

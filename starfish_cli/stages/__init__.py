@@ -23,7 +23,7 @@ STAGES = {
     "eval": Stage(("eval",), "starfish", "evaluate dense, pruned and healed models (report.json, report.md)"),
     "run": Stage(("prune", "heal", "eval"), "starfish", "prune, heal and evaluate in one process"),
     "export": Stage(("export",), "starfish", "compress the healed model to ship (export/: model.safetensors, "
-                    "model.json; format=onnx: model.onnx)"),
+                    "model.json; format=onnx: model.onnx; format=hf: hf/ for timm or transformers)"),
     "report": Stage((), "report", "aggregate every run under DIR: summary.md, summary.csv, plots (starfish report DIR)"),
 }
 

@@ -1,5 +1,6 @@
 """The `export` stage: the healed checkpoint of a run folder → export/ (model.safetensors, model.json,
-with export.format=onnx also model.onnx checked in onnxruntime), and an `export` section in the report."""
+with export.format=onnx also model.onnx checked in onnxruntime), or with export.format=hf → hf/ (the
+library's own folder and a model card, uploaded with export.push_to_hub), and an `export` section in the report."""
 
 import json
 import logging
@@ -17,6 +18,7 @@ from starfish_cli.artifacts.export import (
     DTYPES, EXPORT_DIR, MANIFEST_FILE, MODEL_FILE, ONNX_FILE, byte_counts, compress, manifest, safetensors_bytes,
     write_export,
 )
+from starfish_cli.artifacts.hf import HF_DIR, model_card, push_folder, refuse_structured, write_hub_folder
 from starfish_cli.artifacts.load import rebuild
 from starfish_cli.models import family_of, structure_of
 from starfish_cli.runtime.errors import StarfishError
@@ -30,12 +32,20 @@ REPORT_KEYS = ("seed", "pruner", "sparsity", "calibration", "healer")  # a repor
 
 
 def export_run(cfg: DictConfig, folders: RunFolders) -> dict[str, Any]:
-    """Write the run folder's export; bad input is a StarfishError before anything is written."""
+    """Write the run folder's export (export/, or hf/ for export.format=hf); bad input is a StarfishError
+    before anything is written."""
     check_settings(cfg)
-    dtype, onnx = str(cfg.export.dtype), cfg.export.format == "onnx"
     path = Path(cfg.healed) if cfg.healed else folders.run_dir / HEALED_FILE
     checkpoint = load_checkpoint(path, "heal")
-    metadata = checkpoint.metadata
+    if cfg.export.format == "hf":
+        return export_hub_folder(cfg, folders, checkpoint, path)
+    return export_compressed(cfg, folders, checkpoint, path)
+
+
+def export_compressed(cfg: DictConfig, folders: RunFolders, checkpoint: Checkpoint, path: Path) -> dict[str, Any]:
+    """export/: starfish's compressed model.safetensors and model.json (with format=onnx, model.onnx checked
+    in onnxruntime on the evaluation images)."""
+    dtype, onnx, metadata = str(cfg.export.dtype), cfg.export.format == "onnx", checkpoint.metadata
     if onnx:
         from starfish_cli.artifacts.onnx import require_onnx
 
@@ -56,8 +66,7 @@ def export_run(cfg: DictConfig, folders: RunFolders) -> dict[str, Any]:
     if onnx:  # the images are read before anything is written
         data = DATASETS.build(plain(cfg.data))
         eval_set = evaluation_tensors(data.evaluation_split(cfg.eval.max_images), **structure_of(model).preprocessing())
-    report = read_report(folders.run_dir) or {"model": {"name": metadata["model"]["name"]},
-                                               **{key: metadata[key] for key in REPORT_KEYS if key in metadata}}
+    report = _run_report(folders, metadata)
     section: dict[str, Any] = {}
 
     def fill(folder: Path) -> None:
@@ -80,7 +89,8 @@ def export_run(cfg: DictConfig, folders: RunFolders) -> dict[str, Any]:
                         "files": files, **sizes, **({"onnx": onnx_result} if onnx_result else {})})
 
     write_folder_atomically(folders.run_dir / EXPORT_DIR, fill)
-    write_report(folders.run_dir, {**report, "export": section})
+    hub = {"hf": report["export"]["hf"]} if "hf" in report.get("export", {}) else {}  # hf/ stays as it was
+    write_report(folders.run_dir, {**report, "export": {**section, **hub}})
     log.info("exported %s: %s of %d bytes = %.3f × the dense model's %d bytes", folders.run_dir / EXPORT_DIR,
              MODEL_FILE, section["export_bytes"], section["ratio"], dense_bytes)
     if "onnx" in section:
@@ -101,3 +111,39 @@ def _accuracy(report: dict[str, Any]) -> dict[str, Any] | None:
               for name in ("dense", "healed") if name in accuracy}
     return {"split": accuracy.get("split"), "images": accuracy.get("images"), **models,
             "recovery": report.get("recovery")}
+
+
+def export_hub_folder(cfg: DictConfig, folders: RunFolders, checkpoint: Checkpoint, path: Path) -> dict[str, Any]:
+    """export.format=hf: <run folder>/hf/, the healed model as its own library's folder with a model card,
+    checked by loading it with that library alone; then uploaded when export.push_to_hub names a repository."""
+    metadata, dtype, repo_id = checkpoint.metadata, str(cfg.export.dtype), cfg.export.push_to_hub
+    refuse_structured(metadata)  # before anything is built or written
+    model = rebuild(metadata["model"])
+    restore(model, Checkpoint(checkpoint.weights, {}, metadata), path)
+    structure, report = structure_of(model), _run_report(folders, metadata)
+    card = model_card(metadata, report, structure, repo_id)
+    section: dict[str, Any] = {}
+
+    def fill(folder: Path) -> None:
+        check = write_hub_folder(folder, structure, DTYPES[dtype], card)
+        files = {file.name: file.stat().st_size for file in sorted(folder.iterdir()) if not file.name.startswith(".")}
+        section.update({"folder": HF_DIR, "format": "hf", "dtype": dtype, "library": structure.hub_library,
+                        "files": files, "check": check})
+
+    target = folders.run_dir / HF_DIR
+    write_folder_atomically(target, fill)
+    write_report(folders.run_dir, {**report, "export": {**report.get("export", {}), "hf": section}})
+    log.info("exported %s for %s (%s): loaded by %s alone, its outputs differ from the healed model's by at most "
+             "%.2g on %d random inputs", target, structure.hub_library, dtype, structure.hub_library,
+             section["check"]["max_output_difference"], section["check"]["inputs"])
+    if repo_id:
+        section["pushed_to"] = push_folder(target, str(repo_id))
+        write_report(folders.run_dir, {**report, "export": {**report.get("export", {}), "hf": section}})
+        log.info("pushed %s to %s", target, section["pushed_to"])
+    return section
+
+
+def _run_report(folders: RunFolders, metadata: dict[str, Any]) -> dict[str, Any]:
+    """The run folder's report, or one made from the checkpoint's metadata when the folder has none."""
+    return read_report(folders.run_dir) or {"model": {"name": metadata["model"]["name"]},
+                                            **{key: metadata[key] for key in REPORT_KEYS if key in metadata}}

@@ -45,7 +45,7 @@ def check_settings(cfg: DictConfig) -> None:
     model = plain(cfg.model)
     check_types(family_of(model).build, model, prefix="model")
     calibration_sampler(cfg)
-    check_export_options(cfg.export.format, cfg.export.dtype)
+    check_export_options(cfg.export.format, cfg.export.dtype, cfg.export.get("push_to_hub"))
 
 
 def calibration_sampler(cfg: DictConfig) -> CalibrationSampler:

@@ -1,0 +1,198 @@
+"""`starfish export format=hf`: folders that plain timm and transformers load (in a Python where starfish
+cannot be imported) with the healed model's outputs, their model card, the upload to the hub (at the network
+boundary only), and the models that cannot go there."""
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+
+import starfish_cli
+from conftest import SHRUNK, needs_fmnist, read_json, run_cli
+from starfish_cli.artifacts.checkpoint import save_checkpoint
+from starfish_cli.artifacts.hf import check_folder
+from starfish_cli.models import build_model, structure_of
+from starfish_cli.pruning import PRUNERS
+from starfish_cli.runtime.errors import StarfishError
+from starfish_cli.stages.export import export_run
+from starfish_cli.stages.layout import RunFolders
+
+LM_RUN = ["model=lm_reference", "calib.count=8", "healer.epochs=1", "eval.max_images=4", "eval.speed=false",
+          "hydra.run.dir=run"]
+VIT_CONFIG = {"name": "vit_fmnist", "pretrained": True, "checkpoint_path": None, "kwargs": {}, "data_config": {}}
+# run in a fresh Python in which `import starfish_cli` fails: the folder must load without it
+PLAIN = """
+import sys
+sys.modules["starfish_cli"] = None
+import torch
+folder, expected = sys.argv[1], torch.load(sys.argv[2])
+{load}
+with torch.no_grad():
+    got = {outputs}
+assert not any(name.startswith("starfish_cli") for name in sys.modules if sys.modules[name] is not None)
+print(float((got - expected["outputs"]).abs().max()))
+"""
+
+
+def outputs_in_plain_python(load: str, outputs: str, folder, inputs, expected, tmp_path) -> float:
+    """The largest difference between `expected` and what the folder's model, loaded without starfish,
+    gives for `inputs`."""
+    torch.save({"inputs": inputs, "outputs": expected}, tmp_path / "expected.pt")
+    script = PLAIN.format(load=load, outputs=outputs)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", script, str(folder), str(tmp_path / "expected.pt")],
+                            cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def parsed_card(folder):
+    from huggingface_hub import ModelCard
+
+    return ModelCard.load(folder / "README.md")
+
+
+@pytest.mark.slow
+def test_lm_folder_loads_in_plain_transformers_with_the_healed_logits(tmp_path):
+    pytest.importorskip("transformers")
+    run_cli("run", *LM_RUN, cwd=tmp_path)
+    result = run_cli("export", *LM_RUN, "format=hf", cwd=tmp_path)
+    run, folder = tmp_path / "run", tmp_path / "run" / "hf"
+    assert f"exported {folder}" in result.stderr + result.stdout
+    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= {p.name for p in folder.iterdir()}
+    healed = starfish_cli.load(run)
+    tokens = torch.randint(0, 2048, (3, 32), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = healed(input_ids=tokens).logits
+    load = ("from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+            "model = AutoModelForCausalLM.from_pretrained(folder).eval()\nAutoTokenizer.from_pretrained(folder)")
+    difference = outputs_in_plain_python(load, 'model(input_ids=expected["inputs"]).logits', folder, tokens, expected,
+                                         tmp_path)
+    assert difference <= 1e-5
+    card, report = parsed_card(folder), read_json(run / "report.json")
+    assert card.data.library_name == "transformers" and {"pruned", "sparse", "starfish"} <= set(card.data.tags)
+    assert "| pruner | wanda" in card.text and "75.0% of the prunable weights" in card.text
+    assert "8 items of fortunes/train" in card.text and f"{report['recovery']:.4f}" in card.text
+    assert f"{report['accuracy']['healed']['perplexity']:.2f}" in card.text
+    hub = report["export"]["hf"]
+    assert hub["folder"] == "hf" and hub["library"] == "transformers" and hub["check"]["max_output_difference"] <= 1e-5
+    assert "accuracy" in report and "## Export for transformers (hf/" in (run / "report.md").read_text()
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_vit_folder_loads_in_plain_timm_with_the_healed_logits(tmp_path):
+    overrides = [*SHRUNK, "hydra.run.dir=run"]
+    run_cli("run", *overrides, cwd=tmp_path)
+    run_cli("export", *overrides, "format=hf", cwd=tmp_path)
+    run, folder = tmp_path / "run", tmp_path / "run" / "hf"
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    config = read_json(folder / "config.json")  # a name plain timm knows, with the embedded model's shape
+    assert config["architecture"] == "vit_base_patch16_224" and config["model_args"]["embed_dim"] == 128
+    from safetensors.torch import load_file
+
+    assert not any(name.startswith("mask") for name in load_file(folder / "model.safetensors"))
+    healed = starfish_cli.load(run)
+    images = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = healed(images)
+    load = 'import timm\nmodel = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()'
+    assert outputs_in_plain_python(load, 'model(expected["inputs"])', folder, images, expected, tmp_path) <= 1e-5
+    card = parsed_card(folder)
+    assert card.data.library_name == "timm" and card.data.pipeline_tag == "image-classification"
+    assert "| healer | starfish" in card.text and "| pattern | unstructured |" in card.text
+
+
+@pytest.fixture
+def hand_made_run(reference_model, tmp_path):
+    """A magnitude-pruned reference ViT as a healed checkpoint, and the export stage run in process on it."""
+    model = copy.deepcopy(reference_model)
+    pruner = PRUNERS.build({"name": "magnitude", "sparsity": 0.5}, seed=0)
+    masks = pruner.prune(model, None)
+    save_checkpoint(tmp_path / "healed.safetensors", model, masks, {"model": VIT_CONFIG, "pruner": pruner.describe()})
+
+    def stage(*overrides):
+        with initialize_config_module(config_module="starfish_cli.configs", version_base="1.3"):
+            cfg = compose("starfish", [f"healed={tmp_path / 'healed.safetensors'}", "export.format=hf", *overrides])
+        return export_run(cfg, RunFolders(tmp_path / "run", tmp_path / "run"))
+
+    return stage, tmp_path / "run"
+
+
+def test_push_to_hub_uploads_the_folder_it_wrote(hand_made_run, monkeypatch):
+    from huggingface_hub import HfApi
+
+    calls = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create", repo_id, kw))
+                        or f"https://huggingface.co/{repo_id}")
+    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: calls.append(
+        ("upload", kw["repo_id"], sorted(p.name for p in Path(kw["folder_path"]).iterdir()))))
+    stage, run = hand_made_run
+    section = stage("export.push_to_hub=me/pruned-vit", "export.dtype=bfloat16")
+    assert calls == [("create", "me/pruned-vit", {"exist_ok": True}),
+                     ("upload", "me/pruned-vit", ["README.md", "config.json", "model.safetensors"])]
+    assert section["pushed_to"] == "https://huggingface.co/me/pruned-vit" and section["dtype"] == "bfloat16"
+    assert section["check"]["max_output_difference"] <= 1e-5  # against the weights rounded as written
+    assert read_json(run / "report.json")["export"]["hf"]["pushed_to"] == section["pushed_to"]
+    assert 'timm.create_model("hf-hub:me/pruned-vit"' in parsed_card(run / "hf").text
+
+    def offline(self, repo_id, **kw):
+        raise ConnectionError("Cannot reach https://huggingface.co/api/repos/create: offline mode is enabled.\nmore")
+
+    monkeypatch.setattr(HfApi, "create_repo", offline)
+    with pytest.raises(StarfishError, match=r"export.push_to_hub=me/pruned-vit: the upload failed \(Cannot reach") as error:
+        stage("export.push_to_hub=me/pruned-vit")
+    assert "\n" not in str(error.value) and "hf auth login" in str(error.value)
+
+
+@pytest.mark.parametrize("format,dtype,repo,message", [
+    ("safetensors", "float32", "me/pruned", "uploads the folder of export.format=hf"),
+    ("hf", "float32", "me/two/slashes", "give a hub model repository"),
+    ("hf", "int8", None, "choose one of float32, bfloat16, float16"),
+])
+def test_bad_hf_options_are_one_line(format, dtype, repo, message):
+    from starfish_cli.artifacts.export import check_options
+
+    check_options("hf", "bfloat16", "me/pruned")
+    with pytest.raises(StarfishError, match=message):
+        check_options(format, dtype, repo)
+
+
+def test_a_structured_checkpoint_is_refused_before_anything_is_written(hand_made_run, reference_model, tmp_path):
+    model = copy.deepcopy(reference_model)
+    pruner = PRUNERS.build({"name": "structured", "heads": 0.5, "mlp": 0.5, "criterion": "magnitude"}, seed=0)
+    masks = pruner.prune(model, None)
+    save_checkpoint(tmp_path / "healed.safetensors", model, masks,
+                    {"model": VIT_CONFIG, "pruner": pruner.describe(), "structure": structure_of(model).block_sizes()})
+    stage, run = hand_made_run
+    with pytest.raises(StarfishError, match="pruned structurally.*starfish_cli.load") as error:
+        stage()
+    assert "\n" not in str(error.value) and not run.exists()
+
+
+def test_gpt2_conv1d_weights_go_back_to_their_own_layout(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from starfish_cli.models.causal_lm import REFERENCE_DIR
+
+    source = tmp_path / "gpt2"
+    tokenizer = transformers.AutoTokenizer.from_pretrained(REFERENCE_DIR)
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=len(tokenizer), n_embd=16, n_layer=2, n_head=2,
+                                                         n_positions=16, bos_token_id=0,
+                                                         eos_token_id=0)).save_pretrained(source)
+    tokenizer.save_pretrained(source)
+    model = build_model({"family": "causal_lm", "name": str(source)})
+    structure = structure_of(model)
+    with torch.no_grad():  # pruned rows of the (out × in) matrix: a transposed write would zero columns instead
+        for layer in structure.prunable_layers().values():
+            layer.weight[: layer.weight.shape[0] // 2] = 0
+    structure.save_for_hub(tmp_path / "hf", torch.float32)
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    assert isinstance(loaded.transformer.h[0].attn.c_attn, transformers.pytorch_utils.Conv1D)
+    assert check_folder(tmp_path / "hf", structure)["max_output_difference"] <= 1e-5
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["model_type"] == "gpt2"
