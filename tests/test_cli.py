@@ -1,6 +1,7 @@
 """The `starfish` command end to end, in subprocesses, on shrunk sizes."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -38,6 +39,9 @@ def test_run_writes_a_complete_run_folder(tmp_path):
     assert "Loading pretrained weights" not in result.stdout  # timm's chatter is in the log file only
     assert "Loading pretrained weights" in (folder / "run.log").read_text()
     assert "wanda" in (folder / "config.yaml").read_text()
+    for loop in ("pruning (wanda)", "healing (starfish)", "evaluating"):  # output captured: progress as log lines
+        assert re.search(rf"{re.escape(loop)}: \d+/\d+ \(100%\)  \S+/s  elapsed ", result.stdout), loop
+        assert f"{loop}: " in (folder / "run.log").read_text()
 
 
 def test_same_seed_same_numbers(tmp_path):

@@ -94,7 +94,10 @@ def test_export_sizes_are_in_model_json_and_the_report(runs, pattern):
     assert described["accuracy"]["images"] == 256 and described["dtype"] == "float32"
     report = read_json(folder / "report.json")
     assert report["export"]["ratio"] == sizes["ratio"] and "accuracy" in report  # the eval results stay
-    assert "## Export" in (folder / "report.md").read_text()
+    text = (folder / "report.md").read_text()
+    assert "## Export" in text
+    for plot in ("healing_loss.png", "block_alignment.png"):  # the run's plots, kept and linked in the rewrite
+        assert f"]({plot})" in text and (folder / plot).read_bytes().startswith(b"\x89PNG"), plot
 
 
 @needs_fmnist

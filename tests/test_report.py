@@ -46,3 +46,46 @@ def test_a_pruning_only_report_has_no_accuracy_section(tmp_path):
     text = (tmp_path / "report.md").read_text()
     assert "## Accuracy" not in text and "- healer: **–**" in text
     assert read_report(tmp_path)["schema_version"] == 1
+
+
+def healing_report():
+    report = sample_report()
+    report["healing"] = {"steps": 8, "loss_history": [4.0, 3.0, 2.5, 2.0, 1.2, 1.0, 0.9, 0.8],
+                         "stages": [{"sparsity": 0.5, "steps": 4}, {"sparsity": 0.75, "steps": 4}]}
+    return report
+
+
+def test_report_md_links_plots_of_the_healing_loss_and_the_block_alignment(tmp_path):
+    written = write_report(tmp_path, healing_report())
+    assert [path.name for path in written] == ["report.json", "healing_loss.png", "block_alignment.png", "report.md"]
+    for name in ("healing_loss.png", "block_alignment.png"):
+        assert (tmp_path / name).read_bytes().startswith(b"\x89PNG"), name
+    text = (tmp_path / "report.md").read_text()
+    assert "![healing loss](healing_loss.png)" in text and "![block alignment](block_alignment.png)" in text
+    assert list(tmp_path.glob(".*.tmp")) == []  # written atomically
+
+
+def test_no_plots_without_a_loss_history_or_block_cosines(tmp_path):
+    write_report(tmp_path, healing_report())  # an earlier report's plots, which the new one has no data for
+    report = healing_report()
+    report["healing"] = {"steps": 0, "loss_history": []}  # healer=none
+    report.pop("accuracy")  # before eval
+    assert [path.name for path in write_report(tmp_path, report)] == ["report.json", "report.md"]
+    assert not (tmp_path / "healing_loss.png").exists() and not (tmp_path / "block_alignment.png").exists()
+    assert "![" not in (tmp_path / "report.md").read_text()
+
+
+def test_healing_loss_plot_marks_the_stage_boundaries(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from starfish_cli.reporting import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda figure, path: figures.append(figure))
+    monkeypatch.setattr(plt, "close", lambda figure: None)
+    plots.plot_healing_loss(healing_report()["healing"], tmp_path / "healing_loss.png")
+    (axis,) = figures[0].axes
+    boundaries = [line.get_xdata()[0] for line in axis.lines if line.get_linestyle() == "--"]
+    assert boundaries == [4.5]  # between step 4, the last at sparsity 0.5, and step 5
+    assert list(axis.lines[0].get_ydata()) == healing_report()["healing"]["loss_history"]
+    assert axis.get_yscale() == "log"

@@ -221,3 +221,37 @@ def test_no_recovery_vs_heal_time_plot_without_heal_times(tmp_path):
     written = write_summary(tmp_path)
     assert "recovery_vs_heal_time.png" not in written and not (tmp_path / "recovery_vs_heal_time.png").exists()
     assert written["summary.csv"].read_text().splitlines()[1].endswith(",1,")  # none's heal seconds: empty
+
+
+def test_healing_curves_average_each_healers_loss_over_seeds(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from starfish_cli.reporting import plots, summary
+
+    reports = []
+    for seed, history in enumerate([[4.0, 2.0, 1.0], [2.0, 1.0, 0.5]]):
+        for sparsity in (0.5, 0.75):
+            report = fake_report({"name": "kd"}, seed, 80.0, sparsity=sparsity)
+            report["healing"] = {"steps": 3, "loss_history": history}
+            reports.append(report)
+    no_op = fake_report({"name": "none"}, 0, 50.0)  # healer=none: no loss to plot
+    no_op["healing"] = {"steps": 0, "loss_history": []}
+    reports.append(no_op)
+    _write_reports(tmp_path, reports)
+    assert summary.write_summary(tmp_path)["healing_curves.png"].read_bytes().startswith(b"\x89PNG")
+
+    figures = {}
+    monkeypatch.setattr(plots, "_save", lambda figure, path: figures.setdefault(path.name, figure))
+    monkeypatch.setattr(plt, "close", lambda figure: None)
+    summary.write_summary(tmp_path)
+    axes = [axis for axis in figures["healing_curves.png"].axes if axis.get_visible()]
+    assert len(axes) == 2  # a panel per sparsity
+    for axis in axes:
+        (line,) = axis.lines  # kd only
+        assert line.get_label() == "kd" and axis.get_yscale() == "log"
+        assert list(line.get_xdata()) == [1, 2, 3] and list(line.get_ydata()) == pytest.approx([3.0, 1.5, 0.75])
+
+
+def test_no_healing_curves_without_loss_histories(tmp_path):
+    _write_reports(tmp_path, [fake_report({"name": "kd"}, 0, 70.0)])
+    assert "healing_curves.png" not in write_summary(tmp_path) and not (tmp_path / "healing_curves.png").exists()

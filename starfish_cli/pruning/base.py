@@ -10,6 +10,7 @@ from torch import nn
 
 from starfish_cli.models import structure_of
 from starfish_cli.registry import Component
+from starfish_cli.runtime.progress import progress_bar
 from starfish_cli.pruning.masks import (
     apply_masks,
     check_sparsity,
@@ -80,9 +81,11 @@ class WeightPruner(Pruner):
         norms = input_norms(model, layers, calibration) if self.needs_calibration else {}
         sparsities = self.layer_sparsities(model, layers, norms)
         masks = {}
-        for name, layer in layers.items():
-            scores = self.score(name, layer.weight.float(), norms.get(name))
-            masks[name] = self.select(scores, sparsities[name])
+        with progress_bar(f"pruning ({self.registered_name})", len(layers)) as advance:
+            for name, layer in layers.items():
+                scores = self.score(name, layer.weight.float(), norms.get(name))
+                masks[name] = self.select(scores, sparsities[name])
+                advance()
         apply_masks(layers, masks)
         return masks
 

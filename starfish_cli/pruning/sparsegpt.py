@@ -16,6 +16,7 @@ from starfish_cli.pruning.base import WeightPruner
 from starfish_cli.pruning.masks import Pattern, sparsity_for_layer
 from starfish_cli.pruning.registry import PRUNERS
 from starfish_cli.registry import Range
+from starfish_cli.runtime.progress import progress_bar
 
 
 def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, pattern: Pattern,
@@ -91,19 +92,26 @@ class SparseGPTPruner(WeightPruner):
         structure = structure_of(model)
         block_inputs = structure.first_block_inputs(calibration)
         masks = {}
-        for number in range(len(structure.blocks)):
-            for name, layer in structure.block_layers(number).items():  # execution order: qkv, proj, fc1, fc2
-                captured = []
-                hook = layer.register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0]))
-                try:
-                    for x in block_inputs:
-                        structure.run_block(number, x)
-                finally:
-                    hook.remove()
-                hessian = input_hessian(captured, layer.in_features).to(layer.weight.device)
-                new_weight, masks[name] = sparsegpt_prune(
-                    layer.weight, hessian, sparsity_for_layer(self.sparsity, name), self._pattern,
-                    self.block_size, self.damping)
-                layer.weight.copy_(new_weight)
-            block_inputs = [structure.run_block(number, x) for x in block_inputs]  # the pruned block feeds the next
+        with progress_bar(f"pruning ({self.registered_name})", len(structure.prunable_layers())) as advance:
+            for number in range(len(structure.blocks)):
+                for name, layer in structure.block_layers(number).items():  # execution order: qkv, proj, fc1, fc2
+                    self._prune_layer(structure, number, name, layer, block_inputs, masks)
+                    advance()
+                block_inputs = [structure.run_block(number, x) for x in block_inputs]  # the pruned block feeds the next
         return masks
+
+    def _prune_layer(self, structure, number: int, name: str, layer: nn.Linear, block_inputs: list[torch.Tensor],
+                     masks: dict[str, torch.Tensor]) -> None:
+        """Prune one layer of block `number` on the Hessian of its inputs, as the already-pruned prefix makes them."""
+        captured = []
+        hook = layer.register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0]))
+        try:
+            for x in block_inputs:
+                structure.run_block(number, x)
+        finally:
+            hook.remove()
+        hessian = input_hessian(captured, layer.in_features).to(layer.weight.device)
+        new_weight, masks[name] = sparsegpt_prune(
+            layer.weight, hessian, sparsity_for_layer(self.sparsity, name), self._pattern,
+            self.block_size, self.damping)
+        layer.weight.copy_(new_weight)

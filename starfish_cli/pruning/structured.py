@@ -19,6 +19,7 @@ from starfish_cli.models.base import Units
 from starfish_cli.pruning.base import Pruner, input_moments
 from starfish_cli.pruning.masks import check_sparsity
 from starfish_cli.pruning.registry import PRUNERS
+from starfish_cli.runtime.progress import progress_bar
 
 KINDS = {"heads": ("heads", "heads"), "neurons": ("mlp", "MLP neurons")}  # unit kind → (option, in words)
 
@@ -122,11 +123,13 @@ class StructuredPruner(Pruner):
         moments = input_moments(model, layers, calibration) if self.needs_calibration else {}
         units = [structure.units(index) for index in range(len(structure.blocks))]
         block_scores: dict[str, list[torch.Tensor]] = {kind: [] for kind in KINDS}
-        for index, block in enumerate(units):  # block by block: one block's weight scores in memory at a time
-            scores = {name: weight_scores(self.criterion, layer.weight, moments.get(name))
-                      for name, layer in structure.block_layers(index).items()}
-            for kind in KINDS:
-                block_scores[kind].append(unit_scores(block[kind], scores, rows=self.criterion != "fluctuation"))
+        with progress_bar(f"pruning ({self.registered_name})", len(units)) as advance:
+            for index, block in enumerate(units):  # block by block: one block's weight scores in memory at a time
+                scores = {name: weight_scores(self.criterion, layer.weight, moments.get(name))
+                          for name, layer in structure.block_layers(index).items()}
+                for kind in KINDS:
+                    block_scores[kind].append(unit_scores(block[kind], scores, rows=self.criterion != "fluctuation"))
+                advance()
         choose = lowest_per_block if self.scope == "block" else lowest_overall
         fractions = {"heads": self.heads, "neurons": self.mlp}
         removed = {kind: choose(block_scores[kind], fractions[kind], f"pruner.{option}={fractions[kind]}", words)

@@ -1,4 +1,5 @@
-"""The plots of a sweep summary: accuracy vs sparsity, recovery vs healing time, accuracy vs speed."""
+"""The plots of a sweep summary (accuracy vs sparsity, recovery vs healing time, accuracy vs speed, healing
+curves) and of one run's report.md (healing loss per step, per-block alignment with the dense model)."""
 
 import math
 import re
@@ -49,6 +50,16 @@ def _shared_legend(figure, axes) -> None:
     figure.legend(list(handles.values()), list(handles), loc="lower center", fontsize=8,
                   ncol=min(len(handles), 6), bbox_to_anchor=(0.5, -0.02 - 0.05 * ((len(handles) - 1) // 6)))
     figure.tight_layout(rect=(0, 0.08 + 0.05 * ((len(handles) - 1) // 6), 1, 1))
+
+
+def _panel_grid(plt, panels: int):
+    """A figure of `panels` panels, at most three a line; the spare panels of the last line hidden."""
+    columns = min(panels, 3)
+    grid_rows = math.ceil(panels / columns)
+    figure, axes = plt.subplots(grid_rows, columns, figsize=(5 * columns, 4.5 * grid_rows), squeeze=False)
+    for axis in axes.ravel()[panels:]:
+        axis.set_visible(False)
+    return figure, list(axes.ravel()[:panels])
 
 
 def plot_accuracy_vs_sparsity(rows: Rows, path: Path, headline: Headline = TOP1) -> None:
@@ -127,12 +138,7 @@ def plot_recovery_vs_heal_time(rows: Rows, path: Path, headline: Headline = TOP1
     labels = healer_labels(rows)
     colours = _colours(labels)
     panels = [key for key, row in rows.items() if any(cell.timed for cell in row.cells.values())]
-    columns = min(len(panels), 3)
-    grid_rows = math.ceil(len(panels) / columns)
-    figure, axes = plt.subplots(grid_rows, columns, figsize=(5 * columns, 4.5 * grid_rows), squeeze=False)
-    used = list(axes.ravel()[:len(panels)])
-    for axis in axes.ravel()[len(panels):]:
-        axis.set_visible(False)
+    figure, used = _panel_grid(plt, len(panels))
     for axis, key in zip(used, panels):
         cells = rows[key].cells
         timed = {label: cells[label].timed for label in labels if label in cells and cells[label].timed}
@@ -178,5 +184,92 @@ def plot_accuracy_vs_speed(rows: Rows, path: Path, headline: Headline = TOP1) ->
     axis.set_ylabel(f"healed {headline.title} (mean ± std over seeds)")
     axis.grid(alpha=0.3)
     _shared_legend(figure, [axis])
+    _save(figure, path)
+    plt.close(figure)
+
+
+def plot_healing_curves(rows: Rows, path: Path) -> None:
+    """Healing loss against optimizer step (log), a panel per row of the table: per healer label with a loss
+    history, the mean curve over its seeds, in the label's colour of the other plots."""
+    plt = _pyplot()
+    colours = _colours(healer_labels(rows))
+    panels = [key for key, row in rows.items() if any(cell.loss_curve for cell in row.cells.values())]
+    figure, axes = _panel_grid(plt, len(panels))
+    for axis, key in zip(axes, panels):
+        for label, cell in rows[key].cells.items():
+            if cell.loss_curve:
+                axis.plot(range(1, len(cell.loss_curve) + 1), cell.loss_curve, color=colours[label], linewidth=1.2,
+                          label=label)
+        axis.set_yscale("log")
+        axis.set_title(f"{key[0]} ({key[1]}) at sparsity {key[2]:.2f}")
+        axis.set_xlabel("optimizer step")
+        axis.xaxis.get_major_locator().set_params(integer=True)
+        axis.set_ylabel("healing loss (mean over seeds, log)")
+        axis.grid(alpha=0.3, which="both")
+    _shared_legend(figure, axes)
+    _save(figure, path)
+    plt.close(figure)
+
+
+def _moving_average(values: list[float], window: int) -> list[float]:
+    """The mean of each value and the `window - 1` before it (fewer at the start)."""
+    sums, averages = [0.0], []
+    for i, value in enumerate(values):
+        sums.append(sums[-1] + value)
+        averages.append((sums[-1] - sums[max(0, i + 1 - window)]) / min(i + 1, window))
+    return averages
+
+
+def plot_healing_loss(healing: dict[str, Any], path: Path) -> None:
+    """One run's healing loss at each optimizer step (log), with a moving average where the steps are many and
+    gradual healing's stage boundaries marked with their sparsity."""
+    plt = _pyplot()
+    losses = healing["loss_history"]
+    steps = range(1, len(losses) + 1)
+    figure, axis = plt.subplots(figsize=(6.5, 4))
+    window = len(losses) // 50
+    if window > 1:  # many noisy steps: the raw values faint, their trend on top
+        axis.plot(steps, losses, color="tab:blue", linewidth=0.8, alpha=0.3, label="per step")
+        axis.plot(steps, _moving_average(losses, window), color="tab:blue", linewidth=1.5,
+                  label=f"mean of {window} steps")
+    else:
+        axis.plot(steps, losses, color="tab:blue", linewidth=1.5, marker="o" if len(losses) <= 30 else None,
+                  markersize=3, label="per step")
+    end = 0
+    for number, stage in enumerate(healing.get("stages") or []):
+        if number:
+            axis.axvline(end + 0.5, color="grey", linestyle="--", linewidth=1)
+        axis.annotate(f"sparsity {stage['sparsity']:g}", (end + 1, 1), xycoords=("data", "axes fraction"),
+                      xytext=(2, -10), textcoords="offset points", fontsize=7, color="dimgrey")
+        end += stage["steps"]
+    if all(loss > 0 for loss in losses):
+        axis.set_yscale("log")
+    axis.set_xlabel("optimizer step")
+    axis.xaxis.get_major_locator().set_params(integer=True)  # a run of a few steps has no step 0.98
+    if len(losses) == 1:
+        axis.set_xlim(0, 2)  # room for the integer ticks around the one step
+    axis.set_ylabel("healing loss" + (" (log)" if axis.get_yscale() == "log" else ""))
+    axis.grid(alpha=0.3, which="both")
+    axis.legend(fontsize=8, loc="lower left")  # a falling loss leaves that corner free; the stage names are on top
+    figure.tight_layout()
+    _save(figure, path)
+    plt.close(figure)
+
+
+def plot_block_alignment(accuracy: dict[str, Any], path: Path) -> None:
+    """Each block's mean token cosine with the dense model's output, before and after healing."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6.5, 4))
+    for name, colour in (("pruned", "tab:red"), ("healed", "tab:green")):
+        cosines = accuracy.get(name, {}).get("block_cosine") or []
+        if cosines:
+            axis.plot(range(len(cosines)), cosines, marker="o", markersize=4, color=colour, label=name)
+    axis.axhline(1.0, color="black", linestyle="--", linewidth=1, label="dense")
+    axis.set_xlabel("block")
+    axis.set_ylabel("mean token cosine with dense")
+    axis.xaxis.get_major_locator().set_params(integer=True)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8, loc="lower left")
+    figure.tight_layout()
     _save(figure, path)
     plt.close(figure)

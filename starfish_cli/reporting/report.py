@@ -1,4 +1,4 @@
-"""Run reports: report.json (stable schema), report.md and a rich table on the terminal."""
+"""Run reports: report.json (stable schema), report.md with its plots, and a rich table on the terminal."""
 
 import json
 from pathlib import Path
@@ -7,10 +7,15 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from starfish_cli.reporting.plots import plot_block_alignment, plot_healing_loss
 from starfish_cli.runtime.atomic import write_text_atomically
 
 SCHEMA_VERSION = 1
 MODEL_ROWS = ("dense", "pruned", "healed")
+REPORT_FILES = ("report.json", "report.md")
+HEALING_LOSS_PLOT = "healing_loss.png"
+BLOCK_ALIGNMENT_PLOT = "block_alignment.png"
+PLOT_FILES = (HEALING_LOSS_PLOT, BLOCK_ALIGNMENT_PLOT)
 
 
 def read_report(run_dir: Path) -> dict[str, Any]:
@@ -22,10 +27,33 @@ def read_report(run_dir: Path) -> dict[str, Any]:
         return {}
 
 
-def write_report(run_dir: Path, report: dict[str, Any]) -> None:
-    report = {"schema_version": SCHEMA_VERSION, **report}
-    write_text_atomically(Path(run_dir) / "report.json", json.dumps(report, indent=2, sort_keys=False) + "\n")
-    write_text_atomically(Path(run_dir) / "report.md", render_markdown(report))
+def has_loss_history(report: dict[str, Any]) -> bool:
+    """Whether healing recorded a loss per optimizer step (healer=none takes none)."""
+    return bool(report.get("healing", {}).get("loss_history"))
+
+
+def has_block_alignment(report: dict[str, Any]) -> bool:
+    """Whether evaluation measured each block's cosine with the dense model (no accuracy before `eval`)."""
+    return bool(report.get("accuracy", {}).get("dense", {}).get("block_cosine"))
+
+
+def write_report(run_dir: Path, report: dict[str, Any]) -> list[Path]:
+    """report.json, the plots the report has data for (PLOT_FILES; an earlier one it has none for is removed,
+    so that report.md links what is there) and report.md; returns the files written."""
+    report, run_dir = {"schema_version": SCHEMA_VERSION, **report}, Path(run_dir)
+    write_text_atomically(run_dir / "report.json", json.dumps(report, indent=2, sort_keys=False) + "\n")
+    written = [run_dir / "report.json"]
+    plots = {HEALING_LOSS_PLOT: (has_loss_history(report), lambda path: plot_healing_loss(report["healing"], path)),
+             BLOCK_ALIGNMENT_PLOT: (has_block_alignment(report),
+                                    lambda path: plot_block_alignment(report["accuracy"], path))}
+    for name, (wanted, plot) in plots.items():
+        if wanted:
+            plot(run_dir / name)
+            written.append(run_dir / name)
+        else:
+            (run_dir / name).unlink(missing_ok=True)
+    write_text_atomically(run_dir / "report.md", render_markdown(report))
+    return written + [run_dir / "report.md"]
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -103,25 +131,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- seed {report.get('seed', '–')}",
         "",
     ]
-    if "accuracy" in report:
-        header = metric_header(report)
-        title = (f"## Perplexity ({report['accuracy'].get('images')} windows, "
-                 f"{report['accuracy']['dense'].get('tokens')} predicted tokens" if is_perplexity(report)
-                 else f"## Accuracy ({report['accuracy'].get('images')} images")
-        lines += [
-            f"{title}, {report['accuracy'].get('split')})", "",
-            "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-        ]
-        lines += ["| " + " | ".join(row) + " |" for row in accuracy_rows(report)]
-        lines += ["", f"**recovery** (healed ÷ dense top-1): {_fmt(report.get('recovery'), 4)}", ""]
-        blocks = report["accuracy"].get("dense", {}).get("block_cosine", [])
-        if blocks:
-            lines += ["## Per-block alignment with dense (mean token cosine)", "",
-                      "| block | pruned | healed |", "|---|---|---|"]
-            for i in range(len(blocks)):
-                lines.append(f"| {i} | {_fmt(report['accuracy']['pruned']['block_cosine'][i], 4)} | "
-                             f"{_fmt(report['accuracy']['healed']['block_cosine'][i], 4)} |")
-            lines.append("")
+    lines += accuracy_lines(report)
+    if has_loss_history(report):
+        lines += ["## Healing loss per optimizer step", "", f"![healing loss]({HEALING_LOSS_PLOT})", ""]
     lines += speed_lines(report.get("speed"))
     if sparsity.get("per_layer"):
         lines += ["## Achieved sparsity per layer", "", "| layer | sparsity |", "|---|---|"]
@@ -139,6 +151,27 @@ def render_markdown(report: dict[str, Any]) -> str:
     if environment:
         lines += ["## Environment", ""] + [f"- {k}: {v}" for k, v in environment.items()] + [""]
     return "\n".join(lines)
+
+
+def accuracy_lines(report: dict[str, Any]) -> list[str]:
+    """report.md's accuracy (or perplexity) table of the dense, pruned and healed models, and each block's
+    alignment with dense as a table and a plot; nothing before `eval`."""
+    if "accuracy" not in report:
+        return []
+    accuracy, header = report["accuracy"], metric_header(report)
+    title = (f"## Perplexity ({accuracy.get('images')} windows, {accuracy['dense'].get('tokens')} predicted tokens"
+             if is_perplexity(report) else f"## Accuracy ({accuracy.get('images')} images")
+    lines = [f"{title}, {accuracy.get('split')})", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in accuracy_rows(report)]
+    lines += ["", f"**recovery** (healed ÷ dense top-1): {_fmt(report.get('recovery'), 4)}", ""]
+    if has_block_alignment(report):
+        lines += ["## Per-block alignment with dense (mean token cosine)", "",
+                  f"![block alignment]({BLOCK_ALIGNMENT_PLOT})", "", "| block | pruned | healed |", "|---|---|---|"]
+        pruned, healed = accuracy["pruned"]["block_cosine"], accuracy["healed"]["block_cosine"]
+        lines += [f"| {i} | {_fmt(pruned[i], 4)} | {_fmt(healed[i], 4)} |"
+                  for i in range(len(accuracy["dense"]["block_cosine"]))]
+        lines.append("")
+    return lines
 
 
 def speed_lines(speed: dict[str, Any] | None) -> list[str]:

@@ -54,6 +54,7 @@ class HealerCell:
     speedup: MeanStd | None  # healed ÷ dense images/s, where the runs measured it
     parameters: int | None  # remaining parameters, where the report counts them
     timed: TimedPoint | None
+    loss_curve: list[float] | None = None  # healing loss per optimizer step, mean over the seeds that have one
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from rich.table import Table
 from starfish_cli.runtime.atomic import write_atomically, write_text_atomically
 from starfish_cli.runtime.errors import StarfishError
 from starfish_cli.reporting.plots import (has_budget_sweep, plot_accuracy_vs_sparsity, plot_accuracy_vs_speed,
-                                          plot_recovery_vs_heal_time, plot_recovery_vs_time)
+                                          plot_healing_curves, plot_recovery_vs_heal_time, plot_recovery_vs_time)
 from starfish_cli.reporting.report import is_perplexity
 from starfish_cli.reporting.rows import (PERPLEXITY, TOP1, HealerCell, Headline, Rows, SummaryRow, TimedPoint,
                                          healer_labels)
@@ -115,7 +115,18 @@ def _cell(runs: list[dict[str, Any]], headline: Headline) -> HealerCell:
         # the seeds with a heal time: both axes of recovery_vs_heal_time.png, from the same runs
         timed=TimedPoint(seconds=mean_std([heal_seconds(r) for r in timed]),
                          ratio=mean_std([healed_ratio(r, headline) for r in timed])) if timed else None,
+        loss_curve=mean_loss_curve(runs),
     )
+
+
+def mean_loss_curve(runs: list[dict[str, Any]]) -> list[float] | None:
+    """The healing loss at each optimizer step, averaged over the runs that recorded one (up to the shortest
+    of them: seeds of one setting take the same steps); None where none did (healer=none, older reports)."""
+    histories = [r.get("healing", {}).get("loss_history") for r in runs]
+    histories = [history for history in histories if history]
+    if not histories:
+        return None
+    return [sum(values) / len(values) for values in zip(*histories)]
 
 
 def healed_speedup(report: dict[str, Any]) -> float | None:
@@ -191,6 +202,9 @@ def write_summary(root: Path, console: Console | None = None) -> dict[str, Path]
     if any(cell.timed for row in rows.values() for cell in row.cells.values()):
         written["recovery_vs_heal_time.png"] = root / "recovery_vs_heal_time.png"
         plot_recovery_vs_heal_time(rows, written["recovery_vs_heal_time.png"], headline)
+    if any(cell.loss_curve for row in rows.values() for cell in row.cells.values()):
+        written["healing_curves.png"] = root / "healing_curves.png"
+        plot_healing_curves(rows, written["healing_curves.png"])
     table = Table(title=f"starfish sweep: {root} ({len(reports)} runs) — healed {headline.title} mean ± std "
                         f"({headline.ratio.replace('_', ' ')})")
     for column in header:  # escape: `starfish[epochs=30]` is not rich markup

@@ -10,7 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from starfish_cli.reporting.report import print_summary, write_report
+from starfish_cli.reporting.report import PLOT_FILES, REPORT_FILES, print_summary, write_report
 from starfish_cli.runtime import distributed
 from starfish_cli.runtime.atomic import write_text_atomically
 from starfish_cli.runtime.errors import StarfishError
@@ -38,8 +38,8 @@ def execute(context: Context, inputs: Inputs, steps: tuple[str, ...]) -> dict[st
         run_dir = context.folders.run_dir
         write_text_atomically(context.folders.record(run_dir / CONFIG_FILE),
                               OmegaConf.to_yaml(context.cfg, resolve=True))
-        context.folders.record(run_dir / "report.json")
-        context.folders.record(run_dir / "report.md")
+        for name in (*REPORT_FILES, *PLOT_FILES):  # a failed invocation removes them again
+            context.folders.record(run_dir / name)
         write_report(run_dir, report)
         if evaluation is not None:
             print_summary(report)
