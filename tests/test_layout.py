@@ -7,10 +7,13 @@ from pathlib import Path
 import starfish_cli
 
 PACKAGE = Path(starfish_cli.__file__).parent
-# a package may import only packages of a lower rank; data and models know nothing of each other. The
-# package's own __init__ (its version, and `load` on first use) stands above everything and may be read by all.
+# a package may import only packages of a lower rank; data and models know nothing of each other. The API
+# (a model in hand) sits just below the stages, which run its pruning and healing on the model they load. The
+# package's own __init__ (its version, and `load` and the API on first use) stands above everything and may be
+# read by all.
 RANKS = {"configs": 0, "runtime": 0, "registry": 1, "data": 2, "models": 2, "pruning": 3, "healing": 4,
-         "artifacts": 5, "evaluation": 5, "reporting": 5, "stages": 6, "cli": 7, "__init__": 8, "__main__": 8}
+         "artifacts": 5, "evaluation": 5, "reporting": 5, "api": 6, "stages": 7, "cli": 8, "__init__": 9,
+         "__main__": 9}
 
 
 def module_name(path: Path) -> str:

@@ -1,14 +1,13 @@
 """The heal step: a copy of the pruned model optimized towards the dense one by the healer, masks
 fixed, saved with what it was healed from and how."""
 
-import copy
 import json
 import logging
 from typing import Any
 
+from starfish_cli.api.steps import healed_copy
 from starfish_cli.artifacts.checkpoint import HEALED_FILE, save_checkpoint
 from starfish_cli.healing import Healer
-from starfish_cli.models import structure_of
 from starfish_cli.runtime.device import measure
 from starfish_cli.stages.layout import HEAL_STATE_FILE
 from starfish_cli.stages.settings import plain
@@ -18,16 +17,12 @@ log = logging.getLogger("starfish")
 
 
 def heal(context: Context, healer: Healer, pruned: Pruned, calibration: Calibration) -> Healed:
-    student = copy.deepcopy(pruned.model)
-    if context.cfg.compile:
-        structure_of(student).compile_blocks()
-        structure_of(context.dense).compile_blocks()
     timing: dict[str, Any] = {}
     state_file = context.folders.record(context.folders.run_dir / HEAL_STATE_FILE)  # removed again on bad input
     with measure("heal", context.device, timing):
-        result = healer.heal(student, context.dense, pruned.masks, calibration.images, context.device,
-                             context.precision, state_file if context.world.is_main else None)
-    student.eval()
+        student, result = healed_copy(pruned.model, context.dense, pruned.masks, healer, calibration.images,
+                                      context.device, context.precision,
+                                      state_file if context.world.is_main else None, bool(context.cfg.compile))
     log.info("healed with %s: %d steps, final loss %s", healer.registered_name, result.steps,
              f"{result.loss_history[-1]:.5f}" if result.loss_history else "–")
     metadata = json.loads(json.dumps({

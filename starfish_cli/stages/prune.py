@@ -1,14 +1,13 @@
 """The prune step: the dense model → a pruned copy with its masks, measured, saved with the
 calibration indices it was pruned on."""
 
-import copy
 import json
 import logging
 from typing import Any
 
+from starfish_cli.api.steps import calibration_batches, pruned_copy
 from starfish_cli.artifacts.checkpoint import PRUNED_FILE, save_checkpoint
 from starfish_cli.pruning.masks import masks_digest
-from starfish_cli.data import loader
 from starfish_cli.models import structure_of
 from starfish_cli.pruning import Pruner
 from starfish_cli.pruning.masks import measure_sparsity
@@ -24,11 +23,10 @@ log = logging.getLogger("starfish")
 
 def prune(context: Context, pruner: Pruner, calibration: Calibration) -> Pruned:
     cfg, device = context.cfg, context.device
-    batches = [batch[1].to(device) for batch in loader(calibration.images, 32, device=device)]
+    batches = calibration_batches(calibration.images, device)
     timing: dict[str, Any] = {}
     with measure("prune", device, timing):
-        model = copy.deepcopy(context.dense)
-        masks = pruner.prune(model, batches if pruner.needs_calibration else None)
+        model, masks = pruned_copy(context.dense, pruner, batches)
         # one set of masks and weights for every rank: rank 0's
         distributed.broadcast_from_main([*model.state_dict().values(), *masks.values()])
     structure = structure_of(model)
