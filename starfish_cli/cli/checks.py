@@ -7,17 +7,22 @@ from pathlib import Path
 from starfish_cli.cli.arguments import group_options
 from starfish_cli.runtime.errors import StarfishError, first_line
 
-CONFIG_GROUPS = ("model", "data", "calib", "pruner", "healer", "experiment")
+CONFIG_GROUPS = ("model", "data", "calib", "pruner", "healer", "logger", "experiment")
 _GROUP_OVERRIDE = re.compile(rf"^[+]{{0,2}}({'|'.join(CONFIG_GROUPS)})=(.*)$")
 
 
 def check_group_choices(overrides: list[str], extra_dirs: list[Path]) -> None:
-    """An unknown `pruner=…`, `healer=…`, `model=…` choice is a one-line error before Hydra starts."""
+    """An unknown `pruner=…`, `healer=…`, `model=…` choice is a one-line error before Hydra starts; so is
+    one in a plain list of choices (`logger=[csv,tensorboard]`)."""
     for override in overrides:
         match = _GROUP_OVERRIDE.match(override)
-        if not match or re.search(r"[()\[\]{}$]", match.group(2)):
-            continue  # sweep functions and interpolations are Hydra's business
+        if not match:
+            continue
         group, values = match.groups()
+        if re.fullmatch(r"\[[^()\[\]{}$]*\]", values):
+            values = values[1:-1]  # several options of one group at once
+        elif re.search(r"[()\[\]{}$]", values):
+            continue  # sweep functions and interpolations are Hydra's business
         options = group_options(group, extra_dirs)
         for value in values.split(","):
             if value.strip() and value.strip() not in options and value.strip() != "null":

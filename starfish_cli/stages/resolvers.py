@@ -11,7 +11,9 @@ IN_PATH_OR_NEUTRAL = {"experiment", "model", "model.name", "pruner", "pruner.nam
                       "pruner.heads", "pruner.mlp",  # structured pruning's folder name has them
                       "pruner.pattern", "healer", "healer.name", "seed", "device", "output_root", "pruned",
                       "healed", "skip_finished", "eval.batch_size", "eval.num_workers", "eval.speed", "dist_backend", "healer.save_every",
-                      "export.format", "export.dtype"}
+                      "export.format", "export.dtype", "logger"}
+# Groups none of whose keys change results (where metrics are also sent): `logger.mlflow.tracking_uri=…`.
+NEUTRAL_GROUPS = ("logger",)
 
 
 def path_safe(text) -> str:
@@ -40,7 +42,8 @@ def overrides_suffix(part: str, overrides) -> str:
     for override in overrides or ():
         key, _, value = str(override).partition("=")
         key = key.lstrip("+~")
-        if key in IN_PATH_OR_NEUTRAL or key.startswith("hydra.") or is_pruning_key(key) != (part == "prune"):
+        neutral = key in IN_PATH_OR_NEUTRAL or key.split(".")[0] in NEUTRAL_GROUPS or key.startswith("hydra.")
+        if neutral or is_pruning_key(key) != (part == "prune"):
             continue
         chosen.append(f"{key}={value}")
     return f"+{path_safe(','.join(sorted(chosen)))}" if chosen else ""

@@ -4,6 +4,7 @@ and removes what the invocation wrote."""
 
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
@@ -22,6 +23,7 @@ from starfish_cli.stages.layout import CONFIG_FILE, RunFolders, finished, has_re
 from starfish_cli.stages.prune import prune
 from starfish_cli.stages.record import assemble_report
 from starfish_cli.stages.values import Context, Inputs
+from starfish_cli.tracking import MetricLoggers, eval_metrics, flatten, heal_losses, sparsity_metrics
 
 log = logging.getLogger("starfish")
 
@@ -29,10 +31,30 @@ RUN = ("prune", "heal", "eval")
 
 
 def execute(context: Context, inputs: Inputs, steps: tuple[str, ...]) -> dict[str, Any]:
+    loggers = open_loggers(context)
+    try:
+        report = run_steps(context, inputs, steps, loggers)
+        loggers.close()
+    except BaseException:
+        loggers.close(failed=True)
+        raise
+    finally:  # a failed invocation removes what the loggers wrote in the run folder
+        for path in loggers.written():
+            context.folders.record(path)
+    return report
+
+
+def run_steps(context: Context, inputs: Inputs, steps: tuple[str, ...], loggers: MetricLoggers) -> dict[str, Any]:
     pruned = inputs.pruned if inputs.pruned is not None else prune(context, inputs.pruner, inputs.calibration)
+    loggers.log_metrics(sparsity_metrics(pruned.metadata["sparsity"]))
     healed = heal(context, inputs.healer, pruned, inputs.calibration) if "heal" in steps else inputs.healed
+    if "heal" in steps:
+        for step, metrics in heal_losses(healed.metadata.get("healing", {}).get("loss_history")):
+            loggers.log_metrics(metrics, step)
     evaluation = (evaluate_models(context, pruned, healed, inputs.eval_data, inputs.eval_workers)
                   if "eval" in steps else None)
+    if evaluation is not None:
+        loggers.log_metrics(eval_metrics(evaluation.results["models"]))
     report = assemble_report(context, pruned, healed, evaluation, inputs.calibration)
     if context.world.is_main:  # only rank 0 writes
         run_dir = context.folders.run_dir
@@ -45,6 +67,23 @@ def execute(context: Context, inputs: Inputs, steps: tuple[str, ...]) -> dict[st
             print_summary(report)
         log.info("run folder: %s", run_dir)
     return report
+
+
+def open_loggers(context: Context) -> MetricLoggers:
+    """The loggers of `cfg.logger` (rank 0 only; the others log nothing), with the resolved config as params."""
+    nodes = context.cfg.get("logger")
+    if not context.world.is_main or not nodes:
+        return MetricLoggers()
+    run_dir, output_root = context.folders.run_dir, Path(context.cfg.output_root)
+    try:
+        run_label = str(run_dir.resolve().relative_to(output_root.resolve()))
+    except ValueError:  # a hydra.run.dir of the user's own, outside output_root
+        run_label = str(run_dir)
+    loggers = MetricLoggers.build(OmegaConf.to_container(nodes, resolve=True), run_dir=run_dir,
+                                  output_root=output_root, run_label=run_label,
+                                  experiment_choice=HydraConfig.get().runtime.choices.get("experiment"))
+    loggers.log_params(flatten(OmegaConf.to_container(context.cfg, resolve=True)))
+    return loggers
 
 
 def run_stage(cfg: DictConfig, steps: tuple[str, ...]) -> str | None:
