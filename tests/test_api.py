@@ -16,6 +16,7 @@ from starfish_cli.healing import HEALERS
 from starfish_cli.pruning import PRUNERS
 from starfish_cli.pruning.wanda import WandaPruner
 from starfish_cli.runtime.errors import StarfishError
+from conftest import read_json, run_cli
 
 DOC = Path(__file__).parents[1] / "docs" / "api.md"
 
@@ -31,8 +32,10 @@ def test_the_api_is_imported_on_first_use():
         starfish_cli.nothing_of_that_name  # noqa: B018
 
 
-def test_docs_example_runs_and_prints_sensible_numbers(fmnist):
-    code = re.search(r"```python\n(.*?)```", DOC.read_text(), re.S).group(1)
+@pytest.mark.slow
+def test_docs_example_runs_and_matches_starfish_run_with_the_same_settings(fmnist, tmp_path):
+    text = DOC.read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
     printed, namespace = io.StringIO(), {}
     with contextlib.redirect_stdout(printed):
         exec(compile(code, str(DOC), "exec"), namespace)
@@ -42,6 +45,16 @@ def test_docs_example_runs_and_prints_sensible_numbers(fmnist):
     assert results["dense"]["top1"] > 85 and results["pruned"]["top1"] < results["dense"]["top1"]
     assert results["healed"]["top1"] > results["pruned"]["top1"]  # one epoch of healing already recovers some
     assert min(results["healed"]["block_cosine"]) > min(results["pruned"]["block_cosine"])
+
+    # the command the docs name, run as a user would: the same pruning, healing and top-1
+    command = re.search(r"`starfish run ([^`]*)`", text).group(1).split()
+    run_cli("run", *command, "eval.speed=false", cwd=tmp_path)
+    report = read_json(next((tmp_path / "outputs").rglob("report.json")))
+    healing = namespace["healing"]
+    assert report["healing"]["loss_history"] == pytest.approx(healing.loss_history, rel=1e-6)
+    assert report["sparsity"]["prunable"] == pytest.approx(namespace["pruning"].sparsity["prunable"], abs=1e-9)
+    for name in ("dense", "pruned", "healed"):
+        assert report["accuracy"][name]["top1"] == pytest.approx(results[name]["top1"], abs=1e-6), name
 
 
 def test_api_prune_and_heal_give_the_weights_of_the_stages_pruner_and_healer(reference_model, calibration_images,

@@ -1,6 +1,7 @@
 """torchrun with 2 CPU processes (gloo) gives the same masks and, within a small tolerance, the same accuracy."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -50,8 +51,14 @@ def test_mixed_backend_edge_cases_reach_a_report(tmp_path):
     assert "get no gradient from this loss" in result.stdout + result.stderr
 
 
+def finished_progress(output: str) -> dict[str, int]:
+    """How many times each progress line reached 100% (the output is a pipe: plain log lines)."""
+    found = re.findall(r"([a-z]+(?: \([a-z_]+\))?): (\d+)/\2 \(100%\)", output)
+    return {stage: [name for name, _ in found].count(stage) for stage, _ in found}
+
+
 def test_two_gloo_processes_match_one(tmp_path):
-    run_cli("run", *SHRUNK, "device=cpu", "hydra.run.dir=single", cwd=tmp_path)
+    alone = run_cli("run", *SHRUNK, "device=cpu", "hydra.run.dir=single", cwd=tmp_path)
     result = torchrun("hydra.run.dir=ddp", cwd=tmp_path, port=29517)
     assert result.returncode == 0, result.stderr[-3000:]
     single, ddp = (load_checkpoint(tmp_path / d / "pruned.safetensors", "prune") for d in ("single", "ddp"))
@@ -66,3 +73,7 @@ def test_two_gloo_processes_match_one(tmp_path):
     assert two["accuracy"]["healed"]["top1"] == pytest.approx(one["accuracy"]["healed"]["top1"], abs=3.0)
     assert two["healing"]["steps"] == one["healing"]["steps"]
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir() if p.name.endswith(".log")) == ["run.log"]
+    # progress: prune, heal and eval each finish once in the output, as in one process (rank 0 alone logs it)
+    expected = {"pruning (wanda)": 1, "healing (starfish)": 1, "evaluating": 1}
+    assert finished_progress(alone.stdout + alone.stderr) == expected
+    assert finished_progress(result.stdout + result.stderr) == expected
