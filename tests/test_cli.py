@@ -122,6 +122,7 @@ def _bad_checkpoint(tmp_path, kind):
     (["run", "-m", "healer=none,kd"], "unknown key 'healer.epochs' (with healer=none)"),
     (["run", "calib.fraction=2"], "calib.fraction=2 must be a number in (0, 1]"),
     (["run", "eval.batch_size=0"], "eval.batch_size=0 must be a whole number ≥ 1"),
+    (["run", "eval.seq_len=64"], "eval.seq_len=64 sets language models' windows, and this is a vision model"),
     (["run", "seed=abc"], "seed='abc' must be a whole number"),
     (["run", "device=tpu"], "device='tpu' is not a device"),
     (["run", "model.checkpoint_path=TRUNCATED"], "could not build model 'vit_fmnist'"),

@@ -161,3 +161,23 @@ def test_a_language_model_run_exports_loads_and_compiles(tmp_path):
     eager, compiled = (read_json(tmp_path / name / "report.json")["accuracy"] for name in ("run", "compiled"))
     for model in ("dense", "pruned", "healed"):
         assert compiled[model]["perplexity"] == pytest.approx(eager[model]["perplexity"], rel=1e-3), model
+
+
+def test_windows_default_to_the_context_at_most_2048_and_follow_seq_len():
+    from starfish_cli.data import DATASETS
+    from starfish_cli.data.calibration import CalibrationSampler
+    from starfish_cli.runtime.errors import StarfishError
+
+    structure = structure_of(build_model({"family": "causal_lm", "name": "lm_reference"}))
+    preprocessing = structure.preprocessing()
+    assert preprocessing["context"] == 128 and preprocessing["window"] == 128
+    fortunes = DATASETS.build({"name": "fortunes"})
+    whole, _ = fortunes.evaluation_items(None, **preprocessing)
+    halves, _ = fortunes.evaluation_items(None, **preprocessing, seq_len=64)
+    assert halves[0][1].shape == (64,) and len(halves) in (2 * len(whole), 2 * len(whole) + 1)  # non-overlapping
+    assert torch.equal(torch.cat([halves[0][1], halves[1][1]]), whole[0][1])
+    with pytest.raises(StarfishError, match="eval.seq_len=256 is longer than the model's context of 128"):
+        fortunes.evaluation_items(None, **preprocessing, seq_len=256)
+    windows, _, described = fortunes.calibration_items(CalibrationSampler(count=2, seq_len=None), 0, None,
+                                                       **preprocessing)
+    assert described["seq_len"] == 128 and windows[0][1].shape == (128,)

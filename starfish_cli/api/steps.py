@@ -87,7 +87,8 @@ def prune(model: nn.Module, pruner: str | Pruner = "wanda", calibration: Any = N
             raise StarfishError(f"pruner {chosen.registered_name!r} reads calibration inputs: give calibration=…")
         batches = calibration_batches(calibration_items(calibration, model), _device(model, device), batch_size)
     pruned, masks = pruned_copy(model, chosen, batches)
-    measured = measure_sparsity(pruned, structure_of(pruned).prunable_layers(), model)
+    structure = structure_of(pruned)
+    measured = measure_sparsity(pruned, structure.prunable_layers(), model, structure.block_weights())
     return Pruning(pruned, masks, measured, chosen)
 
 

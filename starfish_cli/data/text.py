@@ -52,29 +52,38 @@ class TextSource:
         return stream
 
     def calibration_items(self, sampler: CalibrationSampler, seed: int, labels_for: str | None, tokenizer,
-                          context: int) -> tuple["TokenWindows", list[int], dict[str, Any]]:
-        """`sampler.count` seeded windows of `sampler.seq_len` tokens (at most the model's `context`), their
+                          context: int | None, window: int) -> tuple["TokenWindows", list[int], dict[str, Any]]:
+        """`sampler.count` seeded windows of `sampler.seq_len` tokens (default: the model's `window`), their
         token offsets, and what the report says of them."""
         if labels_for:
             raise StarfishError(f"healer={labels_for} needs labels, and text has none: choose another healer")
-        length = sampler.seq_len or context
-        if length > context:
-            raise StarfishError(f"calib.seq_len={length} is longer than the model's context of {context} "
-                                "tokens: lower calib.seq_len")
+        length = window_length(sampler.seq_len, context, window, "calib.seq_len")
         stream = self.token_stream(tokenizer, self.calib_split)
         count = sampler.count if sampler.count is not None else max(1, round(sampler.fraction * (len(stream) // length)))
         offsets = calibration_windows(stream, count, length, seed)
         windows = torch.stack([stream[offset:offset + length] for offset in offsets])
         return TokenWindows(windows), offsets, {"balanced": False, "seq_len": length, "offsets": "token offsets"}
 
-    def evaluation_items(self, max_items: int | None, tokenizer, context: int) -> tuple["TokenWindows", None]:
-        """Consecutive windows of the model's `context` tokens (the first `max_items`), targets included."""
+    def evaluation_items(self, max_items: int | None, tokenizer, context: int | None, window: int,
+                         seq_len: int | None = None) -> tuple["TokenWindows", None]:
+        """Consecutive, non-overlapping windows of `seq_len` tokens (default: the model's `window`) over the
+        whole split (the first `max_items`), targets included."""
+        length = window_length(seq_len, context, window, "eval.seq_len")
         stream = self.token_stream(tokenizer, self.eval_split)
-        chosen = tokens.windows(stream, context)
+        chosen = tokens.windows(stream, length)
         if not len(chosen):
             raise StarfishError(f"{self.describe(self.eval_split)} has {len(stream)} tokens, fewer than one window "
-                                f"of the model's context ({context}): give a longer evaluation split")
+                                f"of {length}: give a longer evaluation split or lower eval.seq_len")
         return TokenWindows(chosen[:max_items] if max_items else chosen, with_targets=True), None
+
+
+def window_length(asked: int | None, context: int | None, window: int, option: str) -> int:
+    """The window a user asked for (`option`), else the model's default; never past the model's context."""
+    length = asked or window
+    if context is not None and length > context:
+        raise StarfishError(f"{option}={length} is longer than the model's context of {context} tokens: "
+                            f"lower {option}")
+    return length
 
 
 def _read(loader, what: str, hint: str):

@@ -44,6 +44,10 @@ def structure_of(model: nn.Module) -> "ModelStructure":
     raise StarfishError(f"{type(model).__name__} is not a model starfish can prune: choose a {names}")
 
 
+class KeptDense:
+    """Marks a linear layer inside the blocks that pruning leaves alone (an MoE router): not prunable."""
+
+
 @dataclass(frozen=True)
 class Units:
     """The removable units of one kind in one block (attention heads, MLP neurons): which output
@@ -193,7 +197,14 @@ class ModelStructure:
         """Every linear layer inside the blocks, by full name, in execution order within each block."""
         names = tuple(f"{self.block_name(i)}." for i in range(len(self.blocks)))
         return {name: module for name, module in self.model.named_modules()
-                if isinstance(module, nn.Linear) and name.startswith(names)}
+                if isinstance(module, nn.Linear) and not isinstance(module, KeptDense) and name.startswith(names)}
+
+    def block_weights(self) -> dict[str, nn.Parameter]:
+        """Every weight matrix inside the blocks (2-D or more, prunable or not): what a sparsity that claims
+        to cover the blocks must cover."""
+        names = tuple(f"{self.block_name(i)}." for i in range(len(self.blocks)))
+        return {name: parameter for name, parameter in self.model.named_parameters()
+                if parameter.dim() >= 2 and name.startswith(names)}
 
     def block_layers(self, index: int) -> dict[str, nn.Linear]:
         prefix = f"{self.block_name(index)}."

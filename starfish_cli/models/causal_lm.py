@@ -1,5 +1,6 @@
-"""The causal_lm family: HF transformers causal language models (Llama-style `model.layers`, GPT-2's
-`transformer.h`) built from a hub id or a save_pretrained folder, their structure, and text data."""
+"""The causal_lm family: transformers decoder-only language models (any architecture whose decoder layers
+form one nn.ModuleList: Llama, Mistral, Qwen, Gemma, Phi, Falcon, GPT-2, OPT, GPT-NeoX, BLOOM, …) built from
+a hub id or a save_pretrained folder, their structure, and text data."""
 
 import copy
 from pathlib import Path
@@ -10,9 +11,12 @@ from torch import nn
 
 from starfish_cli.runtime.errors import StarfishError, first_line
 from starfish_cli.models.base import ModelStructure, register_family
+from starfish_cli.models.decoder import branch, context_length, final_norm, find_decoder, has_attention
+from starfish_cli.models.experts import fused_state_dict, keep_routers_dense, unfuse_experts
 
 REFERENCE_DIR = Path(__file__).resolve().parent.parent / "assets" / "lm_reference"
 REFERENCE_NAME = "lm_reference"
+DEFAULT_WINDOW = 2048  # tokens per window where the user gives none (WikiText-2 and C4 papers use 2,048)
 
 
 def _transformers():
@@ -31,10 +35,12 @@ def model_source(name: str) -> str:
     return str(path) if path.exists() else name
 
 
-def build_model(name: str = REFERENCE_NAME, pretrained: bool = True, revision: str | None = None) -> nn.Module:
+def build_model(name: str = REFERENCE_NAME, pretrained: bool = True, revision: str | None = None,
+                prune_router: bool = False) -> nn.Module:
     """`AutoModelForCausalLM.from_pretrained(name)` in float32 and eval mode (`pretrained=false`: its
     architecture, randomly initialized), with GPT-2's Conv1D layers turned into nn.Linear (the same
-    function, weight transposed) so every pruner sees (out × in) matrices."""
+    function, weight transposed) and fused MoE experts into one nn.Linear per expert matrix, so every
+    pruner sees (out × in) matrices; MoE routers stay dense unless `prune_router`."""
     transformers = _transformers()
     transformers.utils.logging.disable_progress_bar()  # loading bars are noise on the console
     source = model_source(name)
@@ -51,8 +57,19 @@ def build_model(name: str = REFERENCE_NAME, pretrained: bool = True, revision: s
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         raise StarfishError(f"could not load causal LM {name!r} ({first_line(error, 160)}): "
                             "give a folder written by save_pretrained, or a hub id with network access") from error
+    _check_decoder(model, name)
     _linear_from_conv1d(model, transformers)
+    layers = find_decoder(model).layers
+    unfuse_experts(model, layers)
+    keep_routers_dense(model, layers, prune_router)
     return model.eval()
+
+
+def _check_decoder(model: nn.Module, name: str) -> None:
+    decoder = find_decoder(model)
+    if decoder is None or not any(has_attention(layer) for layer in decoder.layers):
+        raise StarfishError(f"{type(model).__name__} ({name}) has no attention decoder layers: starfish prunes "
+                            "transformers (state-space models such as Mamba are not supported)")
 
 
 def load_tokenizer(model: nn.Module):
@@ -93,7 +110,7 @@ class CausalLMStructure(ModelStructure):
     position embeddings, the causal mask): captured once per input shape from the model itself."""
 
     family = "causal_lm"
-    description = "transformers causal LM with `model.layers` or `transformer.h`"
+    description = "transformers decoder-only LM (attention layers in one nn.ModuleList)"
     metric = "perplexity"
     build = staticmethod(build_model)
 
@@ -101,34 +118,24 @@ class CausalLMStructure(ModelStructure):
         super().__init__(model)
         self._layer_arguments: dict[tuple, tuple[tuple, dict]] = {}
 
-    @staticmethod
-    def _base(model: nn.Module) -> tuple[nn.Module, str] | None:
-        for attribute in ("model", "transformer"):
-            base = getattr(model, attribute, None)
-            layers = getattr(base, "layers", None) if attribute == "model" else getattr(base, "h", None)
-            if isinstance(layers, nn.ModuleList):
-                return base, f"{attribute}.{'layers' if attribute == 'model' else 'h'}"
-        return None
-
     @classmethod
     def fits(cls, model):
-        return hasattr(model, "get_output_embeddings") and hasattr(model, "config") and cls._base(model) is not None
-
-    @property
-    def _layers_name(self) -> str:
-        return self._base(self.model)[1]
+        return hasattr(model, "get_output_embeddings") and hasattr(model, "config") and find_decoder(model) is not None
 
     @property
     def blocks(self):
-        base, _ = self._base(self.model)
-        return list(base.layers if hasattr(base, "layers") else base.h)
+        return list(find_decoder(self.model).layers)
 
     def block_name(self, index):
-        return f"{self._layers_name}.{index}"
+        return f"{find_decoder(self.model).layers_name}.{index}"
 
-    def context(self) -> int:
-        config = self.model.config
-        return int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions"))
+    def context(self) -> int | None:
+        """The longest input the model takes; None for models without a limit (ALiBi)."""
+        return context_length(self.model.config)
+
+    def window(self) -> int:
+        """The default window of calibration and evaluation: the context, at most 2,048 tokens (the field's)."""
+        return min(self.context() or DEFAULT_WINDOW, DEFAULT_WINDOW)
 
     def outputs(self, inputs):
         return self.model(input_ids=inputs, use_cache=False).logits
@@ -185,26 +192,31 @@ class CausalLMStructure(ModelStructure):
             return [self.embed(inputs) for inputs in batches]
 
     def _final_norm(self) -> nn.Module:
-        base, _ = self._base(self.model)
-        for attribute in ("norm", "ln_f", "final_layernorm"):
-            if isinstance(getattr(base, attribute, None), nn.Module):
-                return getattr(base, attribute)
-        raise StarfishError(f"{type(self.model).__name__} has no final norm (norm, ln_f): not supported yet")
+        norm = final_norm(find_decoder(self.model))
+        if norm is None:
+            raise StarfishError(f"{type(self.model).__name__} has no final norm starfish can find: "
+                                "use healer.states=[blocks] without kd_weight")
+        return norm
 
     def head(self, last_state):
-        return self.model.get_output_embeddings()(self._final_norm()(last_state))
+        hidden = self._final_norm()(last_state)
+        project_out = getattr(find_decoder(self.model).owner, "project_out", None)  # OPT-350m's narrower head
+        return self.model.get_output_embeddings()(project_out(hidden) if project_out is not None else hidden)
 
     def branch_modules(self, kind):
         if kind == "final_norm":
             return [self._final_norm()]
-        names = {"attn": ("self_attn", "attn"), "mlp": ("mlp",)}[kind]
-        return [next(getattr(block, n) for n in names if hasattr(block, n)) for block in self.blocks]
+        modules = [branch(block, kind) for block in self.blocks]
+        if any(module is None for module in modules):
+            raise StarfishError(f"the layers of {type(self.model).__name__} have no separate {kind} module: "
+                                "use healer.states=[blocks]")
+        return modules
 
     def state_size(self):
-        return self.context(), int(self.model.config.hidden_size)
+        return self.window(), int(self.model.config.hidden_size)
 
     def output_size(self):
-        return self.context() * int(self.model.get_output_embeddings().out_features)
+        return self.window() * int(self.model.get_output_embeddings().out_features)
 
     def block_norm_names(self):
         """Weights and biases of the norms inside the decoder layers (LayerNorm or RMSNorm)."""
@@ -220,7 +232,7 @@ class CausalLMStructure(ModelStructure):
     modality = "text"
 
     def preprocessing(self):
-        return {"tokenizer": load_tokenizer(self.model), "context": self.context()}
+        return {"tokenizer": load_tokenizer(self.model), "context": self.context(), "window": self.window()}
 
     # ---- the hub format: transformers' own save_pretrained folder, with the tokenizer
     hub_library = "transformers"
@@ -234,7 +246,7 @@ class CausalLMStructure(ModelStructure):
         fresh = transformers.AutoModelForCausalLM.from_config(copy.deepcopy(self.model.config), dtype=torch.float32)
         conv1d = {name for name, module in fresh.named_modules() if isinstance(module, transformers.pytorch_utils.Conv1D)}
         weights = {name: tensor.T if name.removesuffix(".weight") in conv1d else tensor
-                   for name, tensor in self.model.state_dict().items()}
+                   for name, tensor in fused_state_dict(self.model).items()}
         fresh.load_state_dict(weights)
         fresh.to(dtype).save_pretrained(folder)
         load_tokenizer(self.model).save_pretrained(folder)
@@ -249,4 +261,4 @@ class CausalLMStructure(ModelStructure):
 
     def random_inputs(self, count, seed=0):
         vocabulary = int(self.model.get_input_embeddings().num_embeddings)
-        return torch.randint(vocabulary, (count, min(self.context(), 64)), generator=torch.Generator().manual_seed(seed))
+        return torch.randint(vocabulary, (count, min(self.window(), 64)), generator=torch.Generator().manual_seed(seed))

@@ -5,6 +5,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import logging
+
 import torch
 from torch import nn
 
@@ -20,6 +22,8 @@ from starfish_cli.pruning.masks import (
     row_mask,
     sparsity_for_layer,
 )
+
+log = logging.getLogger("starfish")
 
 
 class Pruner(Component):
@@ -80,14 +84,25 @@ class WeightPruner(Pruner):
         layers = structure_of(model).prunable_layers()
         norms = input_norms(model, layers, calibration) if self.needs_calibration else {}
         sparsities = self.layer_sparsities(model, layers, norms)
-        masks = {}
+        masks, unseen = {}, []
         with progress_bar(f"pruning ({self.registered_name})", len(layers)) as advance:
             for name, layer in layers.items():
-                scores = self.score(name, layer.weight.float(), norms.get(name))
+                if self.needs_calibration and not norms[name].any():  # an MoE expert no calibration token reached
+                    unseen.append(name)
+                    scores = layer.weight.float().abs()
+                else:
+                    scores = self.score(name, layer.weight.float(), norms.get(name))
                 masks[name] = self.select(scores, sparsities[name])
                 advance()
         apply_masks(layers, masks)
+        report_unseen(unseen)
         return masks
+
+
+def report_unseen(names: list[str]) -> None:
+    if names:
+        log.info("%d layers saw no calibration token (MoE experts no token was routed to, e.g. %s): pruned by "
+                 "weight magnitude; more calibration data reaches more experts", len(names), names[0])
 
 
 @torch.no_grad()

@@ -126,8 +126,11 @@ def apply_masks(layers: Mapping[str, nn.Linear], masks: Mapping[str, torch.Tenso
 
 
 @torch.no_grad()
-def measure_sparsity(model: nn.Module, layers: Mapping[str, nn.Linear], dense: nn.Module | None = None) -> dict:
-    """Measured fraction of exactly-zero weights: per prunable layer, over prunable weights, over all parameters.
+def measure_sparsity(model: nn.Module, layers: Mapping[str, nn.Linear], dense: nn.Module | None = None,
+                     block_weights: Mapping[str, torch.Tensor] | None = None) -> dict:
+    """Measured fraction of exactly-zero weights: per prunable layer, over prunable weights, over all parameters,
+    and (given `block_weights`, every weight matrix inside the blocks) the share of those matrices' weights that
+    are prunable and that are zero, so that "prunable" cannot hide a dense majority (an MoE's fused experts).
 
     Against `dense` (the model before pruning, with the same layer names), weights that are gone
     because whole units were removed count as pruned, and every fraction is of the dense sizes.
@@ -143,12 +146,21 @@ def measure_sparsity(model: nn.Module, layers: Mapping[str, nn.Linear], dense: n
     remaining = sum(p.numel() for p in model.parameters())
     total_params = sum(p.numel() for p in dense.parameters()) if dense is not None else remaining
     zero_params = sum(int((p == 0).sum()) for p in model.parameters()) + total_params - remaining
+    blocks = {}
+    if block_weights is not None:
+        dense_parameters = dict(dense.named_parameters()) if dense is not None else {}
+        sizes = {name: dense_parameters.get(name, weight).numel() for name, weight in block_weights.items()}
+        total = max(sum(sizes.values()), 1)
+        zero = sum(int((weight == 0).sum()) + sizes[name] - weight.numel() for name, weight in block_weights.items())
+        blocks = {"block_weights": {"weights": sum(sizes.values()), "prunable": total_prunable / total,
+                                    "zero": zero / total}}
     return {
         "prunable": pruned_prunable / max(total_prunable, 1),
         "overall": zero_params / max(total_params, 1),
         "prunable_weights": total_prunable,
         "total_parameters": total_params,
         "remaining_parameters": remaining,  # fewer than total_parameters when whole units were removed
+        **blocks,
         "per_layer": per_layer,
     }
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from starfish_cli.models import structure_of
-from starfish_cli.pruning.base import WeightPruner
+from starfish_cli.pruning.base import WeightPruner, report_unseen
 from starfish_cli.pruning.masks import Pattern, sparsity_for_layer
 from starfish_cli.pruning.registry import PRUNERS
 from starfish_cli.registry import Range
@@ -91,18 +91,21 @@ class SparseGPTPruner(WeightPruner):
             raise ValueError("sparsegpt needs calibration images")
         structure = structure_of(model)
         block_inputs = structure.first_block_inputs(calibration)
-        masks = {}
+        masks, unseen = {}, []
         with progress_bar(f"pruning ({self.registered_name})", len(structure.prunable_layers())) as advance:
             for number in range(len(structure.blocks)):
                 for name, layer in structure.block_layers(number).items():  # execution order: qkv, proj, fc1, fc2
-                    self._prune_layer(structure, number, name, layer, block_inputs, masks)
+                    if not self._prune_layer(structure, number, name, layer, block_inputs, masks):
+                        unseen.append(name)
                     advance()
                 block_inputs = [structure.run_block(number, x) for x in block_inputs]  # the pruned block feeds the next
+        report_unseen(unseen)
         return masks
 
     def _prune_layer(self, structure, number: int, name: str, layer: nn.Linear, block_inputs: list[torch.Tensor],
-                     masks: dict[str, torch.Tensor]) -> None:
-        """Prune one layer of block `number` on the Hessian of its inputs, as the already-pruned prefix makes them."""
+                     masks: dict[str, torch.Tensor]) -> bool:
+        """Prune one layer of block `number` on the Hessian of its inputs, as the already-pruned prefix makes them;
+        False when no calibration token reached it (an MoE expert): then by weight magnitude, weights unchanged."""
         captured = []
         hook = layer.register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0]))
         try:
@@ -110,8 +113,13 @@ class SparseGPTPruner(WeightPruner):
                 structure.run_block(number, x)
         finally:
             hook.remove()
+        if not any(x.numel() for x in captured):
+            masks[name] = self.select(layer.weight.float().abs(), sparsity_for_layer(self.sparsity, name))
+            layer.weight.mul_(masks[name])
+            return False
         hessian = input_hessian(captured, layer.in_features).to(layer.weight.device)
         new_weight, masks[name] = sparsegpt_prune(
             layer.weight, hessian, sparsity_for_layer(self.sparsity, name), self._pattern,
             self.block_size, self.damping)
         layer.weight.copy_(new_weight)
+        return True

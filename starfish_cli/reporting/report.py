@@ -56,6 +56,15 @@ def write_report(run_dir: Path, report: dict[str, Any]) -> list[Path]:
     return written + [run_dir / "report.md"]
 
 
+def _blocks(sparsity: dict[str, Any]) -> str:
+    """How much of the blocks' weight matrices the prunable weights are (below 1: routers, or layers left dense)."""
+    blocks = sparsity.get("block_weights")
+    if not blocks:
+        return ""
+    return (f"; the blocks' weight matrices: {_fmt(blocks['prunable'], 4)} prunable, "
+            f"{_fmt(blocks['zero'], 4)} zero")
+
+
 def _fmt(value: Any, digits: int = 2) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
@@ -123,7 +132,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- pruner: **{pruner.get('name', '–')}**, pattern {pruner.get('pattern', '–')}, "
         f"target sparsity {pruner.get('sparsity', '–')}",
         f"- achieved sparsity: {_fmt(sparsity.get('prunable'), 4)} of prunable weights, "
-        f"{_fmt(sparsity.get('overall'), 4)} of all parameters" + _smaller(sparsity),
+        f"{_fmt(sparsity.get('overall'), 4)} of all parameters" + _smaller(sparsity) + _blocks(sparsity),
         f"- healer: **{healer.get('name', '–')}**"
         + (f", {report['healing']['steps']} steps" + _stages(report['healing']) if "healing" in report else ""),
         f"- calibration: {calibration.get('count', '–')} {items} from {calibration.get('source', '–')}, "

@@ -60,7 +60,9 @@ def prepare(cfg: DictConfig, folders: RunFolders, steps: tuple[str, ...]) -> tup
         labels_for = healer.registered_name if healer and healer.labels_used else None
         calibration = calibration_of(context, data, sampler, labels_for)
     if "eval" in steps:
-        items, finish = data.evaluation_items(cfg.eval.max_images, **structure_of(context.dense).preprocessing())
+        structure = structure_of(context.dense)
+        windows = {"seq_len": cfg.eval.get("seq_len")} if structure.modality == "text" else {}
+        items, finish = data.evaluation_items(cfg.eval.max_images, **structure.preprocessing(), **windows)
         eval_data = EvaluationData(items, finish, data.describe(data.eval_split))
     return context, Inputs(pruner, healer, pruned, healed, calibration, eval_data, workers)
 

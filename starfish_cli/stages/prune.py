@@ -33,10 +33,11 @@ def prune(context: Context, pruner: Pruner, calibration: Calibration) -> Pruned:
     sizes = structure.block_sizes()
     if sizes == structure_of(context.dense).block_sizes():
         sizes = None  # no whole unit was removed
-    sparsity = measure_sparsity(model, structure.prunable_layers(), context.dense)
-    log.info("pruned with %s: %.4f of prunable weights are zero or removed; %d of %d parameters remain",
-             pruner.registered_name, sparsity["prunable"], sparsity["remaining_parameters"],
-             sparsity["total_parameters"])
+    sparsity = measure_sparsity(model, structure.prunable_layers(), context.dense, structure.block_weights())
+    blocks = sparsity["block_weights"]
+    log.info("pruned with %s: %.4f of prunable weights are zero or removed (the blocks' weight matrices: %.4f "
+             "prunable, %.4f zero); %d of %d parameters remain", pruner.registered_name, sparsity["prunable"],
+             blocks["prunable"], blocks["zero"], sparsity["remaining_parameters"], sparsity["total_parameters"])
     metadata = json.loads(json.dumps({  # plain JSON values: equal to what a reload gives
         "model": plain(cfg.model), "pruner": pruner.describe(), "sparsity": sparsity,
         **({"structure": sizes} if sizes else {}),

@@ -34,6 +34,7 @@ def check_settings(cfg: DictConfig) -> None:
         "seed": (whole(cfg.seed, 0), "a whole number ≥ 0"),
         "eval.batch_size": (whole(cfg.eval.batch_size, 1), "a whole number ≥ 1"),
         "eval.max_images": (cfg.eval.max_images is None or whole(cfg.eval.max_images, 1), "a whole number ≥ 1 or null"),
+        "eval.seq_len": (cfg.eval.get("seq_len") is None or whole(cfg.eval.seq_len, 2), "a whole number ≥ 2 or null"),
         "skip_finished": (isinstance(cfg.skip_finished, bool), "true or false"),
         "compile": (isinstance(cfg.compile, bool), "true or false"),
         "eval.speed": (isinstance(cfg.eval.speed, bool), "true or false"),
@@ -44,6 +45,9 @@ def check_settings(cfg: DictConfig) -> None:
     eval_workers(cfg.eval.num_workers)
     model = plain(cfg.model)
     check_types(family_of(model).build, model, prefix="model")
+    if cfg.eval.get("seq_len") is not None and family_of(model).modality != "text":
+        raise StarfishError(f"eval.seq_len={cfg.eval.seq_len} sets language models' windows, and this is a "
+                            f"{family_of(model).family} model: leave eval.seq_len=null")
     calibration_sampler(cfg)
     check_export_options(cfg.export.format, cfg.export.dtype, cfg.export.get("push_to_hub"))
 
