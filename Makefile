@@ -12,7 +12,7 @@ $(PYTHON):
 
 $(INSTALLED): pyproject.toml | $(PYTHON)
 	$(PYTHON) -m pip install --quiet --upgrade pip
-	$(PYTHON) -m pip install --quiet -e '.[dev,deploy,lm,track]'
+	$(PYTHON) -m pip install --quiet -e '.[dev,deploy,lm,track,tasks]'
 	touch $(INSTALLED)
 
 # Fashion-MNIST (dataset-fashion-mnist) and the reference LM's English corpus (fortunes) from Debian

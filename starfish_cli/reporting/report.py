@@ -143,6 +143,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += accuracy_lines(report)
     if has_loss_history(report):
         lines += ["## Healing loss per optimizer step", "", f"![healing loss]({HEALING_LOSS_PLOT})", ""]
+    lines += zero_shot_lines(report.get("zero_shot"))
     lines += speed_lines(report.get("speed"))
     if sparsity.get("per_layer"):
         lines += ["## Achieved sparsity per layer", "", "| layer | sparsity |", "|---|---|"]
@@ -181,6 +182,31 @@ def accuracy_lines(report: dict[str, Any]) -> list[str]:
                   for i in range(len(accuracy["dense"]["block_cosine"]))]
         lines.append("")
     return lines
+
+
+def zero_shot_rows(zero_shot: dict[str, Any]) -> list[list[str]]:
+    """One row per task and metric: the examples, the dense, pruned and healed scores in percent, healed ÷ dense."""
+    models = zero_shot["models"]
+    rows = []
+    for task, metrics in models["dense"].items():
+        for metric, dense in metrics.items():
+            healed = models["healed"][task][metric]
+            rows.append([task, metric, str(zero_shot["samples"].get(task, "–")),
+                         *(f"{100 * models[name][task][metric]:.2f}" for name in ("dense", "pruned", "healed")),
+                         f"{healed / dense:.3f}" if dense else "–"])
+    return rows
+
+
+ZERO_SHOT_HEADER = ["task", "metric", "examples", "dense %", "pruned %", "healed %", "healed ÷ dense"]
+
+
+def zero_shot_lines(zero_shot: dict[str, Any] | None) -> list[str]:
+    """report.md's section on the lm-eval tasks (eval.tasks)."""
+    if not zero_shot:
+        return []
+    return [f"## Zero-shot tasks (lm-evaluation-harness {zero_shot['lm_eval']}, {zero_shot['num_fewshot']}-shot)", "",
+            "| " + " | ".join(ZERO_SHOT_HEADER) + " |", "|" + "---|" * len(ZERO_SHOT_HEADER),
+            *("| " + " | ".join(row) + " |" for row in zero_shot_rows(zero_shot)), ""]
 
 
 def speed_lines(speed: dict[str, Any] | None) -> list[str]:
@@ -240,6 +266,13 @@ def print_summary(report: dict[str, Any], console: Console | None = None) -> Non
     console.print(table)
     if report.get("recovery") is not None:
         console.print(f"recovery (healed ÷ dense top-1): [bold]{report['recovery']:.4f}[/bold]")
+    if report.get("zero_shot"):
+        tasks = Table(title=f"zero-shot tasks ({report['zero_shot']['num_fewshot']}-shot, lm-eval)")
+        for column in ZERO_SHOT_HEADER:
+            tasks.add_column(column, justify="left" if column in ("task", "metric") else "right")
+        for row in zero_shot_rows(report["zero_shot"]):
+            tasks.add_row(*row)
+        console.print(tasks)
     speed = report.get("speed")
     if speed:
         batch = speed["batch_sizes"][-1]

@@ -55,6 +55,7 @@ class HealerCell:
     parameters: int | None  # remaining parameters, where the report counts them
     timed: TimedPoint | None
     loss_curve: list[float] | None = None  # healing loss per optimizer step, mean over the seeds that have one
+    zero_shot: dict[str, MeanStd] | None = None  # "task metric" → healed score in percent, where runs had eval.tasks
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class SummaryRow:
 
     dense: MeanStd
     cells: dict[str, HealerCell]
+    dense_zero_shot: dict[str, MeanStd] | None = None  # "task metric" → the dense model's score in percent
 
 
 Rows = dict[RowKey, SummaryRow]

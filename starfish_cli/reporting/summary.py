@@ -16,8 +16,8 @@ from starfish_cli.runtime.errors import StarfishError
 from starfish_cli.reporting.plots import (has_budget_sweep, plot_accuracy_vs_sparsity, plot_accuracy_vs_speed,
                                           plot_healing_curves, plot_recovery_vs_heal_time, plot_recovery_vs_time)
 from starfish_cli.reporting.report import is_perplexity
-from starfish_cli.reporting.rows import (PERPLEXITY, TOP1, HealerCell, Headline, Rows, SummaryRow, TimedPoint,
-                                         healer_labels)
+from starfish_cli.reporting.rows import (PERPLEXITY, TOP1, HealerCell, Headline, MeanStd, Rows, SummaryRow,
+                                         TimedPoint, healer_labels)
 
 def headline_of(reports: list[dict[str, Any]]) -> Headline:
     kinds = {is_perplexity(report) for report in reports}
@@ -92,7 +92,8 @@ def summarize(reports: list[dict[str, Any]], headline: Headline | None = None) -
     for row, by_healer in sorted(groups.items()):
         cells = {label: _cell(runs, headline) for label, runs in sorted(by_healer.items())}
         dense = [r["accuracy"]["dense"][headline.key] for runs in by_healer.values() for r in runs]
-        rows[row] = SummaryRow(dense=mean_std(dense), cells=cells)
+        everyone = [r for runs in by_healer.values() for r in runs]
+        rows[row] = SummaryRow(dense=mean_std(dense), cells=cells, dense_zero_shot=zero_shot_means(everyone, "dense"))
     return rows
 
 
@@ -116,7 +117,38 @@ def _cell(runs: list[dict[str, Any]], headline: Headline) -> HealerCell:
         timed=TimedPoint(seconds=mean_std([heal_seconds(r) for r in timed]),
                          ratio=mean_std([healed_ratio(r, headline) for r in timed])) if timed else None,
         loss_curve=mean_loss_curve(runs),
+        zero_shot=zero_shot_means(runs, "healed"),
     )
+
+
+def zero_shot_means(runs: list[dict[str, Any]], model: str) -> dict[str, MeanStd] | None:
+    """Mean ± std over the runs of `model`'s score (percent) per "task metric" of their lm-eval tasks."""
+    scores = [r["zero_shot"]["models"][model] for r in runs if r.get("zero_shot")]
+    if not scores:
+        return None
+    keys = dict.fromkeys(f"{task} {metric}" for score in scores for task, metrics in score.items() for metric in metrics)
+    return {key: mean_std([100 * score[key.split(" ")[0]][key.split(" ")[1]] for score in scores
+                           if key.split(" ")[1] in score.get(key.split(" ")[0], {})]) for key in keys}
+
+
+def zero_shot_table(rows: Rows) -> tuple[list[str], list[list[str]]]:
+    """`starfish report`'s zero-shot table: a line per row's dense model and per healer, a column per task metric."""
+    keys = list(dict.fromkeys(key for row in rows.values() for key in (row.dense_zero_shot or {})))
+    body = []
+
+    def text(values: dict[str, MeanStd] | None, key: str, seeds: int) -> str:
+        if not values or key not in values:
+            return "–"
+        mean, std = values[key]
+        return f"{mean:.2f}" + (f" ± {std:.2f}" if seeds > 1 else "")
+
+    for (pruner, pattern, sparsity), row in rows.items():
+        if row.dense_zero_shot is None:
+            continue
+        body.append([pruner, pattern, f"{sparsity:.2f}", "dense", *(text(row.dense_zero_shot, key, 1) for key in keys)])
+        body += [[pruner, pattern, f"{sparsity:.2f}", label, *(text(cell.zero_shot, key, len(cell.seeds)) for key in keys)]
+                 for label, cell in row.cells.items()]
+    return ["pruner", "pattern", "sparsity", "model", *keys], body
 
 
 def mean_loss_curve(runs: list[dict[str, Any]]) -> list[float] | None:
@@ -190,6 +222,11 @@ def write_summary(root: Path, console: Console | None = None) -> dict[str, Path]
         *("| " + " | ".join(line) + " |" for line in body), "",
     ]
     markdown += speed_table(rows, headline)
+    tasks_header, tasks_body = zero_shot_table(rows)
+    if tasks_body:
+        markdown += ["Zero-shot tasks (lm-eval, percent; mean ± std over seeds):", "",
+                     "| " + " | ".join(tasks_header) + " |", "|" + "---|" * len(tasks_header),
+                     *("| " + " | ".join(line) + " |" for line in tasks_body), ""]
     write_text_atomically(written["summary.md"], "\n".join(markdown))
     _write_csv(written["summary.csv"], rows, headline)
     plot_accuracy_vs_sparsity(rows, written["accuracy_vs_sparsity.png"], headline)
@@ -216,6 +253,13 @@ def write_summary(root: Path, console: Console | None = None) -> dict[str, Path]
     if not console.is_terminal:
         console = Console(width=max(120, 40 + 26 * (len(header) - 4)))
     console.print(table)
+    if tasks_body:
+        tasks = Table(title="zero-shot tasks (lm-eval, percent)")
+        for column in tasks_header:
+            tasks.add_column(escape(column), justify="left" if column in ("pruner", "pattern", "model") else "right")
+        for line in tasks_body:
+            tasks.add_row(*map(escape, line))
+        console.print(tasks)
     return written
 
 

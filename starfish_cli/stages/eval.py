@@ -28,8 +28,12 @@ def evaluate_models(context: Context, pruned: Pruned, healed: Healed, data: Eval
                            num_workers=workers, precision=context.precision,
                            cache_keys=cache_keys(context, pruned, healed, data), record_reference=context.sweep,
                            finish=data.finish)
+        zero_shot = None
+        if data.zero_shot is not None and context.world.is_main:  # one process runs the tasks: rank 0 reports
+            tokenizer = structure_of(context.dense).preprocessing()["tokenizer"]
+            zero_shot = data.zero_shot.evaluate(models, tokenizer, context.device, context.precision, int(cfg.seed))
     speed = measure_models_speed(context, models, data, pruned) if cfg.eval.speed else None
-    return Evaluation(results, data.source, timing["eval"], speed)
+    return Evaluation(results, data.source, timing["eval"], speed, zero_shot)
 
 
 def cache_keys(context: Context, pruned: Pruned, healed: Healed, data: EvaluationData) -> dict[str, str]:

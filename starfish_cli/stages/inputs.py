@@ -15,6 +15,7 @@ from torch import nn
 from starfish_cli.artifacts.checkpoint import HEALED_FILE, PRUNED_FILE, Checkpoint, load_checkpoint, read_metadata, restore
 from starfish_cli.data import DATASETS
 from starfish_cli.data.calibration import CalibrationSampler
+from starfish_cli.evaluation.zero_shot import ZeroShot
 from starfish_cli.healing import HEALERS
 from starfish_cli.models import build_model, structure_of
 from starfish_cli.pruning import PRUNERS
@@ -63,8 +64,18 @@ def prepare(cfg: DictConfig, folders: RunFolders, steps: tuple[str, ...]) -> tup
         structure = structure_of(context.dense)
         windows = {"seq_len": cfg.eval.get("seq_len")} if structure.modality == "text" else {}
         items, finish = data.evaluation_items(cfg.eval.max_images, **structure.preprocessing(), **windows)
-        eval_data = EvaluationData(items, finish, data.describe(data.eval_split))
+        eval_data = EvaluationData(items, finish, data.describe(data.eval_split), zero_shot_of(cfg))
     return context, Inputs(pruner, healer, pruned, healed, calibration, eval_data, workers)
+
+
+def zero_shot_of(cfg: DictConfig) -> ZeroShot | None:
+    """The lm-eval tasks of `eval.tasks`, their names checked (lm-eval indexes its tasks: a few seconds)."""
+    if not cfg.eval.get("tasks"):
+        return None
+    zero_shot = ZeroShot(list(cfg.eval.tasks), cfg.eval.include_path, cfg.eval.task_limit, int(cfg.eval.num_fewshot),
+                         int(cfg.eval.batch_size))
+    zero_shot.check()
+    return zero_shot
 
 
 def check_pairing(structure, data) -> None:

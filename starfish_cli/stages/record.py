@@ -69,6 +69,8 @@ def assemble_report(context: Context, pruned: Pruned, healed: Healed | None, eva
         stages["eval"] = evaluation.timing
         if evaluation.speed is not None:
             report["speed"] = evaluation.speed
+        if evaluation.zero_shot is not None:
+            report["zero_shot"] = evaluation.zero_shot
     report["stages"] = {name: entry for name, entry in stages.items() if entry}
     report["environment"] = environment(context)
     return report

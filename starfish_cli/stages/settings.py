@@ -35,6 +35,10 @@ def check_settings(cfg: DictConfig) -> None:
         "eval.batch_size": (whole(cfg.eval.batch_size, 1), "a whole number ≥ 1"),
         "eval.max_images": (cfg.eval.max_images is None or whole(cfg.eval.max_images, 1), "a whole number ≥ 1 or null"),
         "eval.seq_len": (cfg.eval.get("seq_len") is None or whole(cfg.eval.seq_len, 2), "a whole number ≥ 2 or null"),
+        "eval.tasks": (OmegaConf.is_list(cfg.eval.get("tasks", [])) and all(isinstance(t, str) for t in cfg.eval.get("tasks", [])),
+                       "a list of lm-eval task names, e.g. [boolq,rte]"),
+        "eval.task_limit": (cfg.eval.get("task_limit") is None or whole(cfg.eval.task_limit, 1), "a whole number ≥ 1 or null"),
+        "eval.num_fewshot": (whole(cfg.eval.get("num_fewshot", 0), 0), "a whole number ≥ 0"),
         "skip_finished": (isinstance(cfg.skip_finished, bool), "true or false"),
         "compile": (isinstance(cfg.compile, bool), "true or false"),
         "eval.speed": (isinstance(cfg.eval.speed, bool), "true or false"),
@@ -45,9 +49,11 @@ def check_settings(cfg: DictConfig) -> None:
     eval_workers(cfg.eval.num_workers)
     model = plain(cfg.model)
     check_types(family_of(model).build, model, prefix="model")
-    if cfg.eval.get("seq_len") is not None and family_of(model).modality != "text":
-        raise StarfishError(f"eval.seq_len={cfg.eval.seq_len} sets language models' windows, and this is a "
-                            f"{family_of(model).family} model: leave eval.seq_len=null")
+    for key, empty in (("seq_len", None), ("tasks", [])):
+        value = OmegaConf.to_object(cfg.eval[key]) if OmegaConf.is_config(cfg.eval.get(key)) else cfg.eval.get(key)
+        if value not in (None, empty) and family_of(model).modality != "text":
+            raise StarfishError(f"eval.{key}={value} is for language models, and this is a "
+                                f"{family_of(model).family} model: leave eval.{key}={'null' if empty is None else '[]'}")
     calibration_sampler(cfg)
     check_export_options(cfg.export.format, cfg.export.dtype, cfg.export.get("push_to_hub"))
 

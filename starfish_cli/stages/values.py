@@ -8,6 +8,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from starfish_cli.evaluation.zero_shot import ZeroShot
 from starfish_cli.healing import Healer
 from starfish_cli.pruning import Pruner
 from starfish_cli.runtime import distributed
@@ -55,6 +56,7 @@ class Evaluation:
     split: str
     timing: dict[str, Any]
     speed: dict[str, Any] | None  # `measure_speed()`'s images/s, MACs and parameters (eval.speed)
+    zero_shot: dict[str, Any] | None = None  # `ZeroShot.evaluate()`'s per-model task metrics (eval.tasks)
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class EvaluationData:
     images: torch.utils.data.Dataset  # (index, pixels, label) items
     finish: Any  # batch of pixels → the models' inputs, on the device (None: items are inputs already)
     source: str
+    zero_shot: ZeroShot | None = None  # language models: lm-eval tasks (eval.tasks), checked
 
 
 @dataclass(frozen=True)

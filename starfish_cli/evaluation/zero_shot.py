@@ -1,0 +1,93 @@
+"""Zero-shot tasks through lm-evaluation-harness, as the pruned-LLM papers report them (BoolQ, RTE, HellaSwag,
+WinoGrande, ARC-e, ARC-c, OpenBookQA; acc and acc_norm): the dense, pruned and healed models in one process,
+each wrapped as lm-eval's own HF model, on lm-eval's tasks or a folder of the user's task YAMLs."""
+
+import contextlib
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from starfish_cli.runtime.errors import StarfishError, first_line
+
+log = logging.getLogger("starfish")
+PAPERS_TASKS = ("boolq", "rte", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
+
+
+def _lm_eval():
+    try:
+        import lm_eval
+        import lm_eval.models.huggingface
+        import lm_eval.tasks
+    except ImportError as error:
+        raise StarfishError("eval.tasks needs lm-evaluation-harness: pip install 'starfish-cli[tasks]'") from error
+    return lm_eval
+
+
+@dataclass
+class ZeroShot:
+    """`tasks` (lm-eval task or group names) with `num_fewshot` examples in context and at most `task_limit`
+    examples per task; `include_path`: a folder of the user's own task YAMLs (lm-eval's `--include_path`)."""
+
+    tasks: Sequence[str] = ()
+    include_path: str | None = None
+    task_limit: int | None = None
+    num_fewshot: int = 0
+    batch_size: int = 8
+    _manager: Any = field(default=None, init=False, repr=False)
+
+    def check(self) -> None:
+        """Every task name known to lm-eval (or found under `include_path`), before any model runs."""
+        lm_eval = _lm_eval()
+        if self.include_path:  # the user's own folder alone first: lm-eval's ~15,000 built-in tasks take seconds
+            self._manager = lm_eval.tasks.TaskManager(include_path=self.include_path, include_defaults=False)
+        if self._manager is None or not set(self.tasks) <= set(self._manager.all_tasks):
+            self._manager = lm_eval.tasks.TaskManager(include_path=self.include_path)
+        known = set(self._manager.all_tasks)
+        unknown = [name for name in self.tasks if name not in known]
+        if unknown:
+            where = f" or under eval.include_path={self.include_path}" if self.include_path else ""
+            raise StarfishError(f"unknown lm-eval task {unknown[0]!r}: give lm-eval's task names{where} "
+                                "(`lm_eval ls tasks`), or eval.include_path=DIR for your own task YAMLs")
+
+    def evaluate(self, models: Mapping[str, nn.Module], tokenizer, device: torch.device, precision: torch.dtype,
+                 seed: int) -> dict[str, Any]:
+        """{"models": {name: {task: {metric: value}}}, "samples": {task: n}, …}: lm-eval's `simple_evaluate` on
+        each model, seeded; acc, acc_norm and every other metric the task defines (filter `none`)."""
+        lm_eval = _lm_eval()
+        if self._manager is None:
+            self.check()
+        results, samples = {}, {}
+        for name, model in models.items():
+            wrapped = lm_eval.models.huggingface.HFLM(pretrained=model, tokenizer=tokenizer,
+                                                      batch_size=self.batch_size)
+            autocast = torch.autocast(device.type, dtype=precision) if precision != torch.float32 \
+                else contextlib.nullcontext()
+            with autocast:
+                try:
+                    output = lm_eval.simple_evaluate(
+                        model=wrapped, tasks=list(self.tasks), num_fewshot=self.num_fewshot, limit=self.task_limit,
+                        task_manager=self._manager, bootstrap_iters=0, log_samples=False, random_seed=seed,
+                        numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
+                except (OSError, ValueError, KeyError, RuntimeError) as error:  # e.g. a hub dataset offline
+                    raise StarfishError(f"lm-eval could not run {', '.join(self.tasks)} ({first_line(error, 200)}): "
+                                        "its datasets need the hub, or a local task YAML") from error
+            results[name] = task_metrics(output["results"])
+            samples = {task: int(count["effective"]) for task, count in output.get("n-samples", {}).items()}
+            log.info("zero-shot %s: %s", name, ", ".join(
+                f"{task} {metrics.get('acc', float('nan')):.4f}" for task, metrics in results[name].items()))
+        return {"models": results, "samples": samples, "num_fewshot": self.num_fewshot,
+                "task_limit": self.task_limit, "lm_eval": lm_eval.__version__}
+
+
+def task_metrics(results: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    """lm-eval's `results` ("acc,none": 0.61, "acc_stderr,none": "N/A", …) → {task: {"acc": 0.61, …}}."""
+    metrics = {}
+    for task, values in results.items():
+        metrics[task] = {key.split(",")[0]: float(value) for key, value in values.items()
+                         if "," in key and key.endswith(",none") and "_stderr" not in key
+                         and isinstance(value, int | float)}
+    return metrics
