@@ -86,7 +86,7 @@ def window_length(asked: int | None, context: int | None, window: int, option: s
     return length
 
 
-def _read(loader, what: str, hint: str):
+def read_text_split(loader, what: str, hint: str):
     datasets.disable_progress_bars()
     try:
         return loader()
@@ -132,7 +132,7 @@ class TextFiles(TextSource):
         if split not in self.files:
             raise StarfishError(f"text_files has no {split} file: set data.{split}=FILE")
         files = {split: str(Path(self.files[split]).expanduser())}
-        return _read(lambda: datasets.load_dataset("text", data_files=files, sample_by="document", split=split),
+        return read_text_split(lambda: datasets.load_dataset("text", data_files=files, sample_by="document", split=split),
                      files[split], "give a UTF-8 text file")
 
 
@@ -147,7 +147,7 @@ class HubText(TextSource):
         self.hub_id, self.config = hub_id, config
 
     def load(self, split):
-        return _read(lambda: datasets.load_dataset(self.hub_id, self.config, split=split),
+        return read_text_split(lambda: datasets.load_dataset(self.hub_id, self.config, split=split),
                      f"{self.hub_id} split {split!r}", "check network access to the HF hub, or data=text_files")
 
 
