@@ -14,11 +14,11 @@ from starfish_cli.artifacts.checkpoint import load_checkpoint
 pytestmark = [needs_fmnist, pytest.mark.slow]  # the installed `starfish` in subprocesses
 
 
-def torchrun(*args, cwd, port):
+def torchrun(*args, cwd, port, stage="run"):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     return subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
-         "-m", "starfish_cli", "run", *SHRUNK, "device=cpu", *args],
+         "-m", "starfish_cli", stage, *SHRUNK, "device=cpu", *args],
         cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
 
 
@@ -58,8 +58,9 @@ def finished_progress(output: str) -> dict[str, int]:
 
 
 def test_two_gloo_processes_match_one(tmp_path):
-    alone = run_cli("run", *SHRUNK, "device=cpu", "hydra.run.dir=single", cwd=tmp_path)
-    result = torchrun("hydra.run.dir=ddp", cwd=tmp_path, port=29517)
+    """Wanda's norms from half the calibration batches on each rank, summed; DDP healing; sharded evaluation."""
+    alone = run_cli("run", *SHRUNK, "calib.count=64", "device=cpu", "hydra.run.dir=single", cwd=tmp_path)
+    result = torchrun("calib.count=64", "hydra.run.dir=ddp", cwd=tmp_path, port=29517)
     assert result.returncode == 0, result.stderr[-3000:]
     single, ddp = (load_checkpoint(tmp_path / d / "pruned.safetensors", "prune") for d in ("single", "ddp"))
     assert all(torch.equal(single.masks[k], ddp.masks[k]) for k in single.masks)
@@ -77,3 +78,17 @@ def test_two_gloo_processes_match_one(tmp_path):
     expected = {"pruning (wanda)": 1, "healing (starfish)": 1, "evaluating": 1}
     assert finished_progress(alone.stdout + alone.stderr) == expected
     assert finished_progress(result.stdout + result.stderr) == expected
+
+
+def test_sparsegpt_over_two_ranks_gives_the_one_process_masks(tmp_path, monkeypatch):
+    """Each rank reads half the calibration batches; the Hessians (like Wanda's norms, checked above) are summed
+    over ranks, so the masks are the one-process masks and the updated weights agree to float rounding."""
+    options = ["pruner=sparsegpt", "calib.count=64"]  # two batches of 32: one per rank
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as each torchrun rank: the same per-batch arithmetic, bit for bit
+    run_cli("prune", *SHRUNK, "device=cpu", *options, "hydra.run.dir=single", cwd=tmp_path)
+    result = torchrun(*options, "hydra.run.dir=ddp", cwd=tmp_path, port=29520, stage="prune")
+    assert result.returncode == 0, result.stderr[-3000:]
+    single, ddp = (load_checkpoint(tmp_path / d / "pruned.safetensors", "prune") for d in ("single", "ddp"))
+    assert single.masks.keys() == ddp.masks.keys()
+    assert all(torch.equal(single.masks[k], ddp.masks[k]) for k in single.masks)
+    assert all(torch.equal(single.weights[k], ddp.weights[k]) for k in single.weights)

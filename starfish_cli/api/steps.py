@@ -42,7 +42,10 @@ class Healing:
     result: HealResult  # also the trained parameters' names and a gradual heal's stages
 
 
-def calibration_batches(items: torch.utils.data.Dataset, device: torch.device, batch_size: int = 32
+CALIBRATION_BATCH = 32  # items per batch when a pruner reads its calibration statistics
+
+
+def calibration_batches(items: torch.utils.data.Dataset, device: torch.device, batch_size: int = CALIBRATION_BATCH
                         ) -> list[torch.Tensor]:
     """The calibration inputs in batches on the device: what a pruner reads its input statistics from."""
     return [batch[1].to(device) for batch in loader(items, batch_size, device=device)]

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from starfish_cli.models import structure_of
+from starfish_cli.runtime import distributed
 from starfish_cli.registry import Component
 from starfish_cli.runtime.progress import progress_bar
 from starfish_cli.pruning.masks import (
@@ -109,7 +110,8 @@ def report_unseen(names: list[str]) -> None:
 def input_moments(
     model: nn.Module, layers: Mapping[str, nn.Linear], calibration: Iterable[torch.Tensor] | None
 ) -> dict[str, tuple[int, torch.Tensor, torch.Tensor]]:
-    """(tokens, Σ x_j, Σ x_j²) per input feature j of each layer, over every token of every calibration image."""
+    """(tokens, Σ x_j, Σ x_j²) per input feature j of each layer, over every token of every calibration image —
+    of every rank's share of them under torchrun (summed over ranks: the one-process statistics)."""
     if calibration is None:
         raise ValueError("this pruner needs calibration images")
     moments = {name: [0, torch.zeros(layer.in_features, dtype=torch.float64),
@@ -130,6 +132,9 @@ def input_moments(
     finally:
         for handle in handles:
             handle.remove()
+    for name, (tokens, sums, squares) in moments.items():
+        total = distributed.all_reduce_sum(torch.cat([torch.tensor([float(tokens)], dtype=torch.float64), sums, squares]))
+        moments[name] = [int(total[0]), total[1:1 + len(sums)], total[1 + len(sums):]]
     return {name: tuple(value) for name, value in moments.items()}
 
 

@@ -16,6 +16,7 @@ from starfish_cli.pruning.base import WeightPruner, report_unseen
 from starfish_cli.pruning.masks import Pattern, sparsity_for_layer
 from starfish_cli.pruning.registry import PRUNERS
 from starfish_cli.registry import Range
+from starfish_cli.runtime import distributed
 from starfish_cli.runtime.progress import progress_bar
 
 
@@ -67,15 +68,18 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
     return W.to(weight.dtype), ~pruned
 
 
-def input_hessian(inputs: Iterable[torch.Tensor], features: int) -> torch.Tensor:
-    """H = 2·XᵀX / n over every token of every batch of layer inputs."""
+def input_hessian(inputs: Iterable[torch.Tensor], features: int) -> tuple[torch.Tensor, int]:
+    """H = 2·XᵀX / n over every token of every batch of layer inputs (of every rank's share of them under
+    torchrun: XᵀX and n summed over ranks), and n."""
     H = torch.zeros(features, features, dtype=torch.float64)
-    tokens = 0
+    tokens = torch.zeros(1, dtype=torch.float64)
     for x in inputs:
         x = x.reshape(-1, features).double().cpu()
         H += x.T @ x
         tokens += x.shape[0]
-    return (2.0 * H / max(tokens, 1)).float()
+    distributed.all_reduce_sum(H)
+    count = int(distributed.all_reduce_sum(tokens).item())
+    return (2.0 * H / max(count, 1)).float(), count
 
 
 @PRUNERS.register("sparsegpt")
@@ -113,11 +117,12 @@ class SparseGPTPruner(WeightPruner):
                 structure.run_block(number, x)
         finally:
             hook.remove()
-        if not any(x.numel() for x in captured):
+        hessian, tokens = input_hessian(captured, layer.in_features)
+        if not tokens:
             masks[name] = self.select(layer.weight.float().abs(), sparsity_for_layer(self.sparsity, name))
             layer.weight.mul_(masks[name])
             return False
-        hessian = input_hessian(captured, layer.in_features).to(layer.weight.device)
+        hessian = hessian.to(layer.weight.device)
         new_weight, masks[name] = sparsegpt_prune(
             layer.weight, hessian, sparsity_for_layer(self.sparsity, name), self._pattern,
             self.block_size, self.damping)

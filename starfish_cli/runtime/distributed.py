@@ -85,6 +85,17 @@ def broadcast_from_main(tensors: list[torch.Tensor]) -> None:
             dist.broadcast(tensor, src=0)
 
 
+def shard_batches(dataset: torch.utils.data.Dataset, batch_size: int) -> torch.utils.data.Dataset:
+    """This rank's batches of `dataset` as one process would batch it (batch i to rank i mod world size): the
+    same batches give bit-identical per-batch statistics, so their sum over ranks is the one-process sum."""
+    world = current()
+    if not world.active:
+        return dataset
+    batches = range(world.rank, -(-len(dataset) // batch_size), world.size)
+    return torch.utils.data.Subset(dataset, [i for b in batches for i in range(b * batch_size,
+                                                                             min((b + 1) * batch_size, len(dataset)))])
+
+
 def shard(dataset: torch.utils.data.Dataset) -> torch.utils.data.Dataset:
     """This rank's share of a dataset, without the padding duplicates DistributedSampler adds."""
     world = current()

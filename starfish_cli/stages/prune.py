@@ -5,7 +5,7 @@ import json
 import logging
 from typing import Any
 
-from starfish_cli.api.steps import calibration_batches, pruned_copy
+from starfish_cli.api.steps import CALIBRATION_BATCH, calibration_batches, pruned_copy
 from starfish_cli.artifacts.checkpoint import PRUNED_FILE, save_checkpoint
 from starfish_cli.pruning.masks import masks_digest
 from starfish_cli.models import structure_of
@@ -23,7 +23,9 @@ log = logging.getLogger("starfish")
 
 def prune(context: Context, pruner: Pruner, calibration: Calibration) -> Pruned:
     cfg, device = context.cfg, context.device
-    batches = calibration_batches(calibration.images, device)
+    # under torchrun each rank reads its share of the batches: the pruners sum their statistics over ranks
+    batches = calibration_batches(distributed.shard_batches(calibration.images, CALIBRATION_BATCH), device,
+                                  CALIBRATION_BATCH)
     timing: dict[str, Any] = {}
     with measure("prune", device, timing):
         model, masks = pruned_copy(context.dense, pruner, batches)
