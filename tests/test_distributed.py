@@ -92,3 +92,38 @@ def test_sparsegpt_over_two_ranks_gives_the_one_process_masks(tmp_path, monkeypa
     assert single.masks.keys() == ddp.masks.keys()
     assert all(torch.equal(single.masks[k], ddp.masks[k]) for k in single.masks)
     assert all(torch.equal(single.weights[k], ddp.weights[k]) for k in single.weights)
+
+
+def rank_memory(output: str) -> list[tuple[float, float]]:
+    """Each rank's "holds X MB of trained parameters and Y MB of optimizer state" line."""
+    return [(float(held), float(state)) for held, state in
+            re.findall(r"this rank holds ([\d.]+) MB of trained parameters and ([\d.]+) MB of optimizer state", output)]
+
+
+@pytest.mark.parametrize("model,options", [
+    ("vit", [*SHRUNK, "healer.epochs=2"]),
+    ("lm", ["model=lm_reference", "calib.count=8", "healer.epochs=2", "healer.batch_size=8", "eval.max_images=8",
+            "eval.speed=false"]),
+])
+def test_fsdp_heals_as_one_process_does_with_half_the_state_per_rank(tmp_path, monkeypatch, model, options):
+    """dist_strategy=fsdp shards every block over 2 gloo ranks: the same masks, healed weights within 1e-4
+    (relative) of one process's (one global batch a step: the same images), and each rank holds half of the
+    trained parameters and of Adam's state."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    run_cli("run", *options, "device=cpu", "hydra.run.dir=single", cwd=tmp_path)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+         str(29522 + (model == "lm")), "-m", "starfish_cli", "run", *options, "device=cpu", "dist_strategy=fsdp",
+         "hydra.run.dir=fsdp"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    single, sharded = (load_checkpoint(tmp_path / d / "healed.safetensors", "heal") for d in ("single", "fsdp"))
+    assert all(torch.equal(single.masks[k], sharded.masks[k]) for k in single.masks)
+    for name, weight in single.weights.items():
+        assert (sharded.weights[name] - weight).abs().max() <= 1e-4 * weight.abs().max(), name
+    trained = sum(weight.numel() * 4 for name, weight in single.weights.items()
+                  if name.removesuffix(".weight") in single.masks) / 2**20
+    memory = rank_memory(result.stdout + result.stderr)
+    assert len(memory) == 2  # one line per rank
+    for held, state in memory:  # half of one process's (an odd row count gives one rank a row more)
+        assert held == pytest.approx(trained / 2, rel=0.02) and state == pytest.approx(trained, rel=0.02)

@@ -23,6 +23,7 @@ from starfish_cli.healing.states import collect_states
 from starfish_cli.healing.teacher import available_host_bytes
 from starfish_cli.runtime.progress import progress_bar
 from starfish_cli.pruning.masks import apply_masks
+from starfish_cli.healing.sharding import local_part, local_tensor, rank_bytes, sharded_copy, write_back
 from starfish_cli.registry import Component, Range
 from starfish_cli.runtime.device import autocast
 
@@ -127,12 +128,14 @@ class FixedMasks:
 
     def __init__(self, model: nn.Module, masks: Mapping[str, torch.Tensor]):
         layers = structure_of(model).prunable_layers()
-        self._pairs = [(layers[name].weight, ~mask.to(layers[name].weight.device).bool()) for name, mask in masks.items()]
+        # a weight sharded over the ranks (dist_strategy=fsdp) is re-masked in its local shard
+        self._pairs = [(layers[name].weight, local_part(~mask.to(layers[name].weight.device).bool(), layers[name].weight))
+                       for name, mask in masks.items()]
 
     @torch.no_grad()
     def reapply(self) -> None:
         for weight, pruned in self._pairs:  # +0.0, not the −0.0 a product gives: an export restores the bits
-            weight.masked_fill_(pruned, 0.0)
+            local_tensor(weight).masked_fill_(pruned, 0.0)
 
 
 REPLAY_BUDGET = 0.05  # collated calibration batches may take this fraction of available host memory
@@ -312,12 +315,17 @@ class GradientHealer(Healer):
         `steps` (the epochs' batch order, cut short where they are done), or epochs × batches.
         With `state_file` (one process), the state is saved every `save_every` steps and resumed."""
         parameters = train_only(model, names)
-        fixed = FixedMasks(model, masks)
         world = distributed.current()
+        training = model  # what the optimizer updates: the model, or its shards (dist_strategy=fsdp)
+        if world.active and forward is not None and world.strategy == "fsdp":
+            training = sharded_copy(model, device, precision, world.size)
+            forward = StudentForward(training, forward.kinds, forward.with_outputs)
+            parameters = [parameter for parameter in training.parameters() if parameter.requires_grad]
+        fixed = FixedMasks(training, masks)
         batches, sampler = self.batches(calibration, device)
         if sampler is None and not self.reshuffle and len(calibration) and fits_in_memory(calibration):
             batches = ReplayedBatches(batches)
-        if world.active and forward is not None:
+        if world.active and forward is not None and training is model:
             # DDP waits for a gradient of every parameter it holds: hand it only those the loss reaches
             parameters = reaching_loss(parameters, loss_of_batch, next(iter(batches)), forward, device, precision)
             forward = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
@@ -325,14 +333,14 @@ class GradientHealer(Healer):
         optimizer = torch.optim.Adam(parameters, lr=self.lr, weight_decay=self.weight_decay, foreach=True)
         total = self.epochs * len(batches) if steps is None else steps
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total, 1), eta_min=self.min_lr)
-        trained = {name: parameter for name, parameter in model.named_parameters() if parameter.requires_grad}
+        trained = {name: parameter for name, parameter in training.named_parameters() if parameter.requires_grad}
         resume = ResumeState(None if world.active else state_file, self.save_every,
                              [self.describe(), description, masks_digest(dict(masks)), len(calibration),
                               # shapes too: a structurally pruned model has no masks to tell it apart
                               sorted((name, list(p.shape)) for name, p in trained.items())])
         saved = resume.load()
         step = ResumeState.restore(saved, trained, optimizer, scheduler, history) if saved else 0
-        model.eval()  # no dropout/drop-path: the targets are deterministic
+        training.eval()  # no dropout/drop-path: the targets are deterministic
         try:
             with progress_bar(description or f"healing ({self.registered_name})", total) as advance:
                 done = 0
@@ -352,6 +360,10 @@ class GradientHealer(Healer):
                         optimizer.step()
                         scheduler.step()
                         fixed.reapply()
+                        if world.active and done == step + 1:
+                            held, state = rank_bytes(parameters, optimizer)
+                            log.info("this rank holds %.2f MB of trained parameters and %.2f MB of optimizer state "
+                                     "(dist_strategy=%s)", held / 2**20, state / 2**20, world.strategy)
                         value = float(distributed.all_reduce_sum(loss.detach().clone())) / world.size
                         if not math.isfinite(value):
                             raise StarfishError(f"healing diverged (loss {value}): lower healer.lr")
@@ -360,6 +372,8 @@ class GradientHealer(Healer):
                         if resume.due(done, total):
                             resume.save(done, trained, optimizer, scheduler, history)
             resume.remove()  # finished: the healed weights are the result
+            if training is not model:
+                write_back(training, model, device)
         finally:
             for parameter in model.parameters():
                 parameter.requires_grad_(False)

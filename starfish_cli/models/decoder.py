@@ -39,8 +39,9 @@ def find_decoder(model: nn.Module) -> Decoder | None:
     for name, module in modules.items():
         if not isinstance(module, nn.ModuleList) or len(module) == 0:
             continue
-        kinds = {type(layer).__name__ for layer in module}
-        if (kinds <= layer_classes) if layer_classes else len(kinds) == 1:
+        # by class or base class: a wrapper subclasses the layer's class (FSDP2's FSDPLlamaDecoderLayer)
+        named = all(any(cls.__name__ in layer_classes for cls in type(layer).__mro__) for layer in module)
+        if named if layer_classes else len({type(layer) for layer in module}) == 1:
             candidates.append((sum(p.numel() for p in module.parameters()), name, module))
     if not candidates:
         return None

@@ -4,7 +4,7 @@ Without torchrun's environment (WORLD_SIZE unset or 1) everything here is a no-o
 """
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.distributed as dist
@@ -15,6 +15,7 @@ class World:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    strategy: str = "ddp"  # how healing spreads the student: ddp (replicated) or fsdp (sharded)
 
     @property
     def is_main(self) -> bool:
@@ -43,15 +44,21 @@ def backend_for(use_cuda: bool, requested: str = "auto") -> str:
     return CUDA_BACKEND if use_cuda else "gloo"
 
 
-def setup(device_name: str, backend: str = "auto") -> World:
-    """Join the process group torchrun describes (see `backend_for`)."""
+STRATEGIES = ("ddp", "fsdp")
+_strategy = "ddp"
+
+
+def setup(device_name: str, backend: str = "auto", strategy: str = "ddp") -> World:
+    """Join the process group torchrun describes (see `backend_for`); `strategy`: how healing spreads the student."""
+    global _strategy
+    _strategy = strategy
     world = launched_world()
     if world.active and not dist.is_initialized():
         use_cuda = device_name != "cpu" and torch.cuda.is_available()
         if use_cuda:
             torch.cuda.set_device(world.local_rank)
         dist.init_process_group(backend=backend_for(use_cuda, backend))
-    return world
+    return replace(world, strategy=strategy)
 
 
 def processes_per_machine() -> int:
@@ -61,7 +68,7 @@ def processes_per_machine() -> int:
 
 def current() -> World:
     if dist.is_available() and dist.is_initialized():
-        return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+        return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), _strategy)
     return World()
 
 

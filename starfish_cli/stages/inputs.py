@@ -88,7 +88,7 @@ def check_pairing(structure, data) -> None:
 
 def make_context(cfg: DictConfig, folders: RunFolders) -> Context:
     """The process group (under torchrun), the device and precision, and the dense model on the device."""
-    world = distributed.setup(str(cfg.device), str(cfg.dist_backend))
+    world = distributed.setup(str(cfg.device), str(cfg.dist_backend), str(cfg.get("dist_strategy", "ddp")))
     device = resolve_device(str(cfg.device))
     if world.active and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)

@@ -12,6 +12,7 @@ from starfish_cli.healing import HEALERS
 from starfish_cli.models import family_of
 from starfish_cli.pruning import PRUNERS
 from starfish_cli.registry import check_arguments, check_types
+from starfish_cli.runtime import distributed
 from starfish_cli.runtime.errors import StarfishError
 
 PRUNING_CONFIG = ("model", "data", "calib", "pruner", "seed")  # everything that determines a pruned checkpoint
@@ -41,6 +42,7 @@ def check_settings(cfg: DictConfig) -> None:
         "eval.num_fewshot": (whole(cfg.eval.get("num_fewshot", 0), 0), "a whole number ≥ 0"),
         "skip_finished": (isinstance(cfg.skip_finished, bool), "true or false"),
         "compile": (isinstance(cfg.compile, bool), "true or false"),
+        "dist_strategy": (cfg.get("dist_strategy", "ddp") in distributed.STRATEGIES, " or ".join(distributed.STRATEGIES)),
         "eval.speed": (isinstance(cfg.eval.speed, bool), "true or false"),
     }
     for key, (fine, allowed) in problems.items():
