@@ -83,3 +83,35 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+# run in a fresh Python in which `import starfish_cli` fails: the folder must load without it
+PLAIN = """
+import sys
+sys.modules["starfish_cli"] = None
+import torch
+folder, expected = sys.argv[1], torch.load(sys.argv[2])
+{load}
+with torch.no_grad():
+    got = {outputs}
+assert not any(name.startswith("starfish_cli") for name in sys.modules if sys.modules[name] is not None)
+print(float((got - expected["outputs"]).abs().max()))
+"""
+
+
+def outputs_in_plain_python(load: str, outputs: str, folder, inputs, expected, tmp_path) -> float:
+    """The largest difference between `expected` and what the folder's model, loaded without starfish,
+    gives for `inputs`."""
+    torch.save({"inputs": inputs, "outputs": expected}, tmp_path / "expected.pt")
+    script = PLAIN.format(load=load, outputs=outputs)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", script, str(folder), str(tmp_path / "expected.pt")],
+                            cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def parsed_card(folder):
+    from huggingface_hub import ModelCard
+
+    return ModelCard.load(folder / "README.md")

@@ -14,7 +14,7 @@ import torch
 from hydra import compose, initialize_config_module
 
 import starfish_cli
-from conftest import SHRUNK, needs_fmnist, read_json, run_cli
+from conftest import outputs_in_plain_python, parsed_card, read_json, run_cli
 from starfish_cli.artifacts.checkpoint import save_checkpoint
 from starfish_cli.artifacts.hf import check_folder
 from starfish_cli.models import build_model, structure_of
@@ -26,42 +26,24 @@ from starfish_cli.stages.layout import RunFolders
 LM_RUN = ["model=lm_reference", "calib.count=8", "healer.epochs=1", "eval.max_images=4", "eval.speed=false",
           "hydra.run.dir=run"]
 VIT_CONFIG = {"name": "vit_fmnist", "pretrained": True, "checkpoint_path": None, "kwargs": {}, "data_config": {}}
-# run in a fresh Python in which `import starfish_cli` fails: the folder must load without it
-PLAIN = """
-import sys
-sys.modules["starfish_cli"] = None
-import torch
-folder, expected = sys.argv[1], torch.load(sys.argv[2])
-{load}
-with torch.no_grad():
-    got = {outputs}
-assert not any(name.startswith("starfish_cli") for name in sys.modules if sys.modules[name] is not None)
-print(float((got - expected["outputs"]).abs().max()))
-"""
-
-
-def outputs_in_plain_python(load: str, outputs: str, folder, inputs, expected, tmp_path) -> float:
-    """The largest difference between `expected` and what the folder's model, loaded without starfish,
-    gives for `inputs`."""
-    torch.save({"inputs": inputs, "outputs": expected}, tmp_path / "expected.pt")
-    script = PLAIN.format(load=load, outputs=outputs)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-c", script, str(folder), str(tmp_path / "expected.pt")],
-                            cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return float(result.stdout.strip().splitlines()[-1])
-
-
-def parsed_card(folder):
-    from huggingface_hub import ModelCard
-
-    return ModelCard.load(folder / "README.md")
-
-
 @pytest.mark.slow
-def test_lm_folder_loads_in_plain_transformers_with_the_healed_logits(tmp_path):
+def test_a_language_model_run_exports_both_formats_loads_and_compiles(tmp_path):
+    """`starfish export` (both formats) and `starfish_cli.load` reach the causal-LM family through the model
+    registry; the hf folder loads in plain transformers with the healed logits; compile=true compiles its
+    decoder layers: the same perplexities as the eager run."""
     pytest.importorskip("transformers")
+    from starfish_cli.artifacts.checkpoint import load_checkpoint
+    from starfish_cli.artifacts.load import rebuild
+
     run_cli("run", *LM_RUN, cwd=tmp_path)
+    run_cli("export", *LM_RUN, cwd=tmp_path)
+    assert (tmp_path / "run" / "export" / "model.safetensors").is_file()
+    checkpoint = load_checkpoint(tmp_path / "run" / "healed.safetensors", "heal")
+    exact = rebuild(checkpoint.metadata["model"])
+    exact.load_state_dict(checkpoint.weights)
+    windows = torch.randint(0, 2048, (4, 128), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():  # the compressed export loads the healed weights bit for bit
+        assert torch.equal(starfish_cli.load(tmp_path / "run")(windows).logits, exact(windows).logits)
     result = run_cli("export", *LM_RUN, "format=hf", cwd=tmp_path)
     run, folder = tmp_path / "run", tmp_path / "run" / "hf"
     assert f"exported {folder}" in result.stderr + result.stdout
@@ -84,29 +66,10 @@ def test_lm_folder_loads_in_plain_transformers_with_the_healed_logits(tmp_path):
     assert hub["folder"] == "hf" and hub["library"] == "transformers" and hub["check"]["max_output_difference"] <= 1e-5
     assert "accuracy" in report and "## Export for transformers (hf/" in (run / "report.md").read_text()
 
-
-@needs_fmnist
-@pytest.mark.slow
-def test_vit_folder_loads_in_plain_timm_with_the_healed_logits(tmp_path):
-    overrides = [*SHRUNK, "hydra.run.dir=run"]
-    run_cli("run", *overrides, cwd=tmp_path)
-    run_cli("export", *overrides, "format=hf", cwd=tmp_path)
-    run, folder = tmp_path / "run", tmp_path / "run" / "hf"
-    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
-    config = read_json(folder / "config.json")  # a name plain timm knows, with the embedded model's shape
-    assert config["architecture"] == "vit_base_patch16_224" and config["model_args"]["embed_dim"] == 128
-    from safetensors.torch import load_file
-
-    assert not any(name.startswith("mask") for name in load_file(folder / "model.safetensors"))
-    healed = starfish_cli.load(run)
-    images = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        expected = healed(images)
-    load = 'import timm\nmodel = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()'
-    assert outputs_in_plain_python(load, 'model(expected["inputs"])', folder, images, expected, tmp_path) <= 1e-5
-    card = parsed_card(folder)
-    assert card.data.library_name == "timm" and card.data.pipeline_tag == "image-classification"
-    assert "| healer | starfish" in card.text and "| pattern | unstructured |" in card.text
+    run_cli("run", *LM_RUN[:-1], "compile=true", "hydra.run.dir=compiled", cwd=tmp_path)
+    eager, compiled = (read_json(tmp_path / name / "report.json")["accuracy"] for name in ("run", "compiled"))
+    for model in ("dense", "pruned", "healed"):
+        assert compiled[model]["perplexity"] == pytest.approx(eager[model]["perplexity"], rel=1e-3), model
 
 
 @pytest.fixture

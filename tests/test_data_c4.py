@@ -4,14 +4,15 @@ JSON lines under en/), never the hub."""
 import gzip
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import read_json, run_cli
 
 transformers = pytest.importorskip("transformers")
 
+import starfish_cli.configs  # noqa: E402
 from starfish_cli.data import DATASETS  # noqa: E402
 from starfish_cli.data.calibration import CalibrationSampler  # noqa: E402
 from starfish_cli.models.causal_lm import REFERENCE_DIR  # noqa: E402
@@ -38,8 +39,11 @@ def c4_folder(tmp_path_factory):
 
 
 def test_calibration_windows_follow_the_papers_draw(c4_folder):
+    from omegaconf import OmegaConf
+
     tokenizer = transformers.AutoTokenizer.from_pretrained(REFERENCE_DIR)
-    c4 = DATASETS.build({"name": "c4", "hub_id": str(c4_folder)})
+    config = OmegaConf.load(Path(starfish_cli.configs.__file__).parent / "data" / "c4.yaml")  # as data=c4 gives it
+    c4 = DATASETS.build({**OmegaConf.to_container(config), "hub_id": str(c4_folder)})
     windows, indices, described = c4.calibration_items(CalibrationSampler(count=6, seq_len=32), 0, None,
                                                        tokenizer, 128, 128)
     assert described["seq_len"] == 32 and len(windows) == 6
@@ -67,13 +71,3 @@ def test_evaluation_is_the_first_windows_of_the_first_documents_joined(c4_folder
     joined = torch.tensor(tokenizer(" ".join(document(1000 + i) for i in range(20)))["input_ids"])
     assert len(windows) == 3 and torch.equal(torch.cat([windows[i][1] for i in range(3)]), joined[:48])
     assert len(c4.evaluation_items(2, tokenizer, 128, 128, seq_len=16)[0]) == 2
-
-
-@pytest.mark.slow
-def test_a_run_on_local_c4_shards(c4_folder, tmp_path):
-    run_cli("run", "model=lm_reference", "data=c4", f"data.hub_id={c4_folder}", "calib.count=4", "calib.seq_len=32",
-            "eval.seq_len=64", "healer.epochs=1", "eval.speed=false", "hydra.run.dir=run", cwd=tmp_path)
-    report = read_json(tmp_path / "run" / "report.json")
-    assert report["calibration"]["source"] == "c4/train" and report["accuracy"]["split"] == "c4/validation"
-    assert len(read_json(tmp_path / "run" / "calibration_indices.json")["indices"]) == 4
-    assert report["accuracy"]["dense"]["perplexity"] < report["accuracy"]["pruned"]["perplexity"]

@@ -75,10 +75,22 @@ def test_a_local_task_scores_as_lm_eval_by_hand_for_dense_pruned_and_healed(task
     assert f"{TASK} acc_norm" in (tmp_path / "summary.md").read_text() and "zero-shot tasks" in summary.stdout
 
 
-def test_an_unknown_task_is_one_line_naming_where_tasks_come_from(task_folder):
+def test_an_unknown_task_is_one_line_naming_where_tasks_come_from(task_folder, monkeypatch):
     from starfish_cli.evaluation.zero_shot import ZeroShot
     from starfish_cli.runtime.errors import StarfishError
 
-    ZeroShot([TASK], str(task_folder)).check()  # found in the user's folder
+    indexed = []
+
+    class Index:  # lm-eval's task index (its built-in tasks take seconds to index): the user's folder, or all
+        def __init__(self, include_path=None, include_defaults=True):
+            indexed.append(include_defaults)
+            self.all_tasks = [TASK] + (["boolq", "rte"] if include_defaults else [])
+
+    import lm_eval.tasks
+
+    monkeypatch.setattr(lm_eval.tasks, "TaskManager", Index)
+    ZeroShot([TASK], str(task_folder)).check()
+    assert indexed == [False]  # found in the user's folder: lm-eval's own tasks never indexed
+    ZeroShot([TASK, "boolq"], str(task_folder)).check()
     with pytest.raises(StarfishError, match=f"unknown lm-eval task 'no_such_task'.*under eval.include_path={task_folder}"):
         ZeroShot([TASK, "no_such_task"], str(task_folder)).check()

@@ -12,13 +12,16 @@ import torch
 from safetensors.torch import save_file
 
 import starfish_cli
-from conftest import SHRUNK, needs_fmnist, read_json, run_cli
+from conftest import SHRUNK, needs_fmnist, outputs_in_plain_python, parsed_card, read_json, run_cli
 from starfish_cli.artifacts.checkpoint import load_checkpoint, read_header
 from starfish_cli.runtime.errors import StarfishError
 from starfish_cli.artifacts.export import byte_counts, compress, safetensors_bytes, write_export
 from starfish_cli.models import structure_of
 from starfish_cli.artifacts.load import model_file
 from starfish_cli.pruning import PRUNERS
+
+# one worker runs this module (make test: --dist loadgroup): the `runs` sweep is made once, not once per worker
+pytestmark = pytest.mark.xdist_group("export_runs")
 
 PATTERNS = {"unstructured": "bitmask", "2:4": "n:m"}
 SIZE_TARGETS = {"unstructured": 0.30, "2:4": 0.56}  # × the dense model's file, at 75% and 2:4
@@ -32,6 +35,7 @@ def runs(tmp_path_factory):
     sweep = ["-m", "pruner.pattern=unstructured,2:4", *SHRUNK]
     run_cli("run", *sweep, cwd=root)
     run_cli("export", *sweep, "format=onnx", cwd=root)
+    run_cli("export", *sweep, "format=hf", cwd=root)
     folders = {}
     for healed in (root / "outputs").rglob("healed.safetensors"):
         folders["2:4" if "2_4" in str(healed) else "unstructured"] = healed.parent
@@ -234,3 +238,23 @@ def test_a_structured_model_in_onnxruntime_has_pytorch_top1(reference_model, tes
     export_onnx(model, tmp_path / "model.onnx", tuple(test_images[0][1].shape))
     compared = compare_with_pytorch(tmp_path / "model.onnx", model, test_images, 128)
     assert compared["images"] == 256 and abs(compared["top1_onnxruntime"] - compared["top1_pytorch"]) <= 0.05
+
+
+def test_vit_hf_folder_loads_in_plain_timm_with_the_healed_logits(runs, tmp_path):
+    run = runs[1]["unstructured"]
+    folder = run / "hf"
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    config = read_json(folder / "config.json")  # a name plain timm knows, with the embedded model's shape
+    assert config["architecture"] == "vit_base_patch16_224" and config["model_args"]["embed_dim"] == 128
+    from safetensors.torch import load_file
+
+    assert not any(name.startswith("mask") for name in load_file(folder / "model.safetensors"))
+    healed = starfish_cli.load(run)
+    images = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = healed(images)
+    load = 'import timm\nmodel = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()'
+    assert outputs_in_plain_python(load, 'model(expected["inputs"])', folder, images, expected, tmp_path) <= 1e-5
+    card = parsed_card(folder)
+    assert card.data.library_name == "timm" and card.data.pipeline_tag == "image-classification"
+    assert "| healer | starfish" in card.text and "| pattern | unstructured |" in card.text

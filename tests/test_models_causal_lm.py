@@ -135,34 +135,6 @@ def test_pruners_cut_every_decoder_linear(tiny_folder, pruner, pattern):
         assert torch.isfinite(model(calibration[0]).logits).all()
 
 
-@pytest.mark.slow
-def test_a_language_model_run_exports_loads_and_compiles(tmp_path):
-    """`starfish export` and `starfish_cli.load` reach the causal-LM family through the model registry, and
-    compile=true compiles its decoder layers: the same perplexities as the eager run."""
-    import starfish_cli
-    from starfish_cli.artifacts.checkpoint import load_checkpoint
-    from starfish_cli.artifacts.load import rebuild
-    from starfish_cli.data import DATASETS
-
-    small = ["model=lm_reference", "calib.count=8", "healer.epochs=1", "eval.max_images=4", "eval.speed=false"]
-    run_cli("run", *small, "hydra.run.dir=run", cwd=tmp_path)
-    exported = run_cli("export", *small, "hydra.run.dir=run", cwd=tmp_path)
-    assert exported.returncode == 0 and (tmp_path / "run" / "export" / "model.safetensors").is_file()
-    loaded = starfish_cli.load(tmp_path / "run")
-    checkpoint = load_checkpoint(tmp_path / "run" / "healed.safetensors", "heal")
-    healed = rebuild(checkpoint.metadata["model"])
-    healed.load_state_dict(checkpoint.weights)
-    windows, _ = DATASETS.build({"name": "fortunes"}).evaluation_items(4, **structure_of(healed).preprocessing())
-    tokens = windows.windows
-    with torch.no_grad():
-        assert torch.equal(loaded(tokens).logits, healed(tokens).logits)
-
-    run_cli("run", *small, "compile=true", "hydra.run.dir=compiled", cwd=tmp_path)
-    eager, compiled = (read_json(tmp_path / name / "report.json")["accuracy"] for name in ("run", "compiled"))
-    for model in ("dense", "pruned", "healed"):
-        assert compiled[model]["perplexity"] == pytest.approx(eager[model]["perplexity"], rel=1e-3), model
-
-
 def test_windows_default_to_the_context_at_most_2048_and_follow_seq_len():
     from starfish_cli.data import DATASETS
     from starfish_cli.data.calibration import CalibrationSampler

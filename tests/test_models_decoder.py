@@ -117,6 +117,11 @@ def test_the_hub_folder_has_transformers_own_fused_layout(folders, tmp_path):
         build_model({"family": "causal_lm", "name": str(folders["mixtral"]), "prune_router": True})
 
 
+def test_a_model_without_attention_layers_is_refused(folders):
+    with pytest.raises(StarfishError, match="MambaForCausalLM .* has no attention decoder layers"):
+        build_model({"family": "causal_lm", "name": str(folders["mamba"])})
+
+
 def test_an_unknown_fused_layout_is_refused_not_left_dense(folders, monkeypatch):
     def transposed(self, hidden_states, top_k_index, top_k_weights):  # computes something else
         return hidden_states.flip(-1)
@@ -128,7 +133,7 @@ def test_an_unknown_fused_layout_is_refused_not_left_dense(folders, monkeypatch)
 
 
 @pytest.mark.slow
-def test_every_architecture_runs_through_the_cli_and_mamba_is_refused(folders, tmp_path):
+def test_every_architecture_runs_through_the_cli(folders, tmp_path):
     names = ",".join(str(folders[kind]) for kind in ("opt", "gpt_neox", "bloom", "mixtral"))
     run_cli("run", "-m", "model=hf_causal_lm", f"model.name={names}", "calib.count=4", "calib.seq_len=32",
             "healer.epochs=1", "healer.batch_size=2", "eval.max_images=4", "eval.seq_len=48", "eval.speed=false",
@@ -143,8 +148,3 @@ def test_every_architecture_runs_through_the_cli_and_mamba_is_refused(folders, t
     mixtral = reports[str(folders["mixtral"])]
     assert any(".experts.down." in name for name in mixtral["sparsity"]["per_layer"])
 
-    result = run_cli("run", "model=hf_causal_lm", f"model.name={folders['mamba']}", "hydra.run.dir=mamba",
-                     cwd=tmp_path, check=False)
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2 and len(lines) == 1 and "has no attention decoder layers" in lines[0], result.stderr
-    assert not (tmp_path / "mamba").exists()

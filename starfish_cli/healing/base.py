@@ -23,7 +23,7 @@ from starfish_cli.healing.states import collect_states
 from starfish_cli.healing.teacher import available_host_bytes
 from starfish_cli.runtime.progress import progress_bar
 from starfish_cli.pruning.masks import apply_masks
-from starfish_cli.healing.sharding import local_part, local_tensor, rank_bytes, sharded_copy, write_back
+from starfish_cli.healing.sharding import local_part, local_tensor, log_rank_bytes, sharded_copy, write_back
 from starfish_cli.registry import Component, Range
 from starfish_cli.runtime.device import autocast
 
@@ -308,27 +308,36 @@ class GradientHealer(Healer):
         return loader(calibration, self.batch_size, shuffle=True, seed=self.seed, reshuffle=self.reshuffle,
                       device=device), None
 
+    @staticmethod
+    def spread(model: nn.Module, names: list[str], forward: nn.Module | None, loss_of_batch, batches, device,
+               precision) -> tuple[nn.Module, list[nn.Parameter], nn.Module | None]:
+        """What the optimizer updates (the model, or under `dist_strategy=fsdp` its sharded copy), its trained
+        parameters, and the forward to run: under torchrun DDP's or FSDP2's, else the one given."""
+        parameters = train_only(model, names)
+        world = distributed.current()
+        if not world.active or forward is None:
+            return model, parameters, forward
+        if world.strategy == "fsdp":
+            training = sharded_copy(model, device, precision, world.size)
+            return (training, [parameter for parameter in training.parameters() if parameter.requires_grad],
+                    StudentForward(training, forward.kinds, forward.with_outputs))
+        # DDP waits for a gradient of every parameter it holds: hand it only those the loss reaches
+        parameters = reaching_loss(parameters, loss_of_batch, next(iter(batches)), forward, device, precision)
+        return model, parameters, DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda"
+                                                          else None)
+
     def optimize(self, model: nn.Module, names: list[str], masks, calibration, device, precision: torch.dtype,
                  history: list[float], loss_of_batch, description: str | None = None,
                  forward: nn.Module | None = None, state_file: Path | None = None, steps: int | None = None) -> int:
         """Run the recipe over `calibration`; `loss_of_batch(batch, forward)`. Returns the steps taken:
         `steps` (the epochs' batch order, cut short where they are done), or epochs × batches.
         With `state_file` (one process), the state is saved every `save_every` steps and resumed."""
-        parameters = train_only(model, names)
         world = distributed.current()
-        training = model  # what the optimizer updates: the model, or its shards (dist_strategy=fsdp)
-        if world.active and forward is not None and world.strategy == "fsdp":
-            training = sharded_copy(model, device, precision, world.size)
-            forward = StudentForward(training, forward.kinds, forward.with_outputs)
-            parameters = [parameter for parameter in training.parameters() if parameter.requires_grad]
-        fixed = FixedMasks(training, masks)
         batches, sampler = self.batches(calibration, device)
         if sampler is None and not self.reshuffle and len(calibration) and fits_in_memory(calibration):
             batches = ReplayedBatches(batches)
-        if world.active and forward is not None and training is model:
-            # DDP waits for a gradient of every parameter it holds: hand it only those the loss reaches
-            parameters = reaching_loss(parameters, loss_of_batch, next(iter(batches)), forward, device, precision)
-            forward = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
+        training, parameters, forward = self.spread(model, names, forward, loss_of_batch, batches, device, precision)
+        fixed = FixedMasks(training, masks)
         # foreach: one kernel per update over all tensors (bit-identical to the per-tensor loop)
         optimizer = torch.optim.Adam(parameters, lr=self.lr, weight_decay=self.weight_decay, foreach=True)
         total = self.epochs * len(batches) if steps is None else steps
@@ -361,9 +370,7 @@ class GradientHealer(Healer):
                         scheduler.step()
                         fixed.reapply()
                         if world.active and done == step + 1:
-                            held, state = rank_bytes(parameters, optimizer)
-                            log.info("this rank holds %.2f MB of trained parameters and %.2f MB of optimizer state "
-                                     "(dist_strategy=%s)", held / 2**20, state / 2**20, world.strategy)
+                            log_rank_bytes(parameters, optimizer, world.strategy)
                         value = float(distributed.all_reduce_sum(loss.detach().clone())) / world.size
                         if not math.isfinite(value):
                             raise StarfishError(f"healing diverged (loss {value}): lower healer.lr")

@@ -71,9 +71,10 @@ def write_back(training: nn.Module, model: nn.Module, device: torch.device) -> N
         buffer.copy_(buffers[name])
 
 
-def rank_bytes(parameters: list[nn.Parameter], optimizer: torch.optim.Optimizer) -> tuple[int, int]:
-    """(trained parameter bytes, optimizer state bytes) this rank holds: its shards under FSDP2, all under DDP."""
+def log_rank_bytes(parameters: list[nn.Parameter], optimizer: torch.optim.Optimizer, strategy: str) -> None:
+    """Log the trained parameter and optimizer state bytes this rank holds: its shards under FSDP2, all under DDP."""
     held = sum(local_tensor(parameter).nbytes for parameter in parameters)
     state = sum(local_tensor(value).nbytes for entry in optimizer.state.values() for value in entry.values()
                 if isinstance(value, torch.Tensor) and value.dim() > 0)
-    return held, state
+    log.info("this rank holds %.2f MB of trained parameters and %.2f MB of optimizer state (dist_strategy=%s)",
+             held / 2**20, state / 2**20, strategy)

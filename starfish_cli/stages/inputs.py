@@ -17,6 +17,9 @@ from starfish_cli.data import DATASETS
 from starfish_cli.data.calibration import CalibrationSampler
 from starfish_cli.evaluation.zero_shot import ZeroShot
 from starfish_cli.healing import HEALERS
+from starfish_cli.healing.base import GradientHealer
+from starfish_cli.healing.footprint import check_fits, end_to_end_footprint
+from starfish_cli.healing.teacher import available_host_bytes
 from starfish_cli.models import build_model, structure_of
 from starfish_cli.pruning import PRUNERS
 from starfish_cli.runtime import distributed
@@ -50,6 +53,8 @@ def prepare(cfg: DictConfig, folders: RunFolders, steps: tuple[str, ...]) -> tup
     data = DATASETS.build(plain(cfg.data))
     context = make_context(cfg, folders)
     check_pairing(structure_of(context.dense), data)
+    if healer is not None:
+        check_memory(context, healer)
 
     if "prune" in steps:
         pruned = reusable_pruning(context) if cfg.skip_finished else None
@@ -76,6 +81,27 @@ def zero_shot_of(cfg: DictConfig) -> ZeroShot | None:
                          int(cfg.eval.batch_size))
     zero_shot.check()
     return zero_shot
+
+
+def check_memory(context: Context, healer) -> None:
+    """End-to-end gradient healing must fit `memory_budget` per device (replicated, or sharded by FSDP2)."""
+    if not isinstance(healer, GradientHealer) or getattr(healer, "mode", "end_to_end") != "end_to_end":
+        return
+    parameters = dict(context.dense.named_parameters())
+    trained = sum(parameters[name].numel() for name in healer.trainable_names(context.dense) if name in parameters)
+    footprint = end_to_end_footprint(context.dense, trained, int(healer.batch_size))
+    sharded = context.world.active and context.world.strategy == "fsdp"
+    check_fits(footprint, memory_budget(context), context.world.size if sharded else 1, str(context.cfg.model.name))
+
+
+def memory_budget(context: Context) -> int:
+    """`memory_budget` in bytes; auto: the device's free memory (a GPU's, or the host's share per process)."""
+    budget = context.cfg.get("memory_budget", "auto")
+    if budget != "auto":
+        return int(float(budget) * 1e9)
+    if context.device.type == "cuda":
+        return int(torch.cuda.mem_get_info(context.device)[0])
+    return int(available_host_bytes() / distributed.processes_per_machine())
 
 
 def check_pairing(structure, data) -> None:

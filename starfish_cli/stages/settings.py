@@ -42,6 +42,8 @@ def check_settings(cfg: DictConfig) -> None:
         "eval.num_fewshot": (whole(cfg.eval.get("num_fewshot", 0), 0), "a whole number ≥ 0"),
         "skip_finished": (isinstance(cfg.skip_finished, bool), "true or false"),
         "compile": (isinstance(cfg.compile, bool), "true or false"),
+        "memory_budget": (cfg.get("memory_budget", "auto") == "auto" or (isinstance(cfg.memory_budget, int | float)
+                          and not isinstance(cfg.memory_budget, bool) and cfg.memory_budget > 0), "auto or a number of GB > 0"),
         "dist_strategy": (cfg.get("dist_strategy", "ddp") in distributed.STRATEGIES, " or ".join(distributed.STRATEGIES)),
         "eval.speed": (isinstance(cfg.eval.speed, bool), "true or false"),
     }
