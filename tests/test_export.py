@@ -27,7 +27,7 @@ PATTERNS = {"unstructured": "bitmask", "2:4": "n:m"}
 SIZE_TARGETS = {"unstructured": 0.30, "2:4": 0.56}  # × the dense model's file, at 75% and 2:4
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: a worker moving between modules would make a module's again
 def runs(tmp_path_factory):
     """One sweep (Wanda 75% unstructured and 2:4, shrunk) and its export with format=onnx: the healer
     folders by pattern. The export finds them through the same overrides, as `eval` does."""
