@@ -20,22 +20,27 @@ from starfish_cli.models import structure_of
 from starfish_cli.artifacts.load import model_file
 from starfish_cli.pruning import PRUNERS
 
-# one worker runs this module (make test: --dist loadgroup): the `runs` sweep is made once, not once per worker
-pytestmark = pytest.mark.xdist_group("export_runs")
-
 PATTERNS = {"unstructured": "bitmask", "2:4": "n:m"}
 SIZE_TARGETS = {"unstructured": 0.30, "2:4": 0.56}  # × the dense model's file, at 75% and 2:4
 
 
-@pytest.fixture(scope="session")  # session: a worker moving between modules would make a module's again
+@pytest.fixture(scope="session")
 def runs(tmp_path_factory):
-    """One sweep (Wanda 75% unstructured and 2:4, shrunk) and its export with format=onnx: the healer
-    folders by pattern. The export finds them through the same overrides, as `eval` does."""
-    root = tmp_path_factory.mktemp("export")
-    sweep = ["-m", "pruner.pattern=unstructured,2:4", *SHRUNK]
-    run_cli("run", *sweep, cwd=root)
-    run_cli("export", *sweep, "format=onnx", cwd=root)
-    run_cli("export", *sweep, "format=hf", cwd=root)
+    """One sweep (Wanda 75% unstructured and 2:4, shrunk) and its export with format=onnx and format=hf: the
+    healer folders by pattern. The export finds them through the same overrides, as `eval` does. Made once for
+    the whole suite: the first xdist worker to need it makes it under a lock, the others wait and reuse it."""
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent  # the same folder for every worker of this session
+    root = shared / "export_runs"
+    with FileLock(str(shared / "export_runs.lock")):
+        if not (root / "done").exists():
+            root.mkdir(exist_ok=True)
+            sweep = ["-m", "pruner.pattern=unstructured,2:4", *SHRUNK]
+            run_cli("run", *sweep, cwd=root)
+            run_cli("export", *sweep, "format=onnx", cwd=root)
+            run_cli("export", *sweep, "format=hf", cwd=root)
+            (root / "done").touch()
     folders = {}
     for healed in (root / "outputs").rglob("healed.safetensors"):
         folders["2:4" if "2_4" in str(healed) else "unstructured"] = healed.parent
