@@ -31,11 +31,11 @@ demo: setup
 	$(VENV)/bin/starfish run
 
 test: setup
-	$(PYTHON) -m pytest -q -n auto --maxprocesses=4  # one worker per core: most tests wait on a CLI subprocess
+	$(PYTHON) -m pytest -q -n auto --maxprocesses=4 --dist worksteal  # a worker per core; idle ones take queued tests
 
 # the pure functions and in-process tests, without the slow ones (a CLI subprocess, a whole stage)
 test-fast: setup
-	$(PYTHON) -m pytest -q -n auto --maxprocesses=4 -m "not slow"
+	$(PYTHON) -m pytest -q -n auto --maxprocesses=4 --dist worksteal -m "not slow"
 
 clean:
 	rm -rf outputs multirun .pytest_cache
