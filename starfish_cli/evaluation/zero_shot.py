@@ -14,7 +14,6 @@ from torch import nn
 from starfish_cli.runtime.errors import StarfishError, first_line
 
 log = logging.getLogger("starfish")
-PAPERS_TASKS = ("boolq", "rte", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
 
 
 def _lm_eval():

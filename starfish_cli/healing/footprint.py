@@ -35,14 +35,14 @@ class Footprint:
         return devices if devices <= MAX_DEVICES else None
 
 
-def end_to_end_footprint(model: nn.Module, trained: int, batch_size: int, precision_bytes: int = FP32) -> Footprint:
+def end_to_end_footprint(model: nn.Module, trained: int, batch_size: int) -> Footprint:
     """The dense teacher and the student (fp32), the trained values' gradient and Adam state, and the activations
-    of one batch through every block."""
+    of one batch through every block (fp32: twice the 16-bit figure; conservative under bf16 autocast)."""
     structure = structure_of(model)
     total = sum(parameter.numel() for parameter in model.parameters())
     in_blocks = sum(parameter.numel() for block in structure.blocks for parameter in block.parameters())
     tokens, width = structure.state_size()
-    activations = batch_size * len(structure.blocks) * tokens * width * ACTIVATION_BYTES * precision_bytes // 2
+    activations = batch_size * len(structure.blocks) * tokens * width * ACTIVATION_BYTES * 2
     return Footprint(fixed=FP32 * total + FP32 * (total - in_blocks),
                      sharded=FP32 * in_blocks + FP32 * TRAINED_STATE * trained + activations)
 

@@ -117,6 +117,7 @@ class CausalLMStructure(ModelStructure):
     def __init__(self, model):
         super().__init__(model)
         self._layer_arguments: dict[tuple, tuple[tuple, dict]] = {}
+        self._decoder = find_decoder(model)  # looked up once: `blocks` is read on every step and every layer run
 
     @classmethod
     def fits(cls, model):
@@ -124,10 +125,10 @@ class CausalLMStructure(ModelStructure):
 
     @property
     def blocks(self):
-        return list(find_decoder(self.model).layers)
+        return list(self._decoder.layers)
 
     def block_name(self, index):
-        return f"{find_decoder(self.model).layers_name}.{index}"
+        return f"{self._decoder.layers_name}.{index}"
 
     def context(self) -> int | None:
         """The longest input the model takes; None for models without a limit (ALiBi)."""
@@ -192,7 +193,7 @@ class CausalLMStructure(ModelStructure):
             return [self.embed(inputs) for inputs in batches]
 
     def _final_norm(self) -> nn.Module:
-        norm = final_norm(find_decoder(self.model))
+        norm = final_norm(self._decoder)
         if norm is None:
             raise StarfishError(f"{type(self.model).__name__} has no final norm starfish can find: "
                                 "use healer.states=[blocks] without kd_weight")
@@ -200,7 +201,7 @@ class CausalLMStructure(ModelStructure):
 
     def head(self, last_state):
         hidden = self._final_norm()(last_state)
-        project_out = getattr(find_decoder(self.model).owner, "project_out", None)  # OPT-350m's narrower head
+        project_out = getattr(self._decoder.owner, "project_out", None)  # OPT-350m's narrower head
         return self.model.get_output_embeddings()(project_out(hidden) if project_out is not None else hidden)
 
     def branch_modules(self, kind):

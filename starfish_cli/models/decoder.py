@@ -42,10 +42,12 @@ def find_decoder(model: nn.Module) -> Decoder | None:
         # by class or base class: a wrapper subclasses the layer's class (FSDP2's FSDPLlamaDecoderLayer)
         named = all(any(cls.__name__ in layer_classes for cls in type(layer).__mro__) for layer in module)
         if named if layer_classes else len({type(layer) for layer in module}) == 1:
-            candidates.append((sum(p.numel() for p in module.parameters()), name, module))
+            candidates.append((name, module))
     if not candidates:
         return None
-    _, name, layers = max(candidates, key=lambda candidate: candidate[0])
+    # several lists (a model naming no layer classes): the one holding the most parameters
+    name, layers = max(candidates, key=lambda candidate: sum(p.numel() for p in candidate[1].parameters())) \
+        if len(candidates) > 1 else candidates[0]
     owner = modules[name.rpartition(".")[0]] if "." in name else model
     return Decoder(name, layers, owner)
 
