@@ -2,8 +2,10 @@
 
 import os
 import re
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -130,3 +132,36 @@ def test_sparsegpt_and_fsdp_over_two_ranks_on_the_language_model(tmp_path, monke
     assert all(torch.equal(single.masks[k], sharded.masks[k]) for k in single.masks)
     assert close_weights(single, sharded)
     check_half_the_state(single, result.stdout + result.stderr)
+
+
+def test_a_two_rank_fsdp_healing_killed_midway_resumes_to_the_same_weights(tmp_path):
+    """SIGKILL to torchrun and both ranks once a sharded checkpoint (DCP) is complete; the same command again
+    continues from it and ends with the uninterrupted run's weights and loss history, bit for bit."""
+    import time
+
+    options = ["calib.count=64", "healer.batch_size=8", "healer.epochs=2", "healer.save_every=4",
+               "eval.max_images=64", "dist_strategy=fsdp"]
+    whole = torchrun(*options, "hydra.run.dir=whole", cwd=tmp_path, port=29525)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    agent = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                              "29526", "-m", "starfish_cli", "run", *SHRUNK, "device=cpu", *options,
+                              "hydra.run.dir=killed"], cwd=tmp_path, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = tmp_path / "killed" / "heal_state_shards" / "latest.json"
+    deadline = time.monotonic() + 300
+    while not latest.exists() and agent.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    ranks = Path(f"/proc/{agent.pid}/task/{agent.pid}/children").read_text().split()  # each in its own session
+    for pid in [agent.pid, *map(int, ranks)]:
+        os.kill(pid, signal.SIGKILL)
+    agent.wait()
+    assert latest.exists() and not (tmp_path / "killed" / "healed.safetensors").exists()
+    resumed = torchrun(*options, "hydra.run.dir=killed", cwd=tmp_path, port=29527)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming healing from" in resumed.stdout + resumed.stderr
+    assert not latest.parent.exists()  # finished: the sharded state is removed
+    first, again = (load_checkpoint(tmp_path / d / "healed.safetensors", "heal") for d in ("whole", "killed"))
+    assert all(torch.equal(first.weights[name], again.weights[name]) for name in first.weights)
+    assert read_json(tmp_path / "killed" / "report.json")["healing"]["loss_history"] \
+        == read_json(tmp_path / "whole" / "report.json")["healing"]["loss_history"]

@@ -18,6 +18,7 @@ from starfish_cli.data.loader import loader
 from starfish_cli.runtime.errors import StarfishError
 from starfish_cli.models import structure_of
 from starfish_cli.healing.resume import ResumeState
+from starfish_cli.healing.sharded_resume import ShardedResumeState
 from starfish_cli.healing.schedule import check_schedule, check_targets, pruned_fraction, split_steps, stage_masks
 from starfish_cli.healing.states import collect_states
 from starfish_cli.healing.teacher import available_host_bytes
@@ -331,7 +332,7 @@ class GradientHealer(Healer):
                  forward: nn.Module | None = None, state_file: Path | None = None, steps: int | None = None) -> int:
         """Run the recipe over `calibration`; `loss_of_batch(batch, forward)`. Returns the steps taken:
         `steps` (the epochs' batch order, cut short where they are done), or epochs × batches.
-        With `state_file` (one process), the state is saved every `save_every` steps and resumed."""
+        With `state_file`, the state is saved every `save_every` steps and resumed (under torchrun: sharded, DCP)."""
         world = distributed.current()
         batches, sampler = self.batches(calibration, device)
         if sampler is None and not self.reshuffle and len(calibration) and fits_in_memory(calibration):
@@ -343,12 +344,12 @@ class GradientHealer(Healer):
         total = self.epochs * len(batches) if steps is None else steps
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total, 1), eta_min=self.min_lr)
         trained = {name: parameter for name, parameter in training.named_parameters() if parameter.requires_grad}
-        resume = ResumeState(None if world.active else state_file, self.save_every,
-                             [self.describe(), description, masks_digest(dict(masks)), len(calibration),
-                              # shapes too: a structurally pruned model has no masks to tell it apart
-                              sorted((name, list(p.shape)) for name, p in trained.items())])
-        saved = resume.load()
-        step = ResumeState.restore(saved, trained, optimizer, scheduler, history) if saved else 0
+        identity = [self.describe(), description, masks_digest(dict(masks)), len(calibration),
+                    # shapes too: a structurally pruned model has no masks to tell it apart
+                    sorted((name, list(p.shape)) for name, p in trained.items())]
+        resume = ShardedResumeState(state_file, self.save_every, identity, training) if world.active \
+            else ResumeState(state_file, self.save_every, identity)
+        step = resume.resume(trained, optimizer, scheduler, history)
         training.eval()  # no dropout/drop-path: the targets are deterministic
         try:
             with progress_bar(description or f"healing ({self.registered_name})", total) as advance:

@@ -20,10 +20,15 @@ from starfish_cli.runtime.errors import first_line
 log = logging.getLogger("starfish")
 
 
+def fingerprint_of(identity: Any) -> str:
+    """A short hash of everything that determines the healing's trajectory."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 class ResumeState:
     def __init__(self, path: Path | None, every: int, identity: Any):
         self.path, self.every = (Path(path) if path else None), every
-        self.fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        self.fingerprint = fingerprint_of(identity)
 
     @property
     def enabled(self) -> bool:
@@ -60,10 +65,12 @@ class ResumeState:
         if self.enabled:
             self.path.unlink(missing_ok=True)
 
-    @staticmethod
     @torch.no_grad()
-    def restore(state: dict[str, Any], parameters: dict[str, torch.nn.Parameter], optimizer, scheduler,
-                history: list[float]) -> int:
+    def resume(self, parameters: dict[str, torch.nn.Parameter], optimizer, scheduler, history: list[float]) -> int:
+        """Load the saved state, if any, into the parameters, Adam and the schedule; the step to continue from."""
+        state = self.load()
+        if state is None:
+            return 0
         for name, parameter in parameters.items():
             parameter.copy_(state["parameters"][name])
         optimizer.load_state_dict(state["optimizer"])

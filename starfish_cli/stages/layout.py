@@ -49,7 +49,10 @@ class RunFolders:
             for tmp in folder.glob(".*.tmp"):
                 tmp.unlink(missing_ok=True)
         for path in self.written:
-            path.unlink(missing_ok=True)
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
         if not existed_before:
             shutil.rmtree(self.run_dir, ignore_errors=True)
         hydra_cfg = HydraConfig.get()
