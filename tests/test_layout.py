@@ -12,7 +12,7 @@ PACKAGE = Path(starfish_cli.__file__).parent
 # package's own __init__ (its version, and `load` and the API on first use) stands above everything and may be
 # read by all.
 RANKS = {"configs": 0, "runtime": 0, "registry": 1, "data": 2, "models": 2, "pruning": 3, "healing": 4,
-         "artifacts": 5, "evaluation": 5, "reporting": 5, "api": 6, "tracking": 6, "stages": 7, "cli": 8,
+         "artifacts": 5, "evaluation": 5, "reporting": 5, "api": 6, "onloading": 6, "tracking": 6, "stages": 7, "cli": 8,
          "__init__": 9, "__main__": 9}
 
 

@@ -116,20 +116,27 @@ class StarfishHealer(GradientHealer, GradualOptions):
         structure = structure_of(student)
         inputs = teacher_inputs  # embeddings are dense and frozen: block 0 sees the teacher's input
         for number in range(len(structure.blocks)):
-            names = structure.block_parameter_names(result.trained_parameters, number)
-            block_set = BlockInputs(inputs)
-
-            def loss_of_batch(batch, _forward, number=number, target=teacher_outputs[number]):
-                indices, x = batch
-                return state_alignment_loss([structure.run_block(number, x.to(device))],
-                                            [target[indices].to(device).float()], self.loss)
-
-            result.steps += self.optimize(student, names, masks, block_set, device, precision, result.loss_history,
-                                          loss_of_batch, f"healing block {number}")
-            with torch.no_grad():
-                inputs = torch.cat([structure.run_block(number, x.to(device)).cpu()
-                                    for _, x in loader(block_set, self.batch_size, device=device)])
+            inputs = self.heal_block(structure, number, inputs, teacher_outputs[number], masks, device, precision,
+                                     result)
         return result
+
+    def heal_block(self, structure, number: int, inputs: torch.Tensor, target: torch.Tensor, masks, device,
+                   precision, result: HealResult) -> torch.Tensor:
+        """Heal block `number` of `structure` on `inputs` (every calibration item, as the healed prefix makes it;
+        host memory) towards `target` (the dense block's outputs), adding to `result`; the healed block's outputs."""
+        names = structure.block_parameter_names(result.trained_parameters, number)
+        block_set = BlockInputs(inputs)
+
+        def loss_of_batch(batch, _forward):
+            indices, x = batch
+            return state_alignment_loss([structure.run_block(number, x.to(device))],
+                                        [target[indices].to(device).float()], self.loss)
+
+        result.steps += self.optimize(structure.model, names, masks, block_set, device, precision,
+                                      result.loss_history, loss_of_batch, f"healing block {number}")
+        with torch.no_grad():
+            return torch.cat([structure.run_block(number, x.to(device)).cpu()
+                              for _, x in loader(block_set, self.batch_size, device=device)])
 
 
 class BlockInputs(torch.utils.data.Dataset):

@@ -84,20 +84,43 @@ class WeightPruner(Pruner):
         """Zero the pruned weights of `model` in place and return the keep-masks by layer name."""
         layers = structure_of(model).prunable_layers()
         norms = input_norms(model, layers, calibration) if self.needs_calibration else {}
-        sparsities = self.layer_sparsities(model, layers, norms)
-        masks, unseen = {}, []
         with progress_bar(f"pruning ({self.registered_name})", len(layers)) as advance:
-            for name, layer in layers.items():
-                if self.needs_calibration and not norms[name].any():  # an MoE expert no calibration token reached
-                    unseen.append(name)
-                    scores = layer.weight.float().abs()
-                else:
-                    scores = self.score(name, layer.weight.float(), norms.get(name))
-                masks[name] = self.select(scores, sparsities[name])
-                advance()
-        apply_masks(layers, masks)
+            masks, unseen = self._masks(layers, norms, self.layer_sparsities(model, layers, norms), advance)
         report_unseen(unseen)
         return masks
+
+    # layer-by-layer onloading prunes one block at a time, on what that block receives
+    reads_pruned_prefix: ClassVar[bool] = False  # True: from the already-pruned prefix (SparseGPT); False: dense
+
+    def block_by_block(self) -> str | None:
+        """None when a block's masks need nothing from the other blocks; else why they do."""
+        return None
+
+    @torch.no_grad()
+    def prune_block(self, structure, number: int, block_inputs: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Prune block `number` of `structure` alone, its statistics from `block_inputs` (what the block receives
+        for each calibration batch); the masks of its layers."""
+        layers = structure.block_layers(number)
+        norms = input_norms(lambda x: structure.run_block(number, x), layers, block_inputs) \
+            if self.needs_calibration else {}
+        masks, unseen = self._masks(layers, norms, {name: sparsity_for_layer(self.sparsity, name) for name in layers})
+        report_unseen(unseen)
+        return masks
+
+    def _masks(self, layers: Mapping[str, nn.Linear], norms: Mapping[str, torch.Tensor],
+               sparsities: Mapping[str, float], advance=lambda: None) -> tuple[dict[str, torch.Tensor], list[str]]:
+        """Each layer's keep-mask, its pruned weights zeroed; and the layers no calibration token reached."""
+        masks, unseen = {}, []
+        for name, layer in layers.items():
+            if self.needs_calibration and not norms[name].any():  # an MoE expert no calibration token reached
+                unseen.append(name)
+                scores = layer.weight.float().abs()
+            else:
+                scores = self.score(name, layer.weight.float(), norms.get(name))
+            masks[name] = self.select(scores, sparsities[name])
+            advance()
+        apply_masks(layers, masks)
+        return masks, unseen
 
 
 def report_unseen(names: list[str]) -> None:

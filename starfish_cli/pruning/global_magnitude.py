@@ -21,6 +21,9 @@ class GlobalMagnitudePruner(WeightPruner):
             raise StarfishError("global_magnitude takes one sparsity for all layers and pattern=unstructured: "
                                 "use pruner=magnitude for per-layer or N:M pruning")
 
+    def block_by_block(self):
+        return "global_magnitude draws one threshold over every layer"
+
     @torch.no_grad()
     def prune(self, model, calibration=None):
         layers = structure_of(model).prunable_layers()

@@ -95,14 +95,22 @@ class SparseGPTPruner(WeightPruner):
             raise ValueError("sparsegpt needs calibration images")
         structure = structure_of(model)
         block_inputs = structure.first_block_inputs(calibration)
-        masks, unseen = {}, []
+        masks = {}
         with progress_bar(f"pruning ({self.registered_name})", len(structure.prunable_layers())) as advance:
             for number in range(len(structure.blocks)):
-                for name, layer in structure.block_layers(number).items():  # execution order: qkv, proj, fc1, fc2
-                    if not self._prune_layer(structure, number, name, layer, block_inputs, masks):
-                        unseen.append(name)
-                    advance()
+                masks |= self.prune_block(structure, number, block_inputs, advance)
                 block_inputs = [structure.run_block(number, x) for x in block_inputs]  # the pruned block feeds the next
+        return masks
+
+    reads_pruned_prefix = True
+
+    @torch.no_grad()
+    def prune_block(self, structure, number, block_inputs, advance=lambda: None):
+        masks, unseen = {}, []
+        for name, layer in structure.block_layers(number).items():  # execution order: qkv, proj, fc1, fc2
+            if not self._prune_layer(structure, number, name, layer, block_inputs, masks):
+                unseen.append(name)
+            advance()
         report_unseen(unseen)
         return masks
 

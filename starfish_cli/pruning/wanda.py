@@ -37,6 +37,9 @@ class WandaPruner(WeightPruner):
             raise StarfishError("pruner.allocation=owl spreads one unstructured sparsity over the blocks: "
                                 "use a single pruner.sparsity and pattern=unstructured")
 
+    def block_by_block(self):
+        return "pruner.allocation=owl compares every block's scores" if self.allocation == "owl" else None
+
     def layer_sparsities(self, model, layers, input_norms):
         if self.allocation == "uniform":
             return super().layer_sparsities(model, layers, input_norms)

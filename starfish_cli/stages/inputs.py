@@ -19,13 +19,14 @@ from starfish_cli.evaluation.zero_shot import ZeroShot
 from starfish_cli.healing import HEALERS
 from starfish_cli.healing.base import GradientHealer
 from starfish_cli.healing.footprint import check_fits, end_to_end_footprint
-from starfish_cli.healing.teacher import available_host_bytes
 from starfish_cli.models import build_model, structure_of
 from starfish_cli.pruning import PRUNERS
 from starfish_cli.runtime import distributed
 from starfish_cli.runtime.device import measure, resolve_device, resolve_precision, seed_everything
 from starfish_cli.runtime.errors import StarfishError
+from starfish_cli.onloading.weights import skeleton
 from starfish_cli.stages.layout import INDICES_FILE, RunFolders
+from starfish_cli.stages.onloaded import budget_bytes, onload_folder
 from starfish_cli.stages.settings import calibration_sampler, check_settings, eval_workers, plain, pruning_config
 from starfish_cli.stages.values import Calibration, Context, EvaluationData, Healed, Inputs, Pruned
 
@@ -51,13 +52,13 @@ def prepare(cfg: DictConfig, folders: RunFolders, steps: tuple[str, ...]) -> tup
     healed_path = Path(cfg.healed) if cfg.healed else folders.run_dir / HEALED_FILE
     healed_checkpoint = load_checkpoint(healed_path, "heal") if "eval" in steps and "heal" not in steps else None
     data = DATASETS.build(plain(cfg.data))
-    context = make_context(cfg, folders)
+    context = make_context(cfg, folders, steps, pruner, healer)
     check_pairing(structure_of(context.dense), data)
-    if healer is not None:
+    if healer is not None and context.onloaded is None:
         check_memory(context, healer)
 
     if "prune" in steps:
-        pruned = reusable_pruning(context) if cfg.skip_finished else None
+        pruned = reusable_pruning(context) if cfg.skip_finished and context.onloaded is None else None
     else:
         pruned = pruned_from(context, pruned_checkpoint, pruned_path)
     healed = healed_from(context, healed_checkpoint, healed_path, pruned) if healed_checkpoint is not None else None
@@ -95,13 +96,7 @@ def check_memory(context: Context, healer) -> None:
 
 
 def memory_budget(context: Context) -> int:
-    """`memory_budget` in bytes; auto: the device's free memory (a GPU's, or the host's share per process)."""
-    budget = context.cfg.get("memory_budget", "auto")
-    if budget != "auto":
-        return int(float(budget) * 1e9)
-    if context.device.type == "cuda":
-        return int(torch.cuda.mem_get_info(context.device)[0])
-    return int(available_host_bytes() / distributed.processes_per_machine())
+    return budget_bytes(context.cfg, context.device)
 
 
 def check_pairing(structure, data) -> None:
@@ -112,15 +107,19 @@ def check_pairing(structure, data) -> None:
                             f"reads {structure.modality}: choose data={', '.join(fitting)}")
 
 
-def make_context(cfg: DictConfig, folders: RunFolders) -> Context:
-    """The process group (under torchrun), the device and precision, and the dense model on the device."""
+def make_context(cfg: DictConfig, folders: RunFolders, steps: tuple[str, ...] = (), pruner=None,
+                 healer=None) -> Context:
+    """The process group (under torchrun), the device and precision, and the dense model on the device (or, for
+    layer-by-layer onloading, its skeleton: weights on the meta device, read one layer at a time later)."""
     world = distributed.setup(str(cfg.device), str(cfg.dist_backend), str(cfg.get("dist_strategy", "ddp")))
     device = resolve_device(str(cfg.device))
     if world.active and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
     precision = resolve_precision(str(cfg.precision), device)
-    dense = build_model(plain(cfg.model)).to(device)
-    return Context(cfg, folders, world, device, precision, dense, sweep=HydraConfig.get().mode == RunMode.MULTIRUN)
+    onloaded = onload_folder(cfg, steps, pruner, healer, device)
+    dense = skeleton(onloaded) if onloaded else build_model(plain(cfg.model)).to(device)
+    return Context(cfg, folders, world, device, precision, dense, sweep=HydraConfig.get().mode == RunMode.MULTIRUN,
+                   onloaded=onloaded)
 
 
 def calibration_of(context: Context, data, sampler: CalibrationSampler, labels_for: str | None) -> Calibration:

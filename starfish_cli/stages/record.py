@@ -60,6 +60,8 @@ def assemble_report(context: Context, pruned: Pruned, healed: Healed | None, eva
         if "healing" in healed.metadata:  # checkpoints of version 0.1.0 did not record it
             report["healing"] = healed.metadata["healing"]
         stages["heal"] = healed.metadata.get("timing", {})
+        if "onloading" in healed.metadata:  # pruned, healed and evaluated one layer at a time
+            report["onloading"] = healed.metadata["onloading"]
     if evaluation is not None:
         models = evaluation.results["models"]
         report["accuracy"] = {"split": evaluation.split, "images": evaluation.results["images"],

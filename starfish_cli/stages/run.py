@@ -19,6 +19,7 @@ from starfish_cli.stages.eval import evaluate_models
 from starfish_cli.stages.export import export_run
 from starfish_cli.stages.heal import heal
 from starfish_cli.stages.inputs import prepare
+from starfish_cli.stages.onloaded import run_onloaded
 from starfish_cli.stages.layout import CONFIG_FILE, RunFolders, finished, has_results
 from starfish_cli.stages.prune import prune
 from starfish_cli.stages.record import assemble_report
@@ -45,14 +46,19 @@ def execute(context: Context, inputs: Inputs, steps: tuple[str, ...]) -> dict[st
 
 
 def run_steps(context: Context, inputs: Inputs, steps: tuple[str, ...], loggers: MetricLoggers) -> dict[str, Any]:
-    pruned = inputs.pruned if inputs.pruned is not None else prune(context, inputs.pruner, inputs.calibration)
-    loggers.log_metrics(sparsity_metrics(pruned.metadata["sparsity"]))
-    healed = heal(context, inputs.healer, pruned, inputs.calibration) if "heal" in steps else inputs.healed
+    if context.onloaded is not None:  # one pass over the layers does the three steps
+        pruned, healed, evaluation = run_onloaded(context, inputs)
+        loggers.log_metrics(sparsity_metrics(pruned.metadata["sparsity"]))
+    else:
+        pruned = inputs.pruned if inputs.pruned is not None else prune(context, inputs.pruner, inputs.calibration)
+        loggers.log_metrics(sparsity_metrics(pruned.metadata["sparsity"]))
+        healed = heal(context, inputs.healer, pruned, inputs.calibration) if "heal" in steps else inputs.healed
     if "heal" in steps:
         for step, metrics in heal_losses(healed.metadata.get("healing", {}).get("loss_history")):
             loggers.log_metrics(metrics, step)
-    evaluation = (evaluate_models(context, pruned, healed, inputs.eval_data, inputs.eval_workers)
-                  if "eval" in steps else None)
+    if context.onloaded is None:
+        evaluation = (evaluate_models(context, pruned, healed, inputs.eval_data, inputs.eval_workers)
+                      if "eval" in steps else None)
     if evaluation is not None:
         loggers.log_metrics(eval_metrics(evaluation.results["models"]))
     report = assemble_report(context, pruned, healed, evaluation, inputs.calibration)

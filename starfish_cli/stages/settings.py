@@ -44,6 +44,7 @@ def check_settings(cfg: DictConfig) -> None:
         "compile": (isinstance(cfg.compile, bool), "true or false"),
         "memory_budget": (cfg.get("memory_budget", "auto") == "auto" or (isinstance(cfg.memory_budget, int | float)
                           and not isinstance(cfg.memory_budget, bool) and cfg.memory_budget > 0), "auto or a number of GB > 0"),
+        "onload": (cfg.get("onload", "auto") in ("auto", True, False), "auto, true or false"),
         "dist_strategy": (cfg.get("dist_strategy", "ddp") in distributed.STRATEGIES, " or ".join(distributed.STRATEGIES)),
         "eval.speed": (isinstance(cfg.eval.speed, bool), "true or false"),
     }

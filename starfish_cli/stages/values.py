@@ -2,6 +2,7 @@
 validated inputs (`Inputs`) and each step's result (`Pruned`, `Healed`, `Evaluation`)."""
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,6 +27,7 @@ class Context:
     precision: torch.dtype
     dense: nn.Module
     sweep: bool  # one of several runs in this process (Hydra multirun): worth caching what they share
+    onloaded: Path | None = None  # the model's folder when it is read one decoder layer at a time (`onload`)
 
 
 @dataclass(frozen=True)

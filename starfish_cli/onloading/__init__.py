@@ -1,0 +1,1 @@
+"""Layer-by-layer onloading: causal LMs larger than memory, one decoder layer at a time."""

@@ -1,0 +1,179 @@
+"""Prune, heal block by block and evaluate a causal LM holding one decoder layer on the device at a time: the
+layer's dense weights are read from the checkpoint, pruned, healed towards the dense layer's outputs and
+written out before the next is read. What passes between layers is the hidden states of the calibration and
+evaluation windows, on the host, as the dense, pruned and healed prefixes make them."""
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from starfish_cli.evaluation.metrics import Perplexity
+from starfish_cli.healing.base import HealResult, pruned_weight_names
+from starfish_cli.models import structure_of
+from starfish_cli.pruning.masks import measure_sparsity
+from starfish_cli.onloading.weights import ShardedWeights, ShardWriter, offload, onload, outside_layers, skeleton
+from starfish_cli.runtime.errors import StarfishError
+from starfish_cli.runtime.progress import progress_bar
+
+log = logging.getLogger("starfish")
+MODELS = ("dense", "pruned", "healed")
+
+
+@dataclass
+class SparsityCounts:
+    """measure_sparsity's figures, summed block by block (and once for the weights outside the blocks)."""
+
+    per_layer: dict[str, float] = field(default_factory=dict)
+    prunable: int = 0
+    pruned: int = 0
+    parameters: int = 0
+    zero: int = 0
+    block_weights: int = 0
+    block_prunable: int = 0
+    block_zero: int = 0
+
+    def add(self, measured: dict[str, Any]) -> None:
+        self.per_layer |= measured["per_layer"]
+        self.prunable += measured["prunable_weights"]
+        self.pruned += round(measured["prunable"] * measured["prunable_weights"])
+        self.parameters += measured["total_parameters"]
+        self.zero += round(measured["overall"] * measured["total_parameters"])
+        blocks = measured.get("block_weights", {"weights": 0, "prunable": 0.0, "zero": 0.0})
+        self.block_weights += blocks["weights"]
+        self.block_prunable += round(blocks["prunable"] * blocks["weights"])
+        self.block_zero += round(blocks["zero"] * blocks["weights"])
+
+    def summary(self) -> dict[str, Any]:
+        """The same keys as measure_sparsity's, for the whole model."""
+        weights = max(self.block_weights, 1)
+        return {"prunable": self.pruned / max(self.prunable, 1), "overall": self.zero / max(self.parameters, 1),
+                "prunable_weights": self.prunable, "total_parameters": self.parameters,
+                "remaining_parameters": self.parameters,
+                "block_weights": {"weights": self.block_weights, "prunable": self.block_prunable / weights,
+                                  "zero": self.block_zero / weights},
+                "per_layer": self.per_layer}
+
+
+@dataclass
+class OnloadedRun:
+    """What the pass produced: the healed folder, sparsity counts, healing's steps and losses, the perplexity of
+    each model, and what it cost (seconds per layer, bytes read and written)."""
+
+    folder: Path
+    sparsity: SparsityCounts = field(default_factory=SparsityCounts)
+    healing: HealResult = field(default_factory=HealResult)
+    evaluation: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seconds_per_layer: list[float] = field(default_factory=list)
+    bytes_read: int = 0
+    bytes_written: int = 0
+
+
+def check_onloadable(pruner, healer) -> None:
+    """Layer-by-layer onloading prunes each block on its own and heals block-wise (or not at all)."""
+    why = pruner.block_by_block() if hasattr(pruner, "block_by_block") else \
+        f"pruner={pruner.registered_name} chooses over the whole model"
+    if why:
+        raise StarfishError(f"{why}: layer-by-layer onloading prunes one block at a time; use pruner=wanda, "
+                            "sparsegpt or magnitude (allocation=uniform)")
+    if healer is not None and healer.changes_weights and getattr(healer, "mode", None) != "blockwise":
+        raise StarfishError(f"healer={healer.registered_name} heals the whole model at once: layer-by-layer onloading "
+                            "heals with healer=starfish healer.mode=blockwise (or healer=none)")
+
+
+def _run(structure, number: int, batches: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    with torch.no_grad():
+        return [structure.run_block(number, x.to(device)).cpu() for x in batches]
+
+
+def _load_outside(model: torch.nn.Module, layers_name: str, weights: ShardedWeights,
+                  device: torch.device) -> dict[str, torch.Tensor]:
+    """Embeddings, final norm and head onto the device (a head tied to the embeddings shares them); their
+    tensors under the checkpoint's names."""
+    for name, module in outside_layers(model, layers_name):
+        if all(f"{name}.{key}" in weights for key, _ in module.named_parameters()):
+            onload(module, f"{name}.", weights, device)
+    model.tie_weights()
+    left = [name for name, parameter in model.named_parameters() if parameter.is_meta
+            and not name.startswith(f"{layers_name}.")]
+    if left:
+        raise StarfishError(f"{weights.folder} has no tensor {left[0]}: not a complete save_pretrained folder")
+    return {name: parameter for name, parameter in model.state_dict().items()
+            if not name.startswith(f"{layers_name}.") and name in weights}
+
+
+def prune_heal_evaluate(folder: Path, pruner, healer, calibration: Sequence[torch.Tensor],
+                        evaluation: Sequence[torch.Tensor], device: torch.device, output: Path,
+                        precision: torch.dtype = torch.float32) -> OnloadedRun:
+    """`calibration` and `evaluation`: batches of token windows. The healed model is written to `output` (a
+    save_pretrained folder) with its keep-masks in `output`/masks; returns what the pass measured."""
+    check_onloadable(pruner, healer)
+    weights = ShardedWeights(folder)
+    model = skeleton(folder)
+    structure = structure_of(model)  # one instance: the layer arguments it captures serve every layer
+    layers_name = structure.block_name(0).rsplit(".", 1)[0]
+    blocks = len(structure.blocks)
+    writer = ShardWriter(output, folder, blocks + 1)
+    mask_writer = ShardWriter(Path(output) / "masks", folder, blocks, dtype=torch.bool)
+    outside = _load_outside(model, layers_name, weights, device)
+    writer.write(blocks, outside)
+    with torch.no_grad():
+        calib = {"dense": [x.cpu() for x in structure.first_block_inputs(b.to(device) for b in calibration)]}
+        first = [x.cpu() for x in structure.first_block_inputs(b.to(device) for b in evaluation)]
+    calib["pruned"] = calib["dense"]
+    healed_calib = torch.cat(calib["dense"])
+    states = dict.fromkeys(MODELS, first)
+    run = OnloadedRun(Path(output), healing=HealResult(trained_parameters=pruned_weight_names(model)))
+    run.sparsity.parameters = sum(tensor.numel() for tensor in outside.values())
+    run.sparsity.zero = sum(int((tensor == 0).sum()) for tensor in outside.values())
+    with progress_bar("onloading: prune, heal, evaluate", blocks) as advance:
+        for number, block in enumerate(structure.blocks):
+            started = time.perf_counter()
+            prefix = f"{structure.block_name(number)}."
+            onload(block, prefix, weights, device)
+            dense_next = _run(structure, number, calib["dense"], device)
+            states["dense"] = _run(structure, number, states["dense"], device)
+            masks = pruner.prune_block(structure, number, calib["pruned" if pruner.reads_pruned_prefix else "dense"])
+            run.sparsity.add(measure_sparsity(block, structure.block_layers(number), None, {
+                name: weight for name, weight in structure.block_weights().items() if name.startswith(prefix)}))
+            states["pruned"] = _run(structure, number, states["pruned"], device)
+            if pruner.reads_pruned_prefix:
+                calib["pruned"] = _run(structure, number, calib["pruned"], device)
+            if healer is not None and healer.changes_weights:
+                healed_calib = healer.heal_block(structure, number, healed_calib, torch.cat(dense_next), masks,
+                                                 device, precision, run.healing)
+                states["healed"] = _run(structure, number, states["healed"], device)
+            else:
+                states["healed"] = states["pruned"]
+            calib["dense"] = dense_next
+            writer.write(number, {f"{prefix}{name}": value for name, value in block.state_dict().items()})
+            mask_writer.write(number, {f"{name}.weight": mask for name, mask in masks.items()})
+            offload(block)
+            run.seconds_per_layer.append(time.perf_counter() - started)
+            advance()
+    run.evaluation = _perplexities(structure, states, evaluation, device)
+    writer.finish()
+    mask_writer.finish()
+    run.bytes_read, run.bytes_written = weights.bytes_read, writer.bytes_written + mask_writer.bytes_written
+    return run
+
+
+@torch.no_grad()
+def _perplexities(structure, states: dict[str, list[torch.Tensor]], evaluation: Sequence[torch.Tensor],
+                  device: torch.device) -> dict[str, dict[str, Any]]:
+    """Each model's perplexity, next-token top-1 and agreement with the dense model, from its last hidden states."""
+    metric = Perplexity()
+    sums = {name: [0.0] * metric.size for name in MODELS}
+    count = 0
+    for number, tokens in enumerate(evaluation):
+        tokens = tokens.to(device)
+        reference = structure.head(states["dense"][number].to(device)).argmax(-1)
+        for name in MODELS:
+            batch, count_here = metric.count(structure.head(states[name][number].to(device)), reference, tokens)
+            sums[name] = [total + value for total, value in zip(sums[name], batch)]
+        count += count_here
+    return {name: metric.results(sums[name], count) for name in MODELS}

@@ -1,0 +1,130 @@
+"""`starfish run` on a causal LM held one decoder layer at a time (`onload`): when it is chosen, and the prune,
+heal and eval steps as one pass over the layers (onloading.sequential), handing back the values the report
+is assembled from."""
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from starfish_cli.api.steps import CALIBRATION_BATCH, calibration_batches
+from starfish_cli.data import loader
+from starfish_cli.healing.teacher import available_host_bytes
+from starfish_cli.models import family_of
+from starfish_cli.models.causal_lm import model_source
+from starfish_cli.onloading.sequential import check_onloadable, prune_heal_evaluate
+from starfish_cli.onloading.weights import ShardedWeights
+from starfish_cli.pruning.masks import masks_digest
+from starfish_cli.runtime import distributed
+from starfish_cli.runtime.atomic import write_text_atomically
+from starfish_cli.runtime.device import measure
+from starfish_cli.runtime.errors import StarfishError
+from starfish_cli.stages.layout import INDICES_FILE
+from starfish_cli.stages.settings import plain, pruning_config
+from starfish_cli.stages.values import Context, Evaluation, Healed, Inputs, Pruned
+
+log = logging.getLogger("starfish")
+
+HEALED_FOLDER = "healed"  # the healed model as a save_pretrained folder (its masks in healed/masks)
+WHOLE_MODEL_COPIES = 3  # the whole-model path holds the dense, pruned and healed models at once (fp32)
+FP32 = 4
+
+
+def whole_model_bytes(folder: Path) -> int:
+    """What the whole-model path holds, from the checkpoint's tensor shapes (nothing read but the headers)."""
+    return WHOLE_MODEL_COPIES * FP32 * ShardedWeights(folder).numel()
+
+
+def budget_bytes(cfg: DictConfig, device: torch.device) -> int:
+    """`memory_budget` in bytes; auto: the device's free memory (a GPU's, or the host's share per process)."""
+    budget = cfg.get("memory_budget", "auto")
+    if budget != "auto":
+        return int(float(budget) * 1e9)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    return int(available_host_bytes() / distributed.processes_per_machine())
+
+
+def onload_folder(cfg: DictConfig, steps: tuple[str, ...], pruner, healer, device: torch.device) -> Path | None:
+    """The model's folder when this run goes layer by layer (`onload=true`, or `auto` and the whole model would
+    not fit `memory_budget`); None for the whole-model path."""
+    choice = cfg.get("onload", "auto")
+    if choice is False:
+        return None
+    model = plain(cfg.model)
+    folder = Path(model_source(str(model.get("name")))) if family_of(model).family == "causal_lm" else None
+    reason = ("it serves causal LMs (model=hf_causal_lm)" if folder is None
+              else "it runs prune, heal and eval together: use `starfish run`" if tuple(steps) != ("prune", "heal", "eval")
+              else "it runs in one process: launch it without torchrun" if distributed.launched_world().active
+              else "it reads the model's weights: model.pretrained=true" if not model.get("pretrained", True)
+              else "it reads a local save_pretrained folder: download the model first (hf download NAME --local-dir DIR)"
+              if not folder.is_dir() else "it does not run lm-eval tasks: eval.tasks=[]" if cfg.eval.get("tasks")
+              else None)
+    if reason is not None:
+        if choice is True:
+            raise StarfishError(f"onload=true (layer-by-layer onloading): {reason}")
+        return None
+    if choice == "auto":
+        needed, budget = whole_model_bytes(folder), budget_bytes(cfg, device)
+        end_to_end = healer is not None and getattr(healer, "mode", None) != "blockwise"
+        if needed <= budget or end_to_end:  # end-to-end healing that does not fit is refused with its own advice
+            return None
+        log.info("the whole model needs about %.3g GB here, more than memory_budget=%.3g GB: pruning, healing and "
+                 "evaluating one decoder layer at a time", needed / 1e9, budget / 1e9)
+    check_onloadable(pruner, healer)
+    return folder
+
+
+class StoredMasks(dict):
+    """The masks of the masks folder read one at a time, by name (their digest never holds them all)."""
+
+    def __init__(self, folder: Path):
+        super().__init__()
+        self._weights = ShardedWeights(folder)
+        self._names = [name.removesuffix(".weight") for name in self._weights.file_of]
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._weights.read([f"{name}.weight"])[f"{name}.weight"]
+
+
+def run_onloaded(context: Context, inputs: Inputs) -> tuple[Pruned, Healed, Evaluation]:
+    """Prune, heal and evaluate in one pass over the layers; the healed model goes to the run folder's healed/."""
+    cfg, device, folders = context.cfg, context.device, context.folders
+    calibration, eval_data = inputs.calibration, inputs.eval_data
+    calibration_tokens = calibration_batches(calibration.images, torch.device("cpu"), CALIBRATION_BATCH)
+    evaluation_tokens = [batch[1] for batch in loader(eval_data.images, int(cfg.eval.batch_size))]
+    output = folders.record(folders.run_dir / HEALED_FOLDER)
+    timing: dict[str, Any] = {}
+    with measure("onload", device, timing):
+        run = prune_heal_evaluate(context.onloaded, inputs.pruner, inputs.healer, calibration_tokens,
+                                  evaluation_tokens, device, output, context.precision)
+    sparsity = run.sparsity.summary()
+    log.info("pruned with %s layer by layer: %.4f of prunable weights are zero; %d layers, %.1f s each on average, "
+             "%.3g GB read, %.3g GB written", inputs.pruner.registered_name, sparsity["prunable"],
+             len(run.seconds_per_layer), sum(run.seconds_per_layer) / max(len(run.seconds_per_layer), 1),
+             run.bytes_read / 1e9, run.bytes_written / 1e9)
+    onloading = {"layers": len(run.seconds_per_layer), "seconds_per_layer": run.seconds_per_layer,
+                 "bytes_read": run.bytes_read, "bytes_written": run.bytes_written, "folder": HEALED_FOLDER}
+    pruned = Pruned(context.dense, {}, json.loads(json.dumps({
+        "model": plain(cfg.model), "pruner": inputs.pruner.describe(), "sparsity": sparsity,
+        "calibration": calibration.info, "seed": int(cfg.seed), "pruning_config": pruning_config(cfg),
+        "masks_digest": masks_digest(StoredMasks(output / "masks")), "timing": timing["onload"]})))
+    healer = inputs.healer
+    healing = {"steps": run.healing.steps, "trained_parameters": len(run.healing.trained_parameters),
+               "final_loss": run.healing.loss_history[-1] if run.healing.loss_history else None,
+               "loss_history": run.healing.loss_history}
+    healed = Healed(context.dense, json.loads(json.dumps({
+        "healer": healer.describe(), "labels_used": healer.labels_used, "changes_weights": healer.changes_weights,
+        "calibration": {**calibration.info, "labels_used": healer.labels_used}, "healing": healing,
+        "onloading": onloading})))
+    evaluation = Evaluation({"images": len(eval_data.images), "models": run.evaluation}, eval_data.source,
+                            {}, None)  # timed with the pass (stages.prune)
+    write_text_atomically(folders.record(folders.run_dir / INDICES_FILE), json.dumps(
+        {"source": calibration.info["source"], "seed": int(cfg.seed), "indices": calibration.indices}) + "\n")
+    return pruned, healed, evaluation

@@ -1,0 +1,126 @@
+"""Layer-by-layer onloading on the embedded LM: the masks, healed weights and perplexities of the whole-model
+path, with one decoder layer in memory at a time."""
+
+import copy
+import re
+
+import pytest
+import torch
+
+from conftest import read_json, run_cli
+from starfish_cli.evaluation.metrics import Perplexity
+from starfish_cli.healing import HEALERS
+from starfish_cli.models import structure_of
+from starfish_cli.models.causal_lm import REFERENCE_DIR, build_model
+from starfish_cli.onloading import sequential
+from starfish_cli.onloading.sequential import prune_heal_evaluate
+from starfish_cli.onloading.weights import ShardedWeights
+from starfish_cli.pruning import PRUNERS
+from starfish_cli.runtime.errors import StarfishError
+
+pytest.importorskip("transformers")
+
+
+def windows(count: int, seed: int, length: int = 32) -> torch.Tensor:
+    return torch.randint(0, 512, (count, length), generator=torch.Generator().manual_seed(seed))
+
+
+class Items(torch.utils.data.Dataset):
+    def __init__(self, tokens):
+        self.tokens = tokens
+
+    def __len__(self):
+        return len(self.tokens)
+
+    def __getitem__(self, index):
+        return index, self.tokens[index]
+
+
+def whole_model(pruner, healer, calibration, evaluation):
+    """The path that holds the whole model: prune, heal (block-wise), then each model's perplexity."""
+    dense = build_model()
+    student = copy.deepcopy(dense)
+    masks = pruner.prune(student, calibration)
+    pruned = copy.deepcopy(student)
+    healer.heal(student, dense, masks, Items(torch.cat(calibration)), torch.device("cpu"))
+    metric, results = Perplexity(), {}
+    with torch.no_grad():
+        reference = [dense(input_ids=x).logits.argmax(-1) for x in evaluation]
+        for name, model in {"dense": dense, "pruned": pruned, "healed": student}.items():
+            sums, count = [0.0] * metric.size, 0
+            for tokens, predicted in zip(evaluation, reference):
+                batch, tokens_here = metric.count(model(input_ids=tokens).logits, predicted, tokens)
+                sums, count = [a + b for a, b in zip(sums, batch)], count + tokens_here
+            results[name] = metric.results(sums, count)
+    return masks, student, results
+
+
+@pytest.mark.parametrize("pruner_name", ["wanda", "sparsegpt"])
+def test_onloading_gives_the_whole_model_results_one_layer_at_a_time(tmp_path, monkeypatch, pruner_name):
+    from transformers import AutoModelForCausalLM
+
+    calibration, evaluation = list(windows(16, 0).split(8)), list(windows(8, 1).split(4))
+    make_pruner = lambda: PRUNERS.build({"name": pruner_name, "sparsity": 0.5})  # noqa: E731
+    make_healer = lambda: HEALERS.build({"name": "starfish", "mode": "blockwise", "epochs": 2,  # noqa: E731
+                                         "batch_size": 8, "lr": 1e-3})
+    masks, healed, expected = whole_model(make_pruner(), make_healer(), calibration, evaluation)
+
+    layers, at_once = [], []
+    real_onload = sequential.onload
+
+    def counting_onload(module, prefix, weights, device):
+        real_onload(module, prefix, weights, device)
+        if re.search(r"\.\d+\.$", prefix):  # a decoder layer: how many hold weights now
+            layers.append(module)
+            at_once.append(sum(not next(layer.parameters()).is_meta for layer in layers))
+
+    monkeypatch.setattr(sequential, "onload", counting_onload)
+    run = prune_heal_evaluate(REFERENCE_DIR, make_pruner(), make_healer(), calibration, evaluation,
+                              torch.device("cpu"), tmp_path / "healed")
+    assert at_once == [1] * len(structure_of(healed).blocks)  # never two decoder layers at once
+
+    stored = ShardedWeights(tmp_path / "healed" / "masks")
+    onloaded_masks = stored.read(stored.file_of)
+    assert {name.removesuffix(".weight") for name in onloaded_masks} == set(masks)
+    assert all(torch.equal(onloaded_masks[f"{name}.weight"], mask) for name, mask in masks.items())
+    assert run.sparsity.pruned == sum(int((~mask).sum()) for mask in masks.values())
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "healed", dtype=torch.float32)
+    for name, weight in healed.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], weight, rtol=1e-4, atol=1e-5)
+    for model in ("dense", "pruned", "healed"):
+        assert run.evaluation[model]["perplexity"] == pytest.approx(expected[model]["perplexity"], rel=1e-4)
+    assert expected["pruned"]["agreement"] < 100.0  # pruning changed the predictions: the comparison means something
+    every = ShardedWeights(REFERENCE_DIR)
+    assert run.bytes_read == sum(t.nbytes for t in every.read(every.file_of).values())  # each tensor read once
+
+
+def test_pruners_and_healers_that_need_the_whole_model_are_refused():
+    with pytest.raises(StarfishError, match="one threshold over every layer"):
+        sequential.check_onloadable(PRUNERS.build({"name": "global_magnitude"}), None)
+    with pytest.raises(StarfishError, match="healer.mode=blockwise"):
+        sequential.check_onloadable(PRUNERS.build({"name": "wanda"}), HEALERS.build({"name": "starfish"}))
+
+
+@pytest.mark.slow
+def test_a_model_over_the_memory_budget_goes_layer_by_layer_with_the_whole_model_numbers(tmp_path):
+    """`starfish run` on a save_pretrained folder whose whole-model run would not fit `memory_budget` picks onloading
+    by itself: the report's sparsity and perplexities are those of the whole-model run, and the healed folder
+    loads in plain transformers."""
+    from transformers import AutoModelForCausalLM
+
+    options = ["model=hf_causal_lm", f"model.name={REFERENCE_DIR}", "data=fortunes", "healer.mode=blockwise",
+               "calib.count=32", "healer.epochs=1", "eval.max_images=8", "eval.speed=false", "device=cpu"]
+    run_cli("run", *options, "hydra.run.dir=whole", cwd=tmp_path)
+    onloaded = run_cli("run", *options, "memory_budget=0.01", "hydra.run.dir=layers", cwd=tmp_path)
+    assert "one decoder layer at a time" in onloaded.stdout + onloaded.stderr
+    whole, layers = read_json(tmp_path / "whole" / "report.json"), read_json(tmp_path / "layers" / "report.json")
+    assert "onloading" in layers and "onloading" not in whole and layers["onloading"]["layers"] == 4
+    assert layers["sparsity"] == whole["sparsity"]
+    assert layers["healing"]["steps"] == whole["healing"]["steps"]
+    for model in ("dense", "pruned", "healed"):
+        assert layers["accuracy"][model]["perplexity"] == pytest.approx(whole["accuracy"][model]["perplexity"],
+                                                                        rel=1e-4)
+    healed = AutoModelForCausalLM.from_pretrained(tmp_path / "layers" / "healed", dtype=torch.float32)
+    zeros = sum(int((module.weight == 0).sum()) for name, module in healed.named_modules()
+                if isinstance(module, torch.nn.Linear) and ".layers." in name)
+    assert zeros == round(layers["sparsity"]["prunable"] * layers["sparsity"]["prunable_weights"])
