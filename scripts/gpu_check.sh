@@ -11,3 +11,5 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/nvi
 "$python" scripts/bench_eval.py --model deit_base_patch16_224 --images 1024 --device cuda 2>&1 | tee "$out/bench_eval.txt"
 "$python" scripts/scale_rehearsal.py --device cuda --calib 500 --eval 5000 --batch-size 128 --folder "$out/imagenet_like" \
     --out "$out/rehearsal" 2>&1 | tail -n 12 | tee "$out/rehearsal.txt"
+"$python" scripts/scale_rehearsal_lm.py --device cuda --calib 16 --seq-len 512 --eval 4 --folder "$out/llama_3b" \
+    --out "$out/rehearsal_lm" 2>&1 | tail -n 12 | tee "$out/rehearsal_lm.txt"

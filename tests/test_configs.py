@@ -63,3 +63,25 @@ def test_yaml_keys_are_the_constructor_arguments(group, registry):
         cfg = OmegaConf.to_container(compose_config("starfish", [f"{group}={option}"])[group])
         arguments = set(inspect.signature(registry.get(cfg.pop("name"))).parameters) - {"seed"}
         assert set(cfg) == arguments, (option, set(cfg) ^ arguments)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["eval.num_workers=-1"], "eval.num_workers=-1"),
+    (["calib.fraction=2"], "calib.fraction=2 must be a number in (0, 1]"),
+    (["eval.batch_size=0"], "eval.batch_size=0 must be a whole number ≥ 1"),
+    (["eval.seq_len=64"], "eval.seq_len=64 is for language models, and this is a vision model"),
+    (["eval.tasks=[boolq]"], "eval.tasks=['boolq'] is for language models"),
+    (["seed=abc"], "seed='abc' must be a whole number"),
+    (["model.pretrained=maybe"], "model.pretrained='maybe' must be true or false"),
+    (["onload=sometimes"], "onload='sometimes' must be auto, true or false"),
+    (["pruner.sparsity=2"], "outside [0, 1)"),
+])
+def test_settings_a_run_cannot_take_are_one_line_before_anything_loads(overrides, message):
+    """What the CLI checks from the config alone, before the first run of a sweep starts (the CLI tests run a
+    case of each kind through the installed `starfish`: exit 2, one line, nothing written)."""
+    from starfish_cli.runtime.errors import StarfishError
+    from starfish_cli.stages.settings import check_config
+
+    with pytest.raises(StarfishError) as refused:
+        check_config(compose_config("starfish", overrides), ("prune", "heal", "eval"))
+    assert message in str(refused.value) and "\n" not in str(refused.value)

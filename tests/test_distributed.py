@@ -66,11 +66,12 @@ def close_weights(first, second) -> bool:
 
 
 def test_two_gloo_processes_match_one_with_ddp_and_with_fsdp(tmp_path, monkeypatch):
-    """Wanda's norms from half the calibration batches on each rank, summed; one global batch of 64 a step
-    (DDP: 32 per rank, gradients averaged; FSDP2: every block sharded, each rank holding half of the trained
-    parameters and of Adam's state); sharded evaluation; progress from rank 0 only."""
+    """Wanda's norms from half the calibration batches on each rank, summed; one global batch of 16 a step
+    (DDP: 8 per rank, gradients averaged; FSDP2: every block sharded, each rank holding half of the trained
+    parameters and of Adam's state); sharded evaluation; progress from rank 0 only. Then the FSDP2 run killed
+    once its first sharded checkpoint is complete, and resumed."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as each torchrun rank: the same arithmetic
-    options = ["calib.count=64", "healer.batch_size=64", "healer.epochs=2"]
+    options = ["calib.count=64", "healer.batch_size=16", "healer.epochs=2", "healer.save_every=4"]
     alone = run_cli("run", *SHRUNK, *options, "device=cpu", "hydra.run.dir=single", cwd=tmp_path)
     result = torchrun(*options, "hydra.run.dir=ddp", cwd=tmp_path, port=29517)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -86,13 +87,42 @@ def test_two_gloo_processes_match_one_with_ddp_and_with_fsdp(tmp_path, monkeypat
     assert two["environment"]["processes"] == 2 and two["accuracy"]["images"] == one["accuracy"]["images"]
     for model in ("dense", "pruned"):  # no training involved: sharded evaluation must add up exactly
         assert two["accuracy"][model]["top1"] == pytest.approx(one["accuracy"][model]["top1"], abs=1e-9)
-    assert two["healing"]["steps"] == one["healing"]["steps"] == 2
+    assert two["healing"]["steps"] == one["healing"]["steps"] == 8
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir() if p.name.endswith(".log")) == ["run.log"]
     # progress: prune, heal and eval each finish once in the output, as in one process (rank 0 alone logs it)
     expected = {"pruning (wanda)": 1, "healing (starfish)": 1, "evaluating": 1}
     assert finished_progress(alone.stdout + alone.stderr) == expected
     assert finished_progress(result.stdout + result.stderr) == expected
     check_half_the_state(healed["single"], sharded.stdout + sharded.stderr)
+    resumes_to_the_same_weights(options, tmp_path, "fsdp")
+
+
+def resumes_to_the_same_weights(options: list[str], cwd: Path, whole: str) -> None:
+    """SIGKILL to torchrun and both ranks once a sharded checkpoint (DCP) is complete; the same command again
+    continues from it and ends with the uninterrupted run's (`whole`) weights and loss history, bit for bit."""
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29526",
+               "-m", "starfish_cli", "run", *SHRUNK, "device=cpu", *options, "dist_strategy=fsdp", "hydra.run.dir=killed"]
+    agent = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = cwd / "killed" / "heal_state_shards" / "latest.json"
+    deadline = time.monotonic() + 300
+    while not latest.exists() and agent.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    ranks = Path(f"/proc/{agent.pid}/task/{agent.pid}/children").read_text().split()  # each in its own session
+    for pid in [agent.pid, *map(int, ranks)]:
+        os.kill(pid, signal.SIGKILL)
+    agent.wait()
+    assert latest.exists() and not (cwd / "killed" / "healed.safetensors").exists()
+    resumed = torchrun(*options, "dist_strategy=fsdp", "hydra.run.dir=killed", cwd=cwd, port=29527)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming healing from" in resumed.stdout + resumed.stderr
+    assert not latest.parent.exists()  # finished: the sharded state is removed
+    first, again = (load_checkpoint(cwd / d / "healed.safetensors", "heal") for d in (whole, "killed"))
+    assert all(torch.equal(first.weights[name], again.weights[name]) for name in first.weights)
+    assert read_json(cwd / "killed" / "report.json")["healing"]["loss_history"] \
+        == read_json(cwd / whole / "report.json")["healing"]["loss_history"]
 
 
 def rank_memory(output: str) -> list[tuple[float, float]]:
@@ -132,36 +162,3 @@ def test_sparsegpt_and_fsdp_over_two_ranks_on_the_language_model(tmp_path, monke
     assert all(torch.equal(single.masks[k], sharded.masks[k]) for k in single.masks)
     assert close_weights(single, sharded)
     check_half_the_state(single, result.stdout + result.stderr)
-
-
-def test_a_two_rank_fsdp_healing_killed_midway_resumes_to_the_same_weights(tmp_path):
-    """SIGKILL to torchrun and both ranks once a sharded checkpoint (DCP) is complete; the same command again
-    continues from it and ends with the uninterrupted run's weights and loss history, bit for bit."""
-    import time
-
-    options = ["calib.count=64", "healer.batch_size=8", "healer.epochs=2", "healer.save_every=4",
-               "eval.max_images=64", "dist_strategy=fsdp"]
-    whole = torchrun(*options, "hydra.run.dir=whole", cwd=tmp_path, port=29525)
-    assert whole.returncode == 0, whole.stderr[-3000:]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    agent = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-                              "29526", "-m", "starfish_cli", "run", *SHRUNK, "device=cpu", *options,
-                              "hydra.run.dir=killed"], cwd=tmp_path, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    latest = tmp_path / "killed" / "heal_state_shards" / "latest.json"
-    deadline = time.monotonic() + 300
-    while not latest.exists() and agent.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    ranks = Path(f"/proc/{agent.pid}/task/{agent.pid}/children").read_text().split()  # each in its own session
-    for pid in [agent.pid, *map(int, ranks)]:
-        os.kill(pid, signal.SIGKILL)
-    agent.wait()
-    assert latest.exists() and not (tmp_path / "killed" / "healed.safetensors").exists()
-    resumed = torchrun(*options, "hydra.run.dir=killed", cwd=tmp_path, port=29527)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming healing from" in resumed.stdout + resumed.stderr
-    assert not latest.parent.exists()  # finished: the sharded state is removed
-    first, again = (load_checkpoint(tmp_path / d / "healed.safetensors", "heal") for d in ("whole", "killed"))
-    assert all(torch.equal(first.weights[name], again.weights[name]) for name in first.weights)
-    assert read_json(tmp_path / "killed" / "report.json")["healing"]["loss_history"] \
-        == read_json(tmp_path / "whole" / "report.json")["healing"]["loss_history"]

@@ -41,6 +41,21 @@ def test_gpu_check_code_path_on_cpu(tmp_path):
     assert figures["heal_bf16_images_per_second"] > 0 and "prune_sparsegpt_unstructured_seconds" in figures
 
 
+def test_the_lm_rehearsal_goes_layer_by_layer_and_the_healed_folder_loads(tmp_path):
+    """A tiny folder of the rehearsal's kind (the real one is 3.4B): written shard by shard, pruned, healed and
+    evaluated layer by layer, the healed folder's perplexity in plain transformers that of the run's healed model."""
+    pytest.importorskip("transformers")
+    printed = run_script(str(SCRIPTS / "scale_rehearsal_lm.py"), "--folder", str(tmp_path / "model"), "--hidden", "64",
+                         "--intermediate", "128", "--layers", "2", "--heads", "4", "--vocabulary", "2048",
+                         "--pruners", "wanda", "--onload", "true", "--out", str(tmp_path / "out"), cwd=tmp_path)
+    summary = json.loads((tmp_path / "out" / "rehearsal.json").read_text())
+    run = summary["runs"]["wanda"]
+    assert len(run["onloading"]["seconds_per_layer"]) == 2 and run["onloading"]["bytes_read"] > 0
+    assert run["transformers_perplexity"] == pytest.approx(run["accuracy"]["healed"]["perplexity"], rel=0.02)  # bf16
+    assert [row["model"] for row in summary["extrapolated"]] == ["Llama-2-7B", "Llama-2-70B"]
+    assert "| wanda |" in printed and not (tmp_path / "out" / "wanda" / "healed").exists()
+
+
 def test_scale_rehearsal_reports_every_stage_and_extrapolates(tmp_path):
     printed = run_script(str(SCRIPTS / "scale_rehearsal.py"), "--model", "vit_tiny_patch16_224", "--calib", "4",
                          "--eval", "8", "--classes", "2", "--batch-size", "4", "--folder", str(tmp_path / "images"),
