@@ -125,7 +125,8 @@ def extrapolate(measured: dict, args) -> list[dict]:
         outside = 2 * vocabulary * hidden
         seconds = {}
         for pruner, run in measured.items():
-            per_layer = sum(run["report"]["onloading"]["seconds_per_layer"]) / len(run["report"]["onloading"]["seconds_per_layer"])
+            layer_seconds = run["report"]["onloading"]["seconds_per_layer"]
+            per_layer = sum(layer_seconds) / len(layer_seconds)
             scale = there["forward"] / here["forward"]
             if pruner == "sparsegpt":  # its OBS pass does not grow with the tokens
                 scale = (there["forward"] + there["sparsegpt"]) / (here["forward"] + here["sparsegpt"])
@@ -144,15 +145,18 @@ def extrapolate(measured: dict, args) -> list[dict]:
 
 
 def markdown(folder_parameters: int, measured: dict, extrapolated: list[dict], args) -> str:
-    lines = [f"Random-init Llama, {folder_parameters / 1e9:.2f}B parameters ({folder_parameters * 4 / 1e9:.1f} GB fp32), "
+    size = f"{folder_parameters / 1e9:.2f}B parameters ({folder_parameters * 4 / 1e9:.1f} GB fp32)"
+    lines = [f"Random-init Llama, {size}, "
              f"{args.layers} layers; calibration {args.calib} × {args.seq_len} tokens, evaluation {args.eval} × "
              f"{args.seq_len}; device {args.device}", "",
-             "| pruner | s per layer | total s | peak RSS GB | GB read | GB written | perplexity dense / pruned / healed "
-             "| healed folder in transformers |", "|---|---|---|---|---|---|---|---|"]
+             "| pruner | s per layer | total s | peak RSS GB | GB read | GB written "
+             "| perplexity dense / pruned / healed | healed folder in transformers |",
+             "|---|---|---|---|---|---|---|---|"]
     for pruner, run in measured.items():
         onloading, accuracy = run["report"]["onloading"], run["report"]["accuracy"]
         seconds = onloading["seconds_per_layer"]
-        lines.append(f"| {pruner} | {sum(seconds) / len(seconds):.1f} | {sum(seconds):.0f} | {run['peak_rss_gb']:.2f} | "
+        lines.append(f"| {pruner} | {sum(seconds) / len(seconds):.1f} | {sum(seconds):.0f} | "
+                     f"{run['peak_rss_gb']:.2f} | "
                      f"{onloading['bytes_read'] / 1e9:.1f} | {onloading['bytes_written'] / 1e9:.1f} | "
                      + " / ".join(f"{accuracy[m]['perplexity']:.4g}" for m in ("dense", "pruned", "healed"))
                      + f" | {run['transformers_perplexity']:.4g} |")

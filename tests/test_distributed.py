@@ -104,7 +104,8 @@ def resumes_to_the_same_weights(options: list[str], cwd: Path, whole: str) -> No
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29526",
-               "-m", "starfish_cli", "run", *SHRUNK, "device=cpu", *options, "dist_strategy=fsdp", "hydra.run.dir=killed"]
+               "-m", "starfish_cli", "run", *SHRUNK, "device=cpu", *options, "dist_strategy=fsdp",
+               "hydra.run.dir=killed"]
     agent = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     latest = cwd / "killed" / "heal_state_shards" / "latest.json"
     deadline = time.monotonic() + 300

@@ -124,3 +124,31 @@ def test_a_model_over_the_memory_budget_goes_layer_by_layer_with_the_whole_model
     zeros = sum(int((module.weight == 0).sum()) for name, module in healed.named_modules()
                 if isinstance(module, torch.nn.Linear) and ".layers." in name)
     assert zeros == round(layers["sparsity"]["prunable"] * layers["sparsity"]["prunable_weights"])
+
+
+def test_when_a_run_goes_layer_by_layer():
+    """`onload=auto` only past the memory budget, and not for end-to-end healing (its own refusal names blockwise
+    and FSDP2); `onload=true` where it cannot serve is one line."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from starfish_cli.stages.onloaded import onload_folder
+
+    def decide(*overrides):
+        with initialize_config_module(config_module="starfish_cli.configs", version_base="1.3"):
+            cfg = compose(config_name="starfish", overrides=list(overrides))
+        pruner, healer = (registry.build(OmegaConf.to_container(cfg[group])) for registry, group
+                          in ((PRUNERS, "pruner"), (HEALERS, "healer")))
+        return onload_folder(cfg, ("prune", "heal", "eval"), pruner, healer, torch.device("cpu"))
+
+    assert decide("model=lm_reference", "data=fortunes", "healer=none") is None  # it fits
+    assert decide("model=lm_reference", "data=fortunes", "healer=none", "memory_budget=0.001") == REFERENCE_DIR
+    assert decide("model=lm_reference", "data=fortunes", "healer.mode=blockwise", "memory_budget=0.001") \
+        == REFERENCE_DIR
+    assert decide("model=lm_reference", "data=fortunes", "memory_budget=0.001") is None  # end to end
+    assert decide("model=lm_reference", "data=fortunes", "healer=none", "onload=true") == REFERENCE_DIR
+    assert decide("model=lm_reference", "healer=none", "memory_budget=0.001", "onload=false") is None
+    with pytest.raises(StarfishError, match="it serves causal LMs"):
+        decide("onload=true")
+    with pytest.raises(StarfishError, match="one threshold over every layer"):
+        decide("model=lm_reference", "data=fortunes", "healer=none", "pruner=global_magnitude", "onload=true")

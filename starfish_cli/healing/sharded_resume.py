@@ -111,7 +111,8 @@ class ShardedResumeState:
                       for group in optimizer.state_dict()["param_groups"]]
             write_text_atomically(self.folder / LATEST, json.dumps({
                 "fingerprint": self.fingerprint, "step": step, "checkpoint": checkpoint, "ranks": world.size,
-                "optimized": optimized, "history": history, "scheduler": scheduler.state_dict(), "param_groups": groups}))
+                "optimized": optimized, "history": history, "scheduler": scheduler.state_dict(),
+                "param_groups": groups}))
             for older in self.folder.glob("step-*"):
                 if older.name != checkpoint:
                     shutil.rmtree(older, ignore_errors=True)

@@ -56,26 +56,38 @@ def onload_folder(cfg: DictConfig, steps: tuple[str, ...], pruner, healer, devic
         return None
     model = plain(cfg.model)
     folder = Path(model_source(str(model.get("name")))) if family_of(model).family == "causal_lm" else None
-    reason = ("it serves causal LMs (model=hf_causal_lm)" if folder is None
-              else "it runs prune, heal and eval together: use `starfish run`" if tuple(steps) != ("prune", "heal", "eval")
-              else "it runs in one process: launch it without torchrun" if distributed.launched_world().active
-              else "it reads the model's weights: model.pretrained=true" if not model.get("pretrained", True)
-              else "it reads a local save_pretrained folder: download the model first (hf download NAME --local-dir DIR)"
-              if not folder.is_dir() else "it does not run lm-eval tasks: eval.tasks=[]" if cfg.eval.get("tasks")
-              else None)
+    reason = why_not_onloaded(cfg, steps, model, folder)
     if reason is not None:
         if choice is True:
             raise StarfishError(f"onload=true (layer-by-layer onloading): {reason}")
         return None
     if choice == "auto":
         needed, budget = whole_model_bytes(folder), budget_bytes(cfg, device)
-        end_to_end = healer is not None and getattr(healer, "mode", None) != "blockwise"
+        end_to_end = healer is not None and healer.changes_weights and getattr(healer, "mode", None) != "blockwise"
         if needed <= budget or end_to_end:  # end-to-end healing that does not fit is refused with its own advice
             return None
         log.info("the whole model needs about %.3g GB here, more than memory_budget=%.3g GB: pruning, healing and "
                  "evaluating one decoder layer at a time", needed / 1e9, budget / 1e9)
     check_onloadable(pruner, healer)
     return folder
+
+
+def why_not_onloaded(cfg: DictConfig, steps: tuple[str, ...], model: dict[str, Any],
+                     folder: Path | None) -> str | None:
+    """What keeps this run off the layer-by-layer path, in the words of a refusal; None when nothing does."""
+    if folder is None:
+        return "it serves causal LMs (model=hf_causal_lm)"
+    if tuple(steps) != ("prune", "heal", "eval"):
+        return "it runs prune, heal and eval together: use `starfish run`"
+    if distributed.launched_world().active:
+        return "it runs in one process: launch it without torchrun"
+    if not model.get("pretrained", True):
+        return "it reads the model's weights: model.pretrained=true"
+    if not folder.is_dir():
+        return "it reads a local save_pretrained folder: download the model first (hf download NAME --local-dir DIR)"
+    if cfg.eval.get("tasks"):
+        return "it does not run lm-eval tasks: eval.tasks=[]"
+    return None
 
 
 class StoredMasks(dict):
