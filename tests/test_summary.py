@@ -255,3 +255,26 @@ def test_healing_curves_average_each_healers_loss_over_seeds(tmp_path, monkeypat
 def test_no_healing_curves_without_loss_histories(tmp_path):
     _write_reports(tmp_path, [fake_report({"name": "kd"}, 0, 70.0)])
     assert "healing_curves.png" not in write_summary(tmp_path) and not (tmp_path / "healing_curves.png").exists()
+
+
+def test_two_recipes_of_one_healer_are_two_budget_curves(tmp_path, monkeypatch):
+    """The reference recipe and a tuned one (other lr and batch) at two budgets each: recovery_vs_time.png draws
+    one curve per recipe, never one line through all four points."""
+    import matplotlib.pyplot as plt
+
+    from starfish_cli.reporting import plots, summary
+
+    reports = []
+    for recipe, options, seconds in (("", {}, 10.0), ("batch_size=8,", {"batch_size": 8}, 30.0)):
+        for epochs in (10, 30):
+            reports.append(fake_report({"name": "starfish", "epochs": epochs, **options}, 0, 60.0 + epochs / 2,
+                                       seconds=seconds * epochs / 10,
+                                       healer_label=f"starfish[{recipe}epochs={epochs}]"))
+    _write_reports(tmp_path, reports)
+    figures = {}
+    monkeypatch.setattr(plots, "_save", lambda figure, path: figures.setdefault(path.name, figure))
+    monkeypatch.setattr(plt, "close", lambda figure: None)
+    summary.write_summary(tmp_path)
+    (axis,) = [axis for axis in figures["recovery_vs_time.png"].axes if axis.get_visible()]
+    curves = {c.get_label(): list(c.lines[0].get_xdata()) for c in axis.containers}
+    assert curves == {"starfish": [10.0, 30.0], "starfish[batch_size=8]": [30.0, 90.0]}

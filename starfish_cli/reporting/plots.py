@@ -11,14 +11,18 @@ from starfish_cli.runtime.atomic import write_atomically
 from starfish_cli.reporting.rows import TOP1, Headline, RowKey, Rows, SummaryRow, healer_labels
 
 
-def _budget_swept(row: SummaryRow) -> set[str]:
-    """Healers that a row holds at more than one setting (e.g. several `epochs`)."""
-    names = [cell.healer for cell in row.cells.values()]
-    return {name for name in names if names.count(name) > 1}
+def budget_curves(row: SummaryRow) -> dict[str, list[tuple[float, float, float, int | None]]]:
+    """A row's healing-budget curves: for each healer setting (`budget_group`: the label without `epochs`) held at
+    more than one budget, its (heal seconds, ratio, ratio std, epochs) points in order of time. Two recipes of one
+    healer (e.g. the reference and `extreme_90`) are two curves, never one line through both."""
+    curves = defaultdict(list)
+    for label, cell in row.cells.items():
+        curves[budget_group(label)].append((cell.heal_seconds[0], cell.ratio[0], cell.ratio[1], cell.epochs))
+    return {group: sorted(points) for group, points in curves.items() if len(points) > 1}
 
 
 def has_budget_sweep(rows: Rows) -> bool:
-    return any(_budget_swept(row) for row in rows.values())
+    return any(budget_curves(row) for row in rows.values())
 
 
 def _save(figure, path: Path) -> None:
@@ -89,20 +93,14 @@ def plot_accuracy_vs_sparsity(rows: Rows, path: Path, headline: Headline = TOP1)
 
 def plot_recovery_vs_time(rows: Rows, path: Path, headline: Headline = TOP1) -> None:
     plt = _pyplot()
-    swept = [k for k, row in rows.items() if _budget_swept(row)]
-    healers = sorted({cell.healer for k in swept for cell in rows[k].cells.values()})
-    colours = _colours(healers)
+    swept = [k for k, row in rows.items() if budget_curves(row)]
+    groups = sorted({group for k in swept for group in budget_curves(rows[k])})
+    colours = _colours(groups)
     figure, axes = plt.subplots(1, len(swept), figsize=(5 * len(swept), 4.5), squeeze=False)
     for axis, key in zip(axes[0], swept):
-        by_healer = defaultdict(list)
-        swept_healers = _budget_swept(rows[key])
-        for cell in rows[key].cells.values():
-            if cell.healer in swept_healers:
-                by_healer[cell.healer].append((cell.heal_seconds[0], cell.ratio[0], cell.ratio[1], cell.epochs))
-        for healer, points in sorted(by_healer.items()):
-            points.sort()
+        for group, points in sorted(budget_curves(rows[key]).items()):
             axis.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
-                          marker="o", capsize=3, label=healer, color=colours[healer])
+                          marker="o", capsize=3, label=group, color=colours[group])
             for seconds, recovery, _, epochs in points:
                 if epochs is not None:
                     axis.annotate(f"{epochs} ep", (seconds, recovery), fontsize=7, xytext=(3, -9),
