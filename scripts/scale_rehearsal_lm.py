@@ -27,6 +27,9 @@ REFERENCE = Path(__file__).resolve().parent.parent / "starfish_cli" / "assets" /
 # Llama-2 shapes (hidden, intermediate, layers, heads, kv heads, vocabulary) for the extrapolation
 TARGETS = {"Llama-2-7B": (4096, 11008, 32, 32, 32, 32000), "Llama-2-70B": (8192, 28672, 80, 64, 8, 32000)}
 FIELD_TOKENS = 128 * 2048  # the field's calibration: 128 windows of 2,048 tokens of C4
+# an assumption, not a measurement (no GPU here): an H200 sustaining 30% of its 989 TFLOP/s dense bf16 peak
+ASSUMED_H200_FLOPS = 0.3 * 989e12
+PASSES = 6  # forwards over the calibration per layer: dense, Wanda's statistics, healed, one heal step (×3)
 
 
 def layer_shapes(hidden: int, intermediate: int, heads: int, kv_heads: int) -> dict[str, tuple[int, int]]:
@@ -123,7 +126,7 @@ def extrapolate(measured: dict, args) -> list[dict]:
         there = flops_per_layer(hidden, intermediate, heads, kv_heads, FIELD_TOKENS)
         layer = sum(rows * cols for rows, cols in layer_shapes(hidden, intermediate, heads, kv_heads).values())
         outside = 2 * vocabulary * hidden
-        seconds = {}
+        seconds, h200_hours = {}, {}
         for pruner, run in measured.items():
             layer_seconds = run["report"]["onloading"]["seconds_per_layer"]
             per_layer = sum(layer_seconds) / len(layer_seconds)
@@ -131,6 +134,8 @@ def extrapolate(measured: dict, args) -> list[dict]:
             if pruner == "sparsegpt":  # its OBS pass does not grow with the tokens
                 scale = (there["forward"] + there["sparsegpt"]) / (here["forward"] + here["sparsegpt"])
             seconds[pruner] = per_layer * scale * layers
+            work = layers * (PASSES * there["forward"] + (there["sparsegpt"] if pruner == "sparsegpt" else 0))
+            h200_hours[pruner] = work / ASSUMED_H200_FLOPS / 3600
         onload_device = FP32 * (layer * (1 + TRAINED_STATE) + outside)  # one layer trained + embeddings and head
         stream = FIELD_TOKENS * hidden * FP32  # one model's hidden states of the calibration set, on the host
         total = layers * layer + outside
@@ -138,6 +143,7 @@ def extrapolate(measured: dict, args) -> list[dict]:
                               sharded=FP32 * layers * layer * (1 + TRAINED_STATE)
                               + 8 * layers * 2048 * hidden * ACTIVATION_BYTES * 2)  # batch 8 windows of 2,048
         rows.append({"model": name, "parameters": total, "cpu_hours_here": {k: v / 3600 for k, v in seconds.items()},
+                     "h200_hours_assumed": h200_hours,
                      "onload_device_gb": onload_device / 1e9, "host_streams_gb": 3 * stream / 1e9,
                      "fsdp8_end_to_end_gb_per_device": footprint.per_device(8) / 1e9,
                      "fsdp_devices_for_141gb": footprint.devices_needed(141 * 10**9)})
@@ -161,13 +167,15 @@ def markdown(folder_parameters: int, measured: dict, extrapolated: list[dict], a
                      + " / ".join(f"{accuracy[m]['perplexity']:.4g}" for m in ("dense", "pruned", "healed"))
                      + f" | {run['transformers_perplexity']:.4g} |")
     lines += ["", "| model | parameters | CPU hours here, per pruner (work-scaled) | device GB, onloading "
-              "| host GB, hidden-state streams | GB per device, end-to-end FSDP2 × 8 | H200s for end-to-end FSDP2 |",
-              "|---|---|---|---|---|---|---|"]
+              "| H200 hours (FLOPs at an assumed 30% of bf16 peak) | host GB, hidden-state streams "
+              "| GB per device, end-to-end FSDP2 × 8 | H200s for end-to-end FSDP2 |",
+              "|---|---|---|---|---|---|---|---|"]
     for row in extrapolated:
         hours = ", ".join(f"{k} {v:,.0f}" for k, v in row["cpu_hours_here"].items())
+        gpu = ", ".join(f"{k} {v:.2g}" for k, v in row["h200_hours_assumed"].items())
         devices = row["fsdp_devices_for_141gb"] or "none (the teacher alone exceeds one)"
         lines.append(f"| {row['model']} | {row['parameters'] / 1e9:.1f}B | {hours} | {row['onload_device_gb']:.1f} | "
-                     f"{row['host_streams_gb']:.1f} | {row['fsdp8_end_to_end_gb_per_device']:.0f} | {devices} |")
+                     f"{gpu} | {row['host_streams_gb']:.1f} | {row['fsdp8_end_to_end_gb_per_device']:.0f} | {devices} |")
     return "\n".join(lines)
 
 
