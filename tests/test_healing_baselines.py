@@ -34,6 +34,7 @@ def labelled_calibration(reference_model, fmnist):
     ({"name": "starfish", "mode": "blockwise"}, "pruned"),
     ({"name": "kd", "temperature": 2.0}, "pruned"),
     ({"name": "norm"}, "norms"),
+    ({"name": "norm", "mode": "blockwise"}, "norms"),
     ({"name": "supervised"}, "pruned"),
 ])
 def test_healer_trains_what_it_claims(reference_model, pruned, calibration_images, labelled_calibration, node, expected):

@@ -55,13 +55,13 @@ def whole_model(pruner, healer, calibration, evaluation):
     return masks, student, results
 
 
-@pytest.mark.parametrize("pruner_name", ["sparsegpt"])  # wanda: the CLI test below
-def test_onloading_gives_the_whole_model_results_one_layer_at_a_time(tmp_path, monkeypatch, pruner_name):
+@pytest.mark.parametrize("pruner_name,healer_name", [("sparsegpt", "starfish"), ("magnitude", "norm")])  # wanda: the CLI test
+def test_onloading_gives_the_whole_model_results_one_layer_at_a_time(tmp_path, monkeypatch, pruner_name, healer_name):
     from transformers import AutoModelForCausalLM
 
     calibration, evaluation = list(windows(16, 0).split(8)), list(windows(8, 1).split(4))
     make_pruner = lambda: PRUNERS.build({"name": pruner_name, "sparsity": 0.5})  # noqa: E731
-    make_healer = lambda: HEALERS.build({"name": "starfish", "mode": "blockwise", "epochs": 2,  # noqa: E731
+    make_healer = lambda: HEALERS.build({"name": healer_name, "mode": "blockwise", "epochs": 2,  # noqa: E731
                                          "batch_size": 8, "lr": 1e-3})
     masks, healed, expected = whole_model(make_pruner(), make_healer(), calibration, evaluation)
 
@@ -89,6 +89,8 @@ def test_onloading_gives_the_whole_model_results_one_layer_at_a_time(tmp_path, m
         torch.testing.assert_close(loaded.state_dict()[name], weight, rtol=1e-4, atol=1e-5)
     for model in ("dense", "pruned", "healed"):
         assert run.evaluation[model]["perplexity"] == pytest.approx(expected[model]["perplexity"], rel=1e-4)
+    assert expected["healed"]["perplexity"] != expected["pruned"]["perplexity"]  # healing changed something
+    assert set(run.healing.trained_parameters) == set(make_healer().trainable_names(healed))
     assert expected["pruned"]["agreement"] < 100.0  # pruning changed the predictions: the comparison means something
     every = ShardedWeights(REFERENCE_DIR)
     assert run.bytes_read == sum(t.nbytes for t in every.read(every.file_of).values())  # each tensor read once
@@ -97,8 +99,9 @@ def test_onloading_gives_the_whole_model_results_one_layer_at_a_time(tmp_path, m
 def test_pruners_and_healers_that_need_the_whole_model_are_refused():
     with pytest.raises(StarfishError, match="one threshold over every layer"):
         sequential.check_onloadable(PRUNERS.build({"name": "global_magnitude"}), None)
-    with pytest.raises(StarfishError, match="healer.mode=blockwise"):
-        sequential.check_onloadable(PRUNERS.build({"name": "wanda"}), HEALERS.build({"name": "starfish"}))
+    for healer in ("starfish", "norm", "kd"):
+        with pytest.raises(StarfishError, match="healer.mode=blockwise"):
+            sequential.check_onloadable(PRUNERS.build({"name": "wanda"}), HEALERS.build({"name": healer}))
 
 
 @pytest.mark.slow

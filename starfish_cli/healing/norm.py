@@ -1,10 +1,14 @@
 """Norm/bias recalibration: the cheap baseline. Only LayerNorm parameters and linear biases train,
-on the STARFISH loss (block-output cosine); the pruned matrices stay as pruned."""
+on the STARFISH loss (block-output cosine); the pruned matrices stay as pruned. `mode=blockwise` trains each
+block's own on its output alone, one block at a time (also the layer-by-layer onloading pass)."""
 
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
+
 from starfish_cli.healing.base import GradientHealer, norm_and_bias_names
+from starfish_cli.healing.blockwise import MODES, BlockwiseHealing
 from starfish_cli.healing.registry import HEALERS
 from starfish_cli.healing.states import state_alignment_loss
 from starfish_cli.healing.teacher import TEACHER_MODES, TeacherTargets
@@ -12,10 +16,11 @@ from starfish_cli.healing.teacher import TEACHER_MODES, TeacherTargets
 
 @HEALERS.register("norm")
 @dataclass(eq=False)
-class NormBiasHealer(GradientHealer):
+class NormBiasHealer(BlockwiseHealing, GradientHealer):
     student_states = ("blocks",)
     student_outputs = False
     teacher: Literal[TEACHER_MODES] = "auto"
+    mode: Literal[MODES] = "end_to_end"
 
     def trainable_names(self, student):
         return norm_and_bias_names(student)
@@ -27,3 +32,8 @@ class NormBiasHealer(GradientHealer):
     def objective(self, outputs, batch, targets, device):
         _, teacher_states = targets(batch[0], batch[1].to(device, non_blocking=True))
         return state_alignment_loss(outputs[1], teacher_states)
+
+    def heal(self, student, teacher, masks, calibration, device, precision=torch.float32, state_file=None):
+        if self.mode == "end_to_end":
+            return super().heal(student, teacher, masks, calibration, device, precision, state_file)
+        return self.heal_blockwise(student, teacher, masks, calibration, device, precision)

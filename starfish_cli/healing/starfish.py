@@ -15,31 +15,28 @@ from typing import Annotated, Literal
 import torch
 
 from starfish_cli.runtime import distributed
-from starfish_cli.data.loader import loader
 from starfish_cli.runtime.errors import StarfishError
-from starfish_cli.models import structure_of
 from starfish_cli.healing.base import (
-    PARAMETER_GROUPS, GradientHealer, GradualOptions, HealResult, check_parameter_groups, parameter_names,
-    pruned_weight_names,
+    PARAMETER_GROUPS, GradientHealer, GradualOptions, check_parameter_groups, parameter_names,
 )
 from starfish_cli.healing.registry import HEALERS
 from starfish_cli.healing.states import STATE_KINDS, STATE_LOSSES, state_alignment_loss
 from starfish_cli.healing.teacher import TEACHER_MODES, TeacherTargets, logit_kd_loss
 from starfish_cli.healing.views import AUGMENTATIONS, CalibrationViews
+from starfish_cli.healing.blockwise import MODES, BlockwiseHealing
 from starfish_cli.registry import Range
 
-MODES = ("end_to_end", "blockwise")
 PARAMETER_GROUP_NAMES = tuple(PARAMETER_GROUPS)
 
 
 @HEALERS.register("starfish")
 @dataclass(eq=False)
-class StarfishHealer(GradientHealer, GradualOptions):
+class StarfishHealer(BlockwiseHealing, GradientHealer, GradualOptions):
     states: Literal[STATE_KINDS] | Sequence[Literal[STATE_KINDS]] = ("blocks",)  # the states aligned
     loss: Literal[tuple(STATE_LOSSES)] = "cosine"  # the distance between a student and a teacher state
     kd_weight: Annotated[float, Range(0)] = 0.0  # > 0 adds a logit-KD term
     kd_temperature: Annotated[float, Range(0, low_open=True)] = 1.0
-    mode: Literal[MODES] = "end_to_end"
+    mode: Literal[MODES] = "end_to_end"  # blockwise: healing/blockwise.py
     teacher: Literal[TEACHER_MODES] = "auto"
     augment: Literal[AUGMENTATIONS] | Sequence[Literal[AUGMENTATIONS]] = ()  # function matching's views
     shift: Annotated[int, Range(0)] = 2  # pixels, for augment=[shift]
@@ -105,58 +102,4 @@ class StarfishHealer(GradientHealer, GradualOptions):
             self._views = (CalibrationViews(self.augment, self.shift, self.mix_alpha,
                                             self.seed + distributed.current().rank) if self.augment else None)
             return super().heal(student, teacher, masks, calibration, device, precision, state_file)
-        return self._heal_blockwise(student, teacher, masks, calibration, device, precision)
-
-    def _heal_blockwise(self, student, teacher, masks, calibration, device, precision) -> HealResult:
-        """Each block in turn, on the inputs the already-healed prefix produces, towards the dense block output."""
-        if distributed.current().active:
-            raise StarfishError("healer.mode=blockwise runs in one process: launch it without torchrun")
-        teacher_inputs, teacher_outputs = block_io(teacher, calibration, self.batch_size, device)
-        result = HealResult(trained_parameters=pruned_weight_names(student))
-        structure = structure_of(student)
-        inputs = teacher_inputs  # embeddings are dense and frozen: block 0 sees the teacher's input
-        for number in range(len(structure.blocks)):
-            inputs = self.heal_block(structure, number, inputs, teacher_outputs[number], masks, device, precision,
-                                     result)
-        return result
-
-    def heal_block(self, structure, number: int, inputs: torch.Tensor, target: torch.Tensor, masks, device,
-                   precision, result: HealResult) -> torch.Tensor:
-        """Heal block `number` of `structure` on `inputs` (every calibration item, as the healed prefix makes it;
-        host memory) towards `target` (the dense block's outputs), adding to `result`; the healed block's outputs."""
-        names = structure.block_parameter_names(result.trained_parameters, number)
-        block_set = BlockInputs(inputs)
-
-        def loss_of_batch(batch, _forward):
-            indices, x = batch
-            return state_alignment_loss([structure.run_block(number, x.to(device))],
-                                        [target[indices].to(device).float()], self.loss)
-
-        result.steps += self.optimize(structure.model, names, masks, block_set, device, precision,
-                                      result.loss_history, loss_of_batch, f"healing block {number}")
-        with torch.no_grad():
-            return torch.cat([structure.run_block(number, x.to(device)).cpu()
-                              for _, x in loader(block_set, self.batch_size, device=device)])
-
-
-class BlockInputs(torch.utils.data.Dataset):
-    def __init__(self, inputs: torch.Tensor):
-        self.inputs = inputs
-
-    def __len__(self):
-        return len(self.inputs)
-
-    def __getitem__(self, index):
-        return index, self.inputs[index]
-
-
-@torch.no_grad()
-def block_io(model, calibration, batch_size, device) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The input of the first block and the output of every block, for every calibration image (host memory)."""
-    structure = structure_of(model)
-    inputs = structure.first_block_inputs(images.to(device) for _indices, images, *_ in loader(calibration, batch_size, device=device))
-    outputs, current = [], inputs
-    for number in range(len(structure.blocks)):
-        current = [structure.run_block(number, x) for x in current]
-        outputs.append(torch.cat([x.cpu() for x in current]))
-    return torch.cat([x.cpu() for x in inputs]), outputs
+        return self.heal_blockwise(student, teacher, masks, calibration, device, precision)

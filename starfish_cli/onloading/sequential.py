@@ -82,7 +82,7 @@ def check_onloadable(pruner, healer) -> None:
                             "sparsegpt or magnitude (allocation=uniform)")
     if healer is not None and healer.changes_weights and getattr(healer, "mode", None) != "blockwise":
         raise StarfishError(f"healer={healer.registered_name} heals the whole model at once: layer-by-layer onloading "
-                            "heals with healer=starfish healer.mode=blockwise (or healer=none)")
+                            "heals one block at a time: healer=starfish or norm with healer.mode=blockwise (or healer=none)")
 
 
 def _run(structure, number: int, batches: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
@@ -127,7 +127,9 @@ def prune_heal_evaluate(folder: Path, pruner, healer, calibration: Sequence[torc
     calib["pruned"] = calib["dense"]
     healed_calib = torch.cat(calib["dense"])
     states = dict.fromkeys(MODELS, first)
-    run = OnloadedRun(Path(output), healing=HealResult(trained_parameters=pruned_weight_names(model)))
+    heals = healer is not None and healer.changes_weights
+    trained = healer.trainable_names(model) if heals else pruned_weight_names(model)
+    run = OnloadedRun(Path(output), healing=HealResult(trained_parameters=trained))
     run.sparsity.parameters = sum(tensor.numel() for tensor in outside.values())
     run.sparsity.zero = sum(int((tensor == 0).sum()) for tensor in outside.values())
     with progress_bar("onloading: prune, heal, evaluate", blocks) as advance:
@@ -143,7 +145,7 @@ def prune_heal_evaluate(folder: Path, pruner, healer, calibration: Sequence[torc
             states["pruned"] = _run(structure, number, states["pruned"], device)
             if pruner.reads_pruned_prefix:
                 calib["pruned"] = _run(structure, number, calib["pruned"], device)
-            if healer is not None and healer.changes_weights:
+            if heals:
                 healed_calib = healer.heal_block(structure, number, healed_calib, torch.cat(dense_next), masks,
                                                  device, precision, run.healing)
                 states["healed"] = _run(structure, number, states["healed"], device)

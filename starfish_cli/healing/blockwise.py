@@ -1,0 +1,80 @@
+"""Block-wise healing (EBFT, the "free lunch" family): each block in turn, on the inputs the already-healed prefix
+produces, towards the dense block's output. A healer that offers it declares `mode`; what it trains in each block
+is its own `trainable_names` (STARFISH: the pruned weights; norm: the norms and biases)."""
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from starfish_cli.data.loader import loader
+from starfish_cli.healing.base import HealResult
+from starfish_cli.healing.states import state_alignment_loss
+from starfish_cli.models import structure_of
+from starfish_cli.runtime import distributed
+from starfish_cli.runtime.errors import StarfishError
+
+MODES = ("end_to_end", "blockwise")
+
+
+@dataclass(eq=False)
+class BlockwiseHealing:
+    """Mixed into a GradientHealer dataclass: the `mode` option and the two ways to heal block by block (the whole
+    model in memory, or one block handed over at a time by the layer-by-layer onloading pass)."""
+
+    mode: Literal[MODES] = "end_to_end"
+    loss = "cosine"  # STARFISH declares it as an option
+
+    def heal_blockwise(self, student, teacher, masks, calibration, device, precision) -> HealResult:
+        if distributed.current().active:
+            raise StarfishError("healer.mode=blockwise runs in one process: launch it without torchrun")
+        teacher_inputs, teacher_outputs = block_io(teacher, calibration, self.batch_size, device)
+        result = HealResult(trained_parameters=self.trainable_names(student))
+        structure = structure_of(student)
+        inputs = teacher_inputs  # embeddings are dense and frozen: block 0 sees the teacher's input
+        for number in range(len(structure.blocks)):
+            inputs = self.heal_block(structure, number, inputs, teacher_outputs[number], masks, device, precision,
+                                     result)
+        return result
+
+    def heal_block(self, structure, number: int, inputs: torch.Tensor, target: torch.Tensor, masks, device,
+                   precision, result: HealResult) -> torch.Tensor:
+        """Heal block `number` of `structure` on `inputs` (every calibration item, as the healed prefix makes it;
+        host memory) towards `target` (the dense block's outputs), training the block's share of
+        `result.trained_parameters` and adding to `result`; the healed block's outputs."""
+        names = structure.block_parameter_names(result.trained_parameters, number)
+        block_set = BlockInputs(inputs)
+
+        def loss_of_batch(batch, _forward):
+            indices, x = batch
+            return state_alignment_loss([structure.run_block(number, x.to(device))],
+                                        [target[indices].to(device).float()], self.loss)
+
+        result.steps += self.optimize(structure.model, names, masks, block_set, device, precision,
+                                      result.loss_history, loss_of_batch, f"healing block {number}")
+        with torch.no_grad():
+            return torch.cat([structure.run_block(number, x.to(device)).cpu()
+                              for _, x in loader(block_set, self.batch_size, device=device)])
+
+
+class BlockInputs(torch.utils.data.Dataset):
+    def __init__(self, inputs: torch.Tensor):
+        self.inputs = inputs
+
+    def __len__(self):
+        return len(self.inputs)
+
+    def __getitem__(self, index):
+        return index, self.inputs[index]
+
+
+@torch.no_grad()
+def block_io(model, calibration, batch_size, device) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The input of the first block and the output of every block, for every calibration image (host memory)."""
+    structure = structure_of(model)
+    inputs = structure.first_block_inputs(images.to(device) for _indices, images, *_ in loader(calibration, batch_size, device=device))
+    outputs, current = [], inputs
+    for number in range(len(structure.blocks)):
+        current = [structure.run_block(number, x) for x in current]
+        outputs.append(torch.cat([x.cpu() for x in current]))
+    return torch.cat([x.cpu() for x in inputs]), outputs
