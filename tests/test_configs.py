@@ -74,6 +74,7 @@ def test_yaml_keys_are_the_constructor_arguments(group, registry):
     (["seed=abc"], "seed='abc' must be a whole number"),
     (["model.pretrained=maybe"], "model.pretrained='maybe' must be true or false"),
     (["onload=sometimes"], "onload='sometimes' must be auto, true or false"),
+    (["onload_states=ram"], "onload_states='ram' must be auto, host, disk"),
     (["pruner.sparsity=2"], "outside [0, 1)"),
 ])
 def test_settings_a_run_cannot_take_are_one_line_before_anything_loads(overrides, message):

@@ -14,6 +14,7 @@ from starfish_cli.models import structure_of
 from starfish_cli.models.causal_lm import REFERENCE_DIR, build_model
 from starfish_cli.onloading import sequential
 from starfish_cli.onloading.sequential import prune_heal_evaluate
+from starfish_cli.onloading.states import HiddenStates
 from starfish_cli.onloading.weights import ShardedWeights
 from starfish_cli.pruning import PRUNERS
 from starfish_cli.runtime.errors import StarfishError
@@ -75,9 +76,13 @@ def test_onloading_gives_the_whole_model_results_one_layer_at_a_time(tmp_path, m
             at_once.append(sum(not next(layer.parameters()).is_meta for layer in layers))
 
     monkeypatch.setattr(sequential, "onload", counting_onload)
+    # the second case keeps the hidden states between layers in files (a budget of 0 bytes on the host)
+    states = HiddenStates(tmp_path / "spill", host_budget=0) if healer_name == "norm" else HiddenStates()
     run = prune_heal_evaluate(REFERENCE_DIR, make_pruner(), make_healer(), calibration, evaluation,
-                              torch.device("cpu"), tmp_path / "healed")
+                              torch.device("cpu"), tmp_path / "healed", states=states)
     assert at_once == [1] * len(structure_of(healed).blocks)  # never two decoder layers at once
+    assert states.on_disk == (healer_name == "norm")
+    assert not list((tmp_path / "spill").glob("*"))  # mapped files are unlinked at once: nothing is left behind
 
     stored = ShardedWeights(tmp_path / "healed" / "masks")
     onloaded_masks = stored.read(stored.file_of)
@@ -114,10 +119,12 @@ def test_a_model_over_the_memory_budget_goes_layer_by_layer_with_the_whole_model
     options = ["model=hf_causal_lm", f"model.name={REFERENCE_DIR}", "data=fortunes", "healer.mode=blockwise",
                "calib.count=32", "healer.epochs=1", "eval.max_images=8", "eval.speed=false", "device=cpu"]
     run_cli("run", *options, "hydra.run.dir=whole", cwd=tmp_path)
-    onloaded = run_cli("run", *options, "memory_budget=0.01", "hydra.run.dir=layers", cwd=tmp_path)
+    onloaded = run_cli("run", *options, "memory_budget=0.01", "onload_states=disk", "hydra.run.dir=layers",
+                       cwd=tmp_path)
     assert "one decoder layer at a time" in onloaded.stdout + onloaded.stderr
     whole, layers = read_json(tmp_path / "whole" / "report.json"), read_json(tmp_path / "layers" / "report.json")
     assert "onloading" in layers and "onloading" not in whole and layers["onloading"]["layers"] == 4
+    assert layers["onloading"]["hidden_states"] == "disk" and not (tmp_path / "layers" / "hidden_states").exists()
     assert layers["sparsity"] == whole["sparsity"]
     assert layers["healing"]["steps"] == whole["healing"]["steps"]
     for model in ("dense", "pruned", "healed"):

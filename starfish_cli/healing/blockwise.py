@@ -38,10 +38,11 @@ class BlockwiseHealing:
         return result
 
     def heal_block(self, structure, number: int, inputs: torch.Tensor, target: torch.Tensor, masks, device,
-                   precision, result: HealResult) -> torch.Tensor:
+                   precision, result: HealResult, outputs: torch.Tensor | None = None) -> torch.Tensor:
         """Heal block `number` of `structure` on `inputs` (every calibration item, as the healed prefix makes it;
         host memory) towards `target` (the dense block's outputs), training the block's share of
-        `result.trained_parameters` and adding to `result`; the healed block's outputs."""
+        `result.trained_parameters` and adding to `result`; the healed block's outputs, written to `outputs`
+        (a host tensor shaped as `inputs`, e.g. file-backed) or a new tensor."""
         names = structure.block_parameter_names(result.trained_parameters, number)
         block_set = BlockInputs(inputs)
 
@@ -52,9 +53,11 @@ class BlockwiseHealing:
 
         result.steps += self.optimize(structure.model, names, masks, block_set, device, precision,
                                       result.loss_history, loss_of_batch, f"healing block {number}")
+        outputs = torch.empty(inputs.shape, dtype=inputs.dtype) if outputs is None else outputs
         with torch.no_grad():
-            return torch.cat([structure.run_block(number, x.to(device)).cpu()
-                              for _, x in loader(block_set, self.batch_size, device=device)])
+            for indices, x in loader(block_set, self.batch_size, device=device):
+                outputs[indices] = structure.run_block(number, x.to(device)).cpu()
+        return outputs
 
 
 class BlockInputs(torch.utils.data.Dataset):

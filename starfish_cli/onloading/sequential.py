@@ -16,12 +16,17 @@ from starfish_cli.evaluation.metrics import Perplexity
 from starfish_cli.healing.base import HealResult, pruned_weight_names
 from starfish_cli.models import structure_of
 from starfish_cli.pruning.masks import measure_sparsity
+from starfish_cli.onloading.states import HiddenStates
 from starfish_cli.onloading.weights import ShardedWeights, ShardWriter, offload, onload, outside_layers, skeleton
 from starfish_cli.runtime.errors import StarfishError
 from starfish_cli.runtime.progress import progress_bar
 
 log = logging.getLogger("starfish")
 MODELS = ("dense", "pruned", "healed")
+# the most of the calibration set's hidden states alive at once: the dense, pruned and healed prefixes' inputs
+# and the dense and healed outputs of the layer at hand; of the evaluation windows': three models and one output
+CALIBRATION_STREAMS = 5
+EVALUATION_STREAMS = 4
 
 
 @dataclass
@@ -85,9 +90,26 @@ def check_onloadable(pruner, healer) -> None:
                             "heals one block at a time: healer=starfish or norm with healer.mode=blockwise (or healer=none)")
 
 
-def _run(structure, number: int, batches: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+def _run(structure, number: int, inputs: torch.Tensor, sizes: list[int], device: torch.device,
+         states: HiddenStates) -> torch.Tensor:
+    """Block `number` on every item of `inputs`, batch by batch (`sizes`), into a new tensor where `states` keep them."""
+    outputs = states.empty_like(inputs)
     with torch.no_grad():
-        return [structure.run_block(number, x.to(device)).cpu() for x in batches]
+        for x, y in zip(inputs.split(sizes), outputs.split(sizes)):
+            y.copy_(structure.run_block(number, x.to(device)))
+    return outputs
+
+
+def _first_states(structure, calibration: Sequence[torch.Tensor], evaluation: Sequence[torch.Tensor],
+                  device: torch.device, states: HiddenStates) -> list[tuple[torch.Tensor, list[int]]]:
+    """The first layer's inputs of the calibration and evaluation windows, each as one tensor where `states` keep
+    them (placed from their size) and its batch sizes."""
+    with torch.no_grad():
+        first = [[x.cpu() for x in structure.first_block_inputs(b.to(device) for b in batches)]
+                 for batches in (calibration, evaluation)]
+    states.place(CALIBRATION_STREAMS * sum(x.nbytes for x in first[0])
+                 + EVALUATION_STREAMS * sum(x.nbytes for x in first[1]))
+    return [(states.hold(batches), [len(x) for x in batches]) for batches in first]
 
 
 def _load_outside(model: torch.nn.Module, layers_name: str, weights: ShardedWeights,
@@ -108,10 +130,12 @@ def _load_outside(model: torch.nn.Module, layers_name: str, weights: ShardedWeig
 
 def prune_heal_evaluate(folder: Path, pruner, healer, calibration: Sequence[torch.Tensor],
                         evaluation: Sequence[torch.Tensor], device: torch.device, output: Path,
-                        precision: torch.dtype = torch.float32) -> OnloadedRun:
+                        precision: torch.dtype = torch.float32, states: HiddenStates | None = None) -> OnloadedRun:
     """`calibration` and `evaluation`: batches of token windows. The healed model is written to `output` (a
-    save_pretrained folder) with its keep-masks in `output`/masks; returns what the pass measured."""
+    save_pretrained folder) with its keep-masks in `output`/masks; `states`: where the hidden states between
+    layers live (default: host memory). Returns what the pass measured."""
     check_onloadable(pruner, healer)
+    states = states or HiddenStates()
     weights = ShardedWeights(folder)
     model = skeleton(folder)
     structure = structure_of(model)  # one instance: the layer arguments it captures serve every layer
@@ -121,12 +145,10 @@ def prune_heal_evaluate(folder: Path, pruner, healer, calibration: Sequence[torc
     mask_writer = ShardWriter(Path(output) / "masks", folder, blocks, dtype=torch.bool)
     outside = _load_outside(model, layers_name, weights, device)
     writer.write(blocks, outside)
-    with torch.no_grad():
-        calib = {"dense": [x.cpu() for x in structure.first_block_inputs(b.to(device) for b in calibration)]}
-        first = [x.cpu() for x in structure.first_block_inputs(b.to(device) for b in evaluation)]
-    calib["pruned"] = calib["dense"]
-    healed_calib = torch.cat(calib["dense"])
-    states = dict.fromkeys(MODELS, first)
+    (dense_calib, calib_sizes), (first, eval_sizes) = _first_states(structure, calibration, evaluation, device,
+                                                                    states)
+    pruned_calib = healed_calib = dense_calib
+    evaluated = dict.fromkeys(MODELS, first)
     heals = healer is not None and healer.changes_weights
     trained = healer.trainable_names(model) if heals else pruned_weight_names(model)
     run = OnloadedRun(Path(output), healing=HealResult(trained_parameters=trained))
@@ -137,27 +159,29 @@ def prune_heal_evaluate(folder: Path, pruner, healer, calibration: Sequence[torc
             started = time.perf_counter()
             prefix = f"{structure.block_name(number)}."
             onload(block, prefix, weights, device)
-            dense_next = _run(structure, number, calib["dense"], device)
-            states["dense"] = _run(structure, number, states["dense"], device)
-            masks = pruner.prune_block(structure, number, calib["pruned" if pruner.reads_pruned_prefix else "dense"])
+            dense_next = _run(structure, number, dense_calib, calib_sizes, device, states)
+            evaluated["dense"] = _run(structure, number, evaluated["dense"], eval_sizes, device, states)
+            pruner_inputs = pruned_calib if pruner.reads_pruned_prefix else dense_calib
+            masks = pruner.prune_block(structure, number, list(pruner_inputs.split(calib_sizes)))
             run.sparsity.add(measure_sparsity(block, structure.block_layers(number), None, {
                 name: weight for name, weight in structure.block_weights().items() if name.startswith(prefix)}))
-            states["pruned"] = _run(structure, number, states["pruned"], device)
+            evaluated["pruned"] = _run(structure, number, evaluated["pruned"], eval_sizes, device, states)
             if pruner.reads_pruned_prefix:
-                calib["pruned"] = _run(structure, number, calib["pruned"], device)
+                pruned_calib = _run(structure, number, pruned_calib, calib_sizes, device, states)
             if heals:
-                healed_calib = healer.heal_block(structure, number, healed_calib, torch.cat(dense_next), masks,
-                                                 device, precision, run.healing)
-                states["healed"] = _run(structure, number, states["healed"], device)
+                healed_calib = healer.heal_block(structure, number, healed_calib, dense_next, masks, device,
+                                                 precision, run.healing, outputs=states.empty_like(healed_calib))
+                evaluated["healed"] = _run(structure, number, evaluated["healed"], eval_sizes, device, states)
             else:
-                states["healed"] = states["pruned"]
-            calib["dense"] = dense_next
+                evaluated["healed"] = evaluated["pruned"]
+            dense_calib = dense_next
             writer.write(number, {f"{prefix}{name}": value for name, value in block.state_dict().items()})
             mask_writer.write(number, {f"{name}.weight": mask for name, mask in masks.items()})
             offload(block)
             run.seconds_per_layer.append(time.perf_counter() - started)
             advance()
-    run.evaluation = _perplexities(structure, states, evaluation, device)
+    run.evaluation = _perplexities(structure, {name: list(value.split(eval_sizes)) for name, value in evaluated.items()},
+                                   evaluation, device)
     writer.finish()
     mask_writer.finish()
     run.bytes_read, run.bytes_written = weights.bytes_read, writer.bytes_written + mask_writer.bytes_written

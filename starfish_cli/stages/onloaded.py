@@ -4,6 +4,7 @@ is assembled from."""
 
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from starfish_cli.healing.teacher import available_host_bytes
 from starfish_cli.models import family_of
 from starfish_cli.models.causal_lm import model_source
 from starfish_cli.onloading.sequential import check_onloadable, prune_heal_evaluate
+from starfish_cli.onloading.states import HiddenStates
 from starfish_cli.onloading.weights import ShardedWeights
 from starfish_cli.pruning.masks import masks_digest
 from starfish_cli.runtime import distributed
@@ -29,6 +31,7 @@ from starfish_cli.stages.values import Context, Evaluation, Healed, Inputs, Prun
 log = logging.getLogger("starfish")
 
 HEALED_FOLDER = "healed"  # the healed model as a save_pretrained folder (its masks in healed/masks)
+SPILL_FOLDER = "hidden_states"  # onload_states on disk: the files the states are mapped from, while the run lasts
 WHOLE_MODEL_COPIES = 3  # the whole-model path holds the dense, pruned and healed models at once (fp32)
 FP32 = 4
 
@@ -105,6 +108,14 @@ class StoredMasks(dict):
         return self._weights.read([f"{name}.weight"])[f"{name}.weight"]
 
 
+def hidden_states(placement: str, spill: Path) -> HiddenStates:
+    """`onload_states`: host, disk, or auto (disk once the states would take more than half the free host
+    memory: the rest is the layer at hand, its optimizer state and what the OS needs)."""
+    if placement == "host":
+        return HiddenStates()
+    return HiddenStates(spill, host_budget=0 if placement == "disk" else available_host_bytes() // 2)
+
+
 def run_onloaded(context: Context, inputs: Inputs) -> tuple[Pruned, Healed, Evaluation]:
     """Prune, heal and evaluate in one pass over the layers; the healed model goes to the run folder's healed/."""
     cfg, device, folders = context.cfg, context.device, context.folders
@@ -113,16 +124,22 @@ def run_onloaded(context: Context, inputs: Inputs) -> tuple[Pruned, Healed, Eval
     evaluation_tokens = [batch[1] for batch in loader(eval_data.images, int(cfg.eval.batch_size))]
     output = folders.record(folders.run_dir / HEALED_FOLDER)
     timing: dict[str, Any] = {}
-    with measure("onload", device, timing):
-        run = prune_heal_evaluate(context.onloaded, inputs.pruner, inputs.healer, calibration_tokens,
-                                  evaluation_tokens, device, output, context.precision)
+    spill = folders.record(folders.run_dir / SPILL_FOLDER)
+    states = hidden_states(cfg.get("onload_states", "auto"), spill)
+    try:
+        with measure("onload", device, timing):
+            run = prune_heal_evaluate(context.onloaded, inputs.pruner, inputs.healer, calibration_tokens,
+                                      evaluation_tokens, device, output, context.precision, states)
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
     sparsity = run.sparsity.summary()
     log.info("pruned with %s layer by layer: %.4f of prunable weights are zero; %d layers, %.1f s each on average, "
              "%.3g GB read, %.3g GB written", inputs.pruner.registered_name, sparsity["prunable"],
              len(run.seconds_per_layer), sum(run.seconds_per_layer) / max(len(run.seconds_per_layer), 1),
              run.bytes_read / 1e9, run.bytes_written / 1e9)
     onloading = {"layers": len(run.seconds_per_layer), "seconds_per_layer": run.seconds_per_layer,
-                 "bytes_read": run.bytes_read, "bytes_written": run.bytes_written, "folder": HEALED_FOLDER}
+                 "bytes_read": run.bytes_read, "bytes_written": run.bytes_written, "folder": HEALED_FOLDER,
+                 "hidden_states": "disk" if states.on_disk else "host"}
     pruned = Pruned(context.dense, {}, json.loads(json.dumps({
         "model": plain(cfg.model), "pruner": inputs.pruner.describe(), "sparsity": sparsity,
         "calibration": calibration.info, "seed": int(cfg.seed), "pruning_config": pruning_config(cfg),

@@ -10,6 +10,7 @@ from starfish_cli.artifacts.export import check_options as check_export_options
 from starfish_cli.data.calibration import CalibrationSampler
 from starfish_cli.healing import HEALERS
 from starfish_cli.models import family_of
+from starfish_cli.onloading.states import PLACEMENTS
 from starfish_cli.pruning import PRUNERS
 from starfish_cli.registry import check_arguments, check_types
 from starfish_cli.runtime import distributed
@@ -45,6 +46,7 @@ def check_settings(cfg: DictConfig) -> None:
         "memory_budget": (cfg.get("memory_budget", "auto") == "auto" or (isinstance(cfg.memory_budget, int | float)
                           and not isinstance(cfg.memory_budget, bool) and cfg.memory_budget > 0), "auto or a number of GB > 0"),
         "onload": (cfg.get("onload", "auto") in ("auto", True, False), "auto, true or false"),
+        "onload_states": (cfg.get("onload_states", "auto") in PLACEMENTS, ", ".join(PLACEMENTS)),
         "dist_strategy": (cfg.get("dist_strategy", "ddp") in distributed.STRATEGIES, " or ".join(distributed.STRATEGIES)),
         "eval.speed": (isinstance(cfg.eval.speed, bool), "true or false"),
     }
