@@ -193,7 +193,7 @@ def main() -> None:
     parser.add_argument("--eval", type=int, default=2, help="evaluation windows")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--onload", default="auto", help="auto: starfish decides (a model this size: layer by layer)")
-    parser.add_argument("--keep", action="store_true", help="keep the healed folders (disk: the model's size each)")
+    parser.add_argument("--keep", action="store_true", help="keep the pruned and healed folders (disk: the model's size each)")
     parser.add_argument("--out", type=Path, default=Path("outputs/rehearsal_lm"))
     args = parser.parse_args()
     if not (args.folder / "model.safetensors.index.json").is_file():
@@ -207,7 +207,8 @@ def main() -> None:
         if not math.isfinite(measured[pruner]["transformers_perplexity"]):
             raise SystemExit(f"{pruner}: the healed folder's perplexity is not finite")
         if not args.keep:
-            shutil.rmtree(measured[pruner]["run_dir"] / "healed")
+            for folder in ("healed", "pruned"):
+                shutil.rmtree(measured[pruner]["run_dir"] / folder, ignore_errors=True)
     extrapolated = extrapolate(measured, args)
     text = markdown(weights, measured, extrapolated, args)
     args.out.mkdir(parents=True, exist_ok=True)

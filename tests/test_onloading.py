@@ -53,7 +53,7 @@ def whole_model(pruner, healer, calibration, evaluation):
                 batch, tokens_here = metric.count(model(input_ids=tokens).logits, predicted, tokens)
                 sums, count = [a + b for a, b in zip(sums, batch)], count + tokens_here
             results[name] = metric.results(sums, count)
-    return masks, student, results
+    return masks, pruned, student, results
 
 
 @pytest.mark.parametrize("pruner_name,healer_name", [("sparsegpt", "starfish"), ("magnitude", "norm")])  # wanda: the CLI test
@@ -64,7 +64,7 @@ def test_onloading_gives_the_whole_model_results_one_layer_at_a_time(tmp_path, m
     make_pruner = lambda: PRUNERS.build({"name": pruner_name, "sparsity": 0.5})  # noqa: E731
     make_healer = lambda: HEALERS.build({"name": healer_name, "mode": "blockwise", "epochs": 2,  # noqa: E731
                                          "batch_size": 8, "lr": 1e-3})
-    masks, healed, expected = whole_model(make_pruner(), make_healer(), calibration, evaluation)
+    masks, pruned, healed, expected = whole_model(make_pruner(), make_healer(), calibration, evaluation)
 
     layers, at_once = [], []
     real_onload = sequential.onload
@@ -79,7 +79,7 @@ def test_onloading_gives_the_whole_model_results_one_layer_at_a_time(tmp_path, m
     # the second case keeps the hidden states between layers in files (a budget of 0 bytes on the host)
     states = HiddenStates(tmp_path / "spill", host_budget=0) if healer_name == "norm" else HiddenStates()
     run = prune_heal_evaluate(REFERENCE_DIR, make_pruner(), make_healer(), calibration, evaluation,
-                              torch.device("cpu"), tmp_path / "healed", states=states)
+                              torch.device("cpu"), tmp_path / "healed", states=states, pruned_output=tmp_path / "pruned")
     assert at_once == [1] * len(structure_of(healed).blocks)  # never two decoder layers at once
     assert states.on_disk == (healer_name == "norm")
     assert not list((tmp_path / "spill").glob("*"))  # mapped files are unlinked at once: nothing is left behind
@@ -89,9 +89,10 @@ def test_onloading_gives_the_whole_model_results_one_layer_at_a_time(tmp_path, m
     assert {name.removesuffix(".weight") for name in onloaded_masks} == set(masks)
     assert all(torch.equal(onloaded_masks[f"{name}.weight"], mask) for name, mask in masks.items())
     assert run.sparsity.pruned == sum(int((~mask).sum()) for mask in masks.values())
-    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "healed", dtype=torch.float32)
-    for name, weight in healed.state_dict().items():
-        torch.testing.assert_close(loaded.state_dict()[name], weight, rtol=1e-4, atol=1e-5)
+    for kind, model in {"pruned": pruned, "healed": healed}.items():  # SparseGPT's pruned weights are its own
+        loaded = AutoModelForCausalLM.from_pretrained(tmp_path / kind, dtype=torch.float32)
+        for name, weight in model.state_dict().items():
+            torch.testing.assert_close(loaded.state_dict()[name], weight, rtol=1e-4, atol=1e-5)
     for model in ("dense", "pruned", "healed"):
         assert run.evaluation[model]["perplexity"] == pytest.approx(expected[model]["perplexity"], rel=1e-4)
     assert expected["healed"]["perplexity"] != expected["pruned"]["perplexity"]  # healing changed something

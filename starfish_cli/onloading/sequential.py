@@ -17,7 +17,7 @@ from starfish_cli.healing.base import HealResult, pruned_weight_names
 from starfish_cli.models import structure_of
 from starfish_cli.pruning.masks import measure_sparsity
 from starfish_cli.onloading.states import HiddenStates
-from starfish_cli.onloading.weights import ShardedWeights, ShardWriter, offload, onload, outside_layers, skeleton
+from starfish_cli.onloading.weights import RunWriters, ShardedWeights, offload, onload, outside_layers, skeleton
 from starfish_cli.runtime.errors import StarfishError
 from starfish_cli.runtime.progress import progress_bar
 
@@ -130,10 +130,12 @@ def _load_outside(model: torch.nn.Module, layers_name: str, weights: ShardedWeig
 
 def prune_heal_evaluate(folder: Path, pruner, healer, calibration: Sequence[torch.Tensor],
                         evaluation: Sequence[torch.Tensor], device: torch.device, output: Path,
-                        precision: torch.dtype = torch.float32, states: HiddenStates | None = None) -> OnloadedRun:
+                        precision: torch.dtype = torch.float32, states: HiddenStates | None = None,
+                        pruned_output: Path | None = None) -> OnloadedRun:
     """`calibration` and `evaluation`: batches of token windows. The healed model is written to `output` (a
-    save_pretrained folder) with its keep-masks in `output`/masks; `states`: where the hidden states between
-    layers live (default: host memory). Returns what the pass measured."""
+    save_pretrained folder) with its keep-masks in `output`/masks, and the pruned one to `pruned_output` when
+    healing changes it; `states`: where the hidden states between layers live (default: host memory). Returns
+    what the pass measured."""
     check_onloadable(pruner, healer)
     states = states or HiddenStates()
     weights = ShardedWeights(folder)
@@ -141,15 +143,14 @@ def prune_heal_evaluate(folder: Path, pruner, healer, calibration: Sequence[torc
     structure = structure_of(model)  # one instance: the layer arguments it captures serve every layer
     layers_name = structure.block_name(0).rsplit(".", 1)[0]
     blocks = len(structure.blocks)
-    writer = ShardWriter(output, folder, blocks + 1)
-    mask_writer = ShardWriter(Path(output) / "masks", folder, blocks, dtype=torch.bool)
+    heals = healer is not None and healer.changes_weights
+    writers = RunWriters(folder, blocks, output, pruned_output if heals else None)
     outside = _load_outside(model, layers_name, weights, device)
-    writer.write(blocks, outside)
+    writers.outside(outside)
     (dense_calib, calib_sizes), (first, eval_sizes) = _first_states(structure, calibration, evaluation, device,
                                                                     states)
     pruned_calib = healed_calib = dense_calib
     evaluated = dict.fromkeys(MODELS, first)
-    heals = healer is not None and healer.changes_weights
     trained = healer.trainable_names(model) if heals else pruned_weight_names(model)
     run = OnloadedRun(Path(output), healing=HealResult(trained_parameters=trained))
     run.sparsity.parameters = sum(tensor.numel() for tensor in outside.values())
@@ -165,6 +166,7 @@ def prune_heal_evaluate(folder: Path, pruner, healer, calibration: Sequence[torc
             masks = pruner.prune_block(structure, number, list(pruner_inputs.split(calib_sizes)))
             run.sparsity.add(measure_sparsity(block, structure.block_layers(number), None, {
                 name: weight for name, weight in structure.block_weights().items() if name.startswith(prefix)}))
+            writers.pruned(number, _layer_tensors(block, prefix))
             evaluated["pruned"] = _run(structure, number, evaluated["pruned"], eval_sizes, device, states)
             if pruner.reads_pruned_prefix:
                 pruned_calib = _run(structure, number, pruned_calib, calib_sizes, device, states)
@@ -175,17 +177,18 @@ def prune_heal_evaluate(folder: Path, pruner, healer, calibration: Sequence[torc
             else:
                 evaluated["healed"] = evaluated["pruned"]
             dense_calib = dense_next
-            writer.write(number, {f"{prefix}{name}": value for name, value in block.state_dict().items()})
-            mask_writer.write(number, {f"{name}.weight": mask for name, mask in masks.items()})
+            writers.healed(number, _layer_tensors(block, prefix), masks)
             offload(block)
             run.seconds_per_layer.append(time.perf_counter() - started)
             advance()
     run.evaluation = _perplexities(structure, {name: list(value.split(eval_sizes)) for name, value in evaluated.items()},
                                    evaluation, device)
-    writer.finish()
-    mask_writer.finish()
-    run.bytes_read, run.bytes_written = weights.bytes_read, writer.bytes_written + mask_writer.bytes_written
+    run.bytes_read, run.bytes_written = weights.bytes_read, writers.finish()
     return run
+
+
+def _layer_tensors(block: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor]:
+    return {f"{prefix}{name}": value for name, value in block.state_dict().items()}
 
 
 @torch.no_grad()

@@ -138,3 +138,34 @@ class ShardWriter:
         for file in FOLDER_FILES:
             if (self.source / file).is_file():
                 shutil.copyfile(self.source / file, self.folder / file)
+
+
+class RunWriters:
+    """What a layer-by-layer pass writes, layer by layer: the healed folder, its keep-masks (`healed`/masks) and,
+    when healing changes the weights, the pruned folder. The embeddings, final norm and head are the last shard."""
+
+    def __init__(self, source: Path, blocks: int, healed: Path, pruned: Path | None):
+        self.blocks = blocks
+        self.folders = {"healed": ShardWriter(healed, source, blocks + 1),
+                        "masks": ShardWriter(Path(healed) / "masks", source, blocks, dtype=torch.bool)}
+        if pruned is not None:
+            self.folders["pruned"] = ShardWriter(pruned, source, blocks + 1)
+
+    def outside(self, tensors: dict[str, torch.Tensor]) -> None:
+        for name in ("healed", "pruned"):
+            if name in self.folders:
+                self.folders[name].write(self.blocks, tensors)
+
+    def pruned(self, number: int, tensors: dict[str, torch.Tensor]) -> None:
+        if "pruned" in self.folders:
+            self.folders["pruned"].write(number, tensors)
+
+    def healed(self, number: int, tensors: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]) -> None:
+        self.folders["healed"].write(number, tensors)
+        self.folders["masks"].write(number, {f"{name}.weight": mask for name, mask in masks.items()})
+
+    def finish(self) -> int:
+        """The index, config and tokenizer of each folder; the tensor bytes written in all."""
+        for writer in self.folders.values():
+            writer.finish()
+        return sum(writer.bytes_written for writer in self.folders.values())

@@ -31,6 +31,7 @@ from starfish_cli.stages.values import Context, Evaluation, Healed, Inputs, Prun
 log = logging.getLogger("starfish")
 
 HEALED_FOLDER = "healed"  # the healed model as a save_pretrained folder (its masks in healed/masks)
+PRUNED_FOLDER = "pruned"  # the pruned one, when healing changes the weights (else it is healed/)
 SPILL_FOLDER = "hidden_states"  # onload_states on disk: the files the states are mapped from, while the run lasts
 WHOLE_MODEL_COPIES = 3  # the whole-model path holds the dense, pruned and healed models at once (fp32)
 FP32 = 4
@@ -123,13 +124,15 @@ def run_onloaded(context: Context, inputs: Inputs) -> tuple[Pruned, Healed, Eval
     calibration_tokens = calibration_batches(calibration.images, torch.device("cpu"), CALIBRATION_BATCH)
     evaluation_tokens = [batch[1] for batch in loader(eval_data.images, int(cfg.eval.batch_size))]
     output = folders.record(folders.run_dir / HEALED_FOLDER)
+    heals = inputs.healer is not None and inputs.healer.changes_weights
+    pruned_output = folders.record(folders.run_dir / PRUNED_FOLDER) if heals else None
     timing: dict[str, Any] = {}
     spill = folders.record(folders.run_dir / SPILL_FOLDER)
     states = hidden_states(cfg.get("onload_states", "auto"), spill)
     try:
         with measure("onload", device, timing):
             run = prune_heal_evaluate(context.onloaded, inputs.pruner, inputs.healer, calibration_tokens,
-                                      evaluation_tokens, device, output, context.precision, states)
+                                      evaluation_tokens, device, output, context.precision, states, pruned_output)
     finally:
         shutil.rmtree(spill, ignore_errors=True)
     sparsity = run.sparsity.summary()
@@ -139,6 +142,7 @@ def run_onloaded(context: Context, inputs: Inputs) -> tuple[Pruned, Healed, Eval
              run.bytes_read / 1e9, run.bytes_written / 1e9)
     onloading = {"layers": len(run.seconds_per_layer), "seconds_per_layer": run.seconds_per_layer,
                  "bytes_read": run.bytes_read, "bytes_written": run.bytes_written, "folder": HEALED_FOLDER,
+                 "pruned_folder": PRUNED_FOLDER if heals else HEALED_FOLDER,
                  "hidden_states": "disk" if states.on_disk else "host"}
     pruned = Pruned(context.dense, {}, json.loads(json.dumps({
         "model": plain(cfg.model), "pruner": inputs.pruner.describe(), "sparsity": sparsity,
