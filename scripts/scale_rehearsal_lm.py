@@ -116,9 +116,10 @@ def flops_per_layer(hidden: int, intermediate: int, heads: int, kv_heads: int, t
 
 def extrapolate(measured: dict, args) -> list[dict]:
     """Seconds per layer here scaled by the work per layer (forward passes ∝ weights × tokens; SparseGPT's pass
-    ∝ rows × columns²), for each target model with the field's calibration; and the bytes every strategy holds
+    ∝ rows × columns², its share of the time being what it takes beyond Wanda's run), for each target model with the field's calibration; and the bytes every strategy holds
     on a device (fp32 weights, a layer's Adam state; FSDP2's end-to-end footprint from healing.footprint)."""
     from starfish_cli.healing.footprint import ACTIVATION_BYTES, FP32, TRAINED_STATE, Footprint
+    from starfish_cli.onloading.sequential import CALIBRATION_STREAMS
 
     here = flops_per_layer(args.hidden, args.intermediate, args.heads, args.heads, args.calib * args.seq_len)
     rows = []
@@ -127,13 +128,14 @@ def extrapolate(measured: dict, args) -> list[dict]:
         layer = sum(rows * cols for rows, cols in layer_shapes(hidden, intermediate, heads, kv_heads).values())
         outside = 2 * vocabulary * hidden
         seconds, h200_hours = {}, {}
-        for pruner, run in measured.items():
-            layer_seconds = run["report"]["onloading"]["seconds_per_layer"]
-            per_layer = sum(layer_seconds) / len(layer_seconds)
-            scale = there["forward"] / here["forward"]
-            if pruner == "sparsegpt":  # its OBS pass does not grow with the tokens
-                scale = (there["forward"] + there["sparsegpt"]) / (here["forward"] + here["sparsegpt"])
-            seconds[pruner] = per_layer * scale * layers
+        per_layer = {pruner: sum(run["report"]["onloading"]["seconds_per_layer"])
+                     / len(run["report"]["onloading"]["seconds_per_layer"]) for pruner, run in measured.items()}
+        for pruner in measured:
+            forwards = per_layer.get("wanda", per_layer[pruner]) if pruner == "sparsegpt" else per_layer[pruner]
+            seconds[pruner] = forwards * there["forward"] / here["forward"] * layers
+            if pruner == "sparsegpt":  # what it takes beyond Wanda's run is its OBS pass, which does not grow with tokens
+                obs = per_layer[pruner] - forwards if "wanda" in per_layer else 0.0
+                seconds[pruner] += obs * there["sparsegpt"] / here["sparsegpt"] * layers
             work = layers * (PASSES * there["forward"] + (there["sparsegpt"] if pruner == "sparsegpt" else 0))
             h200_hours[pruner] = work / ASSUMED_H200_FLOPS / 3600
         onload_device = FP32 * (layer * (1 + TRAINED_STATE) + outside)  # one layer trained + embeddings and head
@@ -144,7 +146,7 @@ def extrapolate(measured: dict, args) -> list[dict]:
                               + 8 * layers * 2048 * hidden * ACTIVATION_BYTES * 2)  # batch 8 windows of 2,048
         rows.append({"model": name, "parameters": total, "cpu_hours_here": {k: v / 3600 for k, v in seconds.items()},
                      "h200_hours_assumed": h200_hours,
-                     "onload_device_gb": onload_device / 1e9, "host_streams_gb": 3 * stream / 1e9,
+                     "onload_device_gb": onload_device / 1e9, "host_streams_gb": CALIBRATION_STREAMS * stream / 1e9,
                      "fsdp8_end_to_end_gb_per_device": footprint.per_device(8) / 1e9,
                      "fsdp_devices_for_141gb": footprint.devices_needed(141 * 10**9)})
     return rows
@@ -166,8 +168,8 @@ def markdown(folder_parameters: int, measured: dict, extrapolated: list[dict], a
                      f"{onloading['bytes_read'] / 1e9:.1f} | {onloading['bytes_written'] / 1e9:.1f} | "
                      + " / ".join(f"{accuracy[m]['perplexity']:.4g}" for m in ("dense", "pruned", "healed"))
                      + f" | {run['transformers_perplexity']:.4g} |")
-    lines += ["", "| model | parameters | CPU hours here, per pruner (work-scaled) | device GB, onloading "
-              "| H200 hours (FLOPs at an assumed 30% of bf16 peak) | host GB, hidden-state streams "
+    lines += ["", "| model | parameters | CPU hours here, per pruner (work-scaled, 1 healing epoch) | device GB, onloading "
+              "| H200 hours, 1 healing epoch (FLOPs at an assumed 30% of bf16 peak) | host GB, calibration states "
               "| GB per device, end-to-end FSDP2 × 8 | H200s for end-to-end FSDP2 |",
               "|---|---|---|---|---|---|---|---|"]
     for row in extrapolated:
