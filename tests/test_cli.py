@@ -98,13 +98,8 @@ def _bad_checkpoint(tmp_path, kind):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["run", "pruner=nope"], "unknown pruner 'nope'"),
     (["run", "model=nope"], "unknown model 'nope'"),
     (["run", "model.name=vit_nope"], "unknown model 'vit_nope'"),
-    (["run", "pruner.sparsity=1.0"], "outside [0, 1)"),
-    (["run", "pruner.pattern=2-4"], "malformed pruner.pattern"),
-    (["run", "calib.count=0"], "calib.count=0"),
-    (["run", "healer.reshuffle=sometimes"], "healer.reshuffle"),
     (["run", "data.path=/does/not/exist"], "data.path"),
     (["run", "data.system_dir=null", "data.hub_id=null", "data.path=EMPTY"], "not found"),
     (["heal"], "no checkpoint"),
@@ -121,8 +116,6 @@ def _bad_checkpoint(tmp_path, kind):
     (["run", "device=tpu"], "device='tpu' is not a device"),
     (["run", "model.checkpoint_path=TRUNCATED"], "could not build model 'vit_fmnist'"),
     (["run", "model.data_config={means:[0.5]}"], "model.data_config has no key 'means'"),
-    (["run", "pruner=sparsegpt", "pruner.block_size=0"], "pruner.block_size=0"),
-    (["run", "healer.teacher=nowhere"], "healer.teacher='nowhere'"),
     (["run", "data=imagefolder", "data.path=EMPTY"], "could not read image folders"),
     (["run", "data=imagefolder", "data.path=BADIMAGES", "calib.count=2", "model=deit_tiny", "model.pretrained=false"],
      "cannot be read"),

@@ -76,6 +76,11 @@ def test_yaml_keys_are_the_constructor_arguments(group, registry):
     (["onload=sometimes"], "onload='sometimes' must be auto, true or false"),
     (["onload_states=ram"], "onload_states='ram' must be auto, host, disk"),
     (["pruner.sparsity=2"], "outside [0, 1)"),
+    (["pruner.pattern=2-4"], "malformed pruner.pattern '2-4'"),
+    (["calib.count=0"], "calib.count=0 must be a whole number ≥ 1"),
+    (["healer.reshuffle=sometimes"], "healer.reshuffle='sometimes' must be true or false"),
+    (["pruner=sparsegpt", "pruner.block_size=0"], "pruner.block_size=0 must be a whole number ≥ 1"),
+    (["healer.teacher=nowhere"], "healer.teacher='nowhere': choose one of auto, gpu, host, recompute"),
 ])
 def test_settings_a_run_cannot_take_are_one_line_before_anything_loads(overrides, message):
     """What the CLI checks from the config alone, before the first run of a sweep starts (the CLI tests run a
