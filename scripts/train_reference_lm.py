@@ -24,6 +24,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 import starfish_cli
 from starfish_cli.data import fortunes
 from starfish_cli.data import tokens as text
+from starfish_cli.evaluation.metrics import next_token_nll, perplexity
 
 ASSET_DIR = Path(starfish_cli.__file__).parent / "assets" / "lm_reference"
 END_OF_TEXT = "<|endoftext|>"
@@ -47,10 +48,10 @@ def evaluate(model: LlamaForCausalLM, stream: torch.Tensor, context: int) -> flo
     model.eval()
     total, count = 0.0, 0
     for batch in text.windows(stream, context).split(16):
-        nll = text.next_token_nll(model(input_ids=batch).logits, batch)
+        nll = next_token_nll(model(input_ids=batch).logits, batch)
         total, count = total + nll.sum().item(), count + nll.numel()
     model.train()
-    return text.perplexity(total, count)
+    return perplexity(total, count)
 
 
 def main() -> None:

@@ -65,3 +65,30 @@ def test_scale_rehearsal_reports_every_stage_and_extrapolates(tmp_path):
     assert summary["stages"]["eval"]["paper_images"] == 50_000 and summary["paper_total_hours"] > 0
     assert 0.0 <= summary["stages"]["eval"]["waiting_for_data"] < 1.0
     assert "| total |" in printed and len(list((tmp_path / "images" / "val").rglob("*.JPEG"))) == 8
+
+
+def test_the_reference_lm_trainer_measures_perplexity_as_starfish_does():
+    """train_reference_lm.py's evaluation (what it prints and stores with the weights) on a tiny random Llama:
+    the perplexity of every next token of the stream's windows, as the evaluation metric computes it."""
+    pytest.importorskip("transformers")
+    import importlib.util
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from starfish_cli.data.tokens import windows
+    from starfish_cli.evaluation.metrics import next_token_nll, perplexity
+
+    spec = importlib.util.spec_from_file_location("train_reference_lm", SCRIPTS / "train_reference_lm.py")
+    trainer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(trainer)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, max_position_embeddings=16)).eval()
+    stream = torch.randint(0, 64, (200,), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        batch = windows(stream, 16)
+        nll = next_token_nll(model(input_ids=batch).logits, batch)
+    expected = perplexity(nll.sum().item(), nll.numel())
+    assert trainer.evaluate(model, stream, 16) == pytest.approx(expected, rel=1e-6)
+    assert 32 < expected < 128  # random weights over 64 tokens: near 64
