@@ -126,6 +126,10 @@ def test_a_model_over_the_memory_budget_goes_layer_by_layer_with_the_whole_model
     whole, layers = read_json(tmp_path / "whole" / "report.json"), read_json(tmp_path / "layers" / "report.json")
     assert "onloading" in layers and "onloading" not in whole and layers["onloading"]["layers"] == 4
     assert layers["onloading"]["hidden_states"] == "disk" and not (tmp_path / "layers" / "hidden_states").exists()
+    stamp = (tmp_path / "layers" / "report.json").stat().st_mtime_ns
+    again = run_cli("run", *options, "memory_budget=0.01", "onload_states=disk", "hydra.run.dir=layers", cwd=tmp_path)
+    assert "skipping" in again.stdout + again.stderr  # a finished onloaded run is not run again
+    assert (tmp_path / "layers" / "report.json").stat().st_mtime_ns == stamp
     assert layers["sparsity"] == whole["sparsity"]
     assert layers["healing"]["steps"] == whole["healing"]["steps"]
     for model in ("dense", "pruned", "healed"):

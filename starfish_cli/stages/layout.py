@@ -15,6 +15,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from starfish_cli.artifacts.checkpoint import HEALED_FILE, PRUNED_FILE, read_metadata
+from starfish_cli.onloading.weights import INDEX
 from starfish_cli.reporting.report import read_report
 
 INDICES_FILE = "calibration_indices.json"
@@ -87,6 +88,11 @@ def finished(folders: RunFolders, cfg: DictConfig) -> bool:
     except OSError:
         return False
     report = read_report(folders.run_dir)
+    if "onloading" in report:  # one pass over the layers: folders, no checkpoints; each index is written last
+        healed = report["onloading"]["folder"]
+        written = {healed, f"{healed}/masks", report["onloading"].get("pruned_folder", healed)}
+        return same_config and "accuracy" in report and all((folders.run_dir / folder / INDEX).is_file()
+                                                             for folder in written)
     pruned = read_metadata(folders.prune_dir / PRUNED_FILE)
     return (same_config and "accuracy" in report and (folders.run_dir / HEALED_FILE).is_file()
             and pruned is not None
