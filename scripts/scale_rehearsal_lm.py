@@ -116,8 +116,8 @@ def flops_per_layer(hidden: int, intermediate: int, heads: int, kv_heads: int, t
 
 def extrapolate(measured: dict, args) -> list[dict]:
     """Seconds per layer here scaled by the work per layer (forward passes ∝ weights × tokens; SparseGPT's pass
-    ∝ rows × columns², its share of the time being what it takes beyond Wanda's run), for each target model with the field's calibration; and the bytes every strategy holds
-    on a device (fp32 weights, a layer's Adam state; FSDP2's end-to-end footprint from healing.footprint)."""
+    ∝ rows × columns², its share of the time being what it takes beyond Wanda's run), for each target model with
+    the field's calibration; and the bytes every strategy holds on a device (fp32 weights, a layer's Adam state; FSDP2's end-to-end footprint from healing.footprint)."""
     from starfish_cli.healing.footprint import ACTIVATION_BYTES, FP32, TRAINED_STATE, Footprint
     from starfish_cli.onloading.sequential import CALIBRATION_STREAMS
 

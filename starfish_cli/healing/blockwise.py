@@ -25,6 +25,11 @@ class BlockwiseHealing:
     mode: Literal[MODES] = "end_to_end"
     loss = "cosine"  # STARFISH declares it as an option
 
+    def heal(self, student, teacher, masks, calibration, device, precision=torch.float32, state_file=None):
+        if self.mode == "blockwise":
+            return self.heal_blockwise(student, teacher, masks, calibration, device, precision)
+        return super().heal(student, teacher, masks, calibration, device, precision, state_file)
+
     def heal_blockwise(self, student, teacher, masks, calibration, device, precision) -> HealResult:
         if distributed.current().active:
             raise StarfishError("healer.mode=blockwise runs in one process: launch it without torchrun")

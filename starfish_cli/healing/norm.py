@@ -5,10 +5,8 @@ block's own on its output alone, one block at a time (also the layer-by-layer on
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
-
 from starfish_cli.healing.base import GradientHealer, norm_and_bias_names
-from starfish_cli.healing.blockwise import MODES, BlockwiseHealing
+from starfish_cli.healing.blockwise import BlockwiseHealing
 from starfish_cli.healing.registry import HEALERS
 from starfish_cli.healing.states import state_alignment_loss
 from starfish_cli.healing.teacher import TEACHER_MODES, TeacherTargets
@@ -20,7 +18,6 @@ class NormBiasHealer(BlockwiseHealing, GradientHealer):
     student_states = ("blocks",)
     student_outputs = False
     teacher: Literal[TEACHER_MODES] = "auto"
-    mode: Literal[MODES] = "end_to_end"
 
     def trainable_names(self, student):
         return norm_and_bias_names(student)
@@ -32,8 +29,3 @@ class NormBiasHealer(BlockwiseHealing, GradientHealer):
     def objective(self, outputs, batch, targets, device):
         _, teacher_states = targets(batch[0], batch[1].to(device, non_blocking=True))
         return state_alignment_loss(outputs[1], teacher_states)
-
-    def heal(self, student, teacher, masks, calibration, device, precision=torch.float32, state_file=None):
-        if self.mode == "end_to_end":
-            return super().heal(student, teacher, masks, calibration, device, precision, state_file)
-        return self.heal_blockwise(student, teacher, masks, calibration, device, precision)

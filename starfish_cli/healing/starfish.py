@@ -23,7 +23,7 @@ from starfish_cli.healing.registry import HEALERS
 from starfish_cli.healing.states import STATE_KINDS, STATE_LOSSES, state_alignment_loss
 from starfish_cli.healing.teacher import TEACHER_MODES, TeacherTargets, logit_kd_loss
 from starfish_cli.healing.views import AUGMENTATIONS, CalibrationViews
-from starfish_cli.healing.blockwise import MODES, BlockwiseHealing
+from starfish_cli.healing.blockwise import BlockwiseHealing
 from starfish_cli.registry import Range
 
 PARAMETER_GROUP_NAMES = tuple(PARAMETER_GROUPS)
@@ -36,7 +36,6 @@ class StarfishHealer(BlockwiseHealing, GradientHealer, GradualOptions):
     loss: Literal[tuple(STATE_LOSSES)] = "cosine"  # the distance between a student and a teacher state
     kd_weight: Annotated[float, Range(0)] = 0.0  # > 0 adds a logit-KD term
     kd_temperature: Annotated[float, Range(0, low_open=True)] = 1.0
-    mode: Literal[MODES] = "end_to_end"  # blockwise: healing/blockwise.py
     teacher: Literal[TEACHER_MODES] = "auto"
     augment: Literal[AUGMENTATIONS] | Sequence[Literal[AUGMENTATIONS]] = ()  # function matching's views
     shift: Annotated[int, Range(0)] = 2  # pixels, for augment=[shift]
@@ -97,9 +96,7 @@ class StarfishHealer(BlockwiseHealing, GradientHealer, GradualOptions):
         return loss
 
     def heal(self, student, teacher, masks, calibration, device, precision=torch.float32, state_file=None):
-        if self.mode == "end_to_end":
-            # every heal draws the same views for a seed; ranks of a torchrun draw different ones
-            self._views = (CalibrationViews(self.augment, self.shift, self.mix_alpha,
-                                            self.seed + distributed.current().rank) if self.augment else None)
-            return super().heal(student, teacher, masks, calibration, device, precision, state_file)
-        return self.heal_blockwise(student, teacher, masks, calibration, device, precision)
+        # every heal draws the same views for a seed; ranks of a torchrun draw different ones (block-wise: none)
+        self._views = (CalibrationViews(self.augment, self.shift, self.mix_alpha,
+                                        self.seed + distributed.current().rank) if self.augment else None)
+        return super().heal(student, teacher, masks, calibration, device, precision, state_file)  # mode: the mixin's

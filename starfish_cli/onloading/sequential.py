@@ -66,10 +66,12 @@ class SparsityCounts:
 
 @dataclass
 class OnloadedRun:
-    """What the pass produced: the healed folder, sparsity counts, healing's steps and losses, the perplexity of
-    each model, and what it cost (seconds per layer, bytes read and written)."""
+    """What the pass produced: the healed folder and the one holding the pruned model (the healed one when healing
+    changed nothing), sparsity counts, healing's steps and losses, the perplexity of each model, and what it cost
+    (seconds per layer, bytes read and written)."""
 
     folder: Path
+    pruned_folder: Path
     sparsity: SparsityCounts = field(default_factory=SparsityCounts)
     healing: HealResult = field(default_factory=HealResult)
     evaluation: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -152,7 +154,8 @@ def prune_heal_evaluate(folder: Path, pruner, healer, calibration: Sequence[torc
     pruned_calib = healed_calib = dense_calib
     evaluated = dict.fromkeys(MODELS, first)
     trained = healer.trainable_names(model) if heals else pruned_weight_names(model)
-    run = OnloadedRun(Path(output), healing=HealResult(trained_parameters=trained))
+    run = OnloadedRun(Path(output), Path(pruned_output) if "pruned" in writers.folders else Path(output),
+                      healing=HealResult(trained_parameters=trained))
     run.sparsity.parameters = sum(tensor.numel() for tensor in outside.values())
     run.sparsity.zero = sum(int((tensor == 0).sum()) for tensor in outside.values())
     with progress_bar("onloading: prune, heal, evaluate", blocks) as advance:

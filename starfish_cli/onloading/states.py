@@ -3,6 +3,7 @@ mapped into memory (the OS writes their pages out and reads them back as a layer
 never has to hold every window's states of every model at once)."""
 
 import logging
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -29,24 +30,21 @@ class HiddenStates:
             log.info("hidden states between layers: %.3g GB, more than %.3g GB of host memory allowed: kept in "
                      "files under %s", stream_bytes / 1e9, self.host_budget / 1e9, self.spill_folder)
 
-    def empty_like(self, tensor: torch.Tensor) -> torch.Tensor:
-        """A host tensor of `tensor`'s shape and dtype, backed by a file when the states are on disk."""
+    def empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """A host tensor, backed by a file when the states are on disk."""
         if not self.on_disk:
-            return torch.empty(tensor.shape, dtype=tensor.dtype)
+            return torch.empty(shape, dtype=dtype)
         self.spill_folder.mkdir(parents=True, exist_ok=True)
         handle, path = tempfile.mkstemp(dir=self.spill_folder, suffix=".states")
         os.close(handle)
-        stored = torch.from_file(path, shared=True, size=tensor.numel(), dtype=tensor.dtype)
+        stored = torch.from_file(path, shared=True, size=math.prod(shape), dtype=dtype)
         os.unlink(path)  # the mapping keeps the pages; the disk space goes with the last view of them
-        return stored.view(tensor.shape)
+        return stored.view(shape)
+
+    def empty_like(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self.empty(tuple(tensor.shape), tensor.dtype)
 
     def hold(self, batches: list[torch.Tensor]) -> torch.Tensor:
         """Batches of equal trailing shape as one tensor, where the states live."""
-        first = batches[0]
-        whole = self.empty_like(torch.empty((sum(len(b) for b in batches), *first.shape[1:]), dtype=first.dtype,
-                                            device="meta"))
-        start = 0
-        for batch in batches:
-            whole[start:start + len(batch)].copy_(batch)
-            start += len(batch)
-        return whole
+        whole = self.empty((sum(len(b) for b in batches), *batches[0].shape[1:]), batches[0].dtype)
+        return torch.cat(batches, out=whole)

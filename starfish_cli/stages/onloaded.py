@@ -124,8 +124,7 @@ def run_onloaded(context: Context, inputs: Inputs) -> tuple[Pruned, Healed, Eval
     calibration_tokens = calibration_batches(calibration.images, torch.device("cpu"), CALIBRATION_BATCH)
     evaluation_tokens = [batch[1] for batch in loader(eval_data.images, int(cfg.eval.batch_size))]
     output = folders.record(folders.run_dir / HEALED_FOLDER)
-    heals = inputs.healer is not None and inputs.healer.changes_weights
-    pruned_output = folders.record(folders.run_dir / PRUNED_FOLDER) if heals else None
+    pruned_output = folders.record(folders.run_dir / PRUNED_FOLDER)  # written when healing changes the weights
     timing: dict[str, Any] = {}
     spill = folders.record(folders.run_dir / SPILL_FOLDER)
     states = hidden_states(cfg.get("onload_states", "auto"), spill)
@@ -142,7 +141,7 @@ def run_onloaded(context: Context, inputs: Inputs) -> tuple[Pruned, Healed, Eval
              run.bytes_read / 1e9, run.bytes_written / 1e9)
     onloading = {"layers": len(run.seconds_per_layer), "seconds_per_layer": run.seconds_per_layer,
                  "bytes_read": run.bytes_read, "bytes_written": run.bytes_written, "folder": HEALED_FOLDER,
-                 "pruned_folder": PRUNED_FOLDER if heals else HEALED_FOLDER,
+                 "pruned_folder": run.pruned_folder.name,
                  "hidden_states": "disk" if states.on_disk else "host"}
     pruned = Pruned(context.dense, {}, json.loads(json.dumps({
         "model": plain(cfg.model), "pruner": inputs.pruner.describe(), "sparsity": sparsity,
