@@ -4,6 +4,7 @@ PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 FORTUNES_DIR := /usr/share/games/fortunes
+JARGON_FILE := /usr/share/doc/jargon-text/jargon.txt.gz
 
 .PHONY: setup data demo test test-fast clean
 
@@ -15,12 +16,13 @@ $(INSTALLED): pyproject.toml | $(PYTHON)
 	$(PYTHON) -m pip install --quiet -e '.[dev,deploy,lm,track,tasks]'
 	touch $(INSTALLED)
 
-# Fashion-MNIST (dataset-fashion-mnist) and the reference LM's English corpus (fortunes) from Debian
-# where we can install them (root + apt).
+# Fashion-MNIST (dataset-fashion-mnist) and the reference LMs' English corpora (fortunes; jargon-text for
+# lm_medium) from Debian where we can install them (root + apt).
 data:
 	@missing=""; \
 	[ -e $(FMNIST_DIR)/t10k-images-idx3-ubyte.gz ] || missing="$$missing dataset-fashion-mnist"; \
 	[ -e $(FORTUNES_DIR)/fortunes ] || missing="$$missing fortunes"; \
+	[ -e $(JARGON_FILE) ] || missing="$$missing jargon-text"; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi

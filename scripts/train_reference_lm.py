@@ -5,6 +5,7 @@ scratch on the train split of `starfish_cli.data.fortunes`; deterministic and se
 thread count and machine give the same weights). Writes `save_pretrained` folders (config,
 model.safetensors, tokenizer) so `AutoModelForCausalLM.from_pretrained(DIR)` loads it offline.
     python scripts/train_reference_lm.py --steps 200 --out starfish_cli/assets/lm_reference
+(`--data fortunes_jargon` and a larger shape: `lm_medium`, see docs/reference_models.md)
 """
 
 import argparse
@@ -24,6 +25,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 import starfish_cli
 from starfish_cli.data import fortunes
 from starfish_cli.data import tokens as text
+from starfish_cli.data.registry import DATASETS
 from starfish_cli.evaluation.metrics import next_token_nll, perplexity
 
 ASSET_DIR = Path(starfish_cli.__file__).parent / "assets" / "lm_reference"
@@ -56,7 +58,9 @@ def evaluate(model: LlamaForCausalLM, stream: torch.Tensor, context: int) -> flo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus-dir", type=Path, default=fortunes.SYSTEM_DIR)
+    parser.add_argument("--data", default="fortunes", choices=["fortunes", "fortunes_jargon"],
+                        help="the embedded corpus (starfish's data=NAME)")
+    parser.add_argument("--corpus-dir", type=Path, default=fortunes.SYSTEM_DIR, help="where the fortunes are")
     parser.add_argument("--vocab-size", type=int, default=2048)
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=4)
@@ -78,7 +82,8 @@ def main() -> None:
     torch.use_deterministic_algorithms(True)
     generator = torch.Generator().manual_seed(args.seed)
 
-    splits = fortunes.split_fortunes(fortunes.read_fortunes(args.corpus_dir))
+    corpus = DATASETS.build({"name": args.data, "path": str(args.corpus_dir)})
+    splits = {split: list(corpus.load(split)["text"]) for split in fortunes.SPLIT_FRACTIONS}
     tokenizer = train_tokenizer(splits["train"], args.vocab_size)
     streams = {name: stream_of(tokenizer, documents) for name, documents in splits.items()}
     tokenizer.model_max_length = args.context  # after tokenizing whole documents: the model's context

@@ -8,7 +8,7 @@ import datasets
 import numpy as np
 import torch
 
-from starfish_cli.data import fortunes
+from starfish_cli.data import fortunes, jargon
 from starfish_cli.data import tokens
 from starfish_cli.data.calibration import CalibrationSampler
 from starfish_cli.data.registry import DATASETS
@@ -114,6 +114,26 @@ class Fortunes(TextSource):
         except FileNotFoundError as error:
             raise StarfishError(f"{error}: apt-get install fortunes, or set data.path") from error
         return datasets.Dataset.from_dict({"text": splits[split]})
+
+
+@DATASETS.register("fortunes_jargon")
+class FortunesJargon(Fortunes):
+    """A larger embedded corpus: Debian's fortunes and the Jargon File's glossary (package jargon-text),
+    each split by document with fortunes' fixed seeded 90/5/5 split, then joined split by split (so its
+    fortunes are exactly `data=fortunes`' of the same split, followed by the jargon entries)."""
+
+    def __init__(self, path: str = str(fortunes.SYSTEM_DIR), jargon_path: str = str(jargon.SYSTEM_FILE),
+                 calib_split: str = "train", eval_split: str = "test"):
+        super().__init__(path, calib_split, eval_split)
+        self.jargon_path = jargon_path
+
+    def load(self, split):
+        fortune_rows = list(super().load(split)["text"])
+        try:
+            entries = jargon.read_jargon(Path(self.jargon_path).expanduser())
+        except FileNotFoundError as error:
+            raise StarfishError(f"{error}: apt-get install jargon-text, or set data.jargon_path") from error
+        return datasets.Dataset.from_dict({"text": fortune_rows + fortunes.split_fortunes(entries)[split]})
 
 
 @DATASETS.register("text_files")
