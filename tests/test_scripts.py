@@ -92,3 +92,34 @@ def test_the_reference_lm_trainer_measures_perplexity_as_starfish_does():
     expected = perplexity(nll.sum().item(), nll.numel())
     assert trainer.evaluate(model, stream, 16) == pytest.approx(expected, rel=1e-6)
     assert 32 < expected < 128  # random weights over 64 tokens: near 64
+
+
+def test_corpus_tasks_are_four_way_questions_from_the_test_split_that_lm_eval_finds(tmp_path, monkeypatch):
+    """make_corpus_tasks.py: every question's context and right answer join into a held-out (test) document,
+    the wrong answers come from other documents, and lm-eval reads both task YAMLs."""
+    import importlib.util
+
+    from starfish_cli.data import fortunes, jargon
+
+    spec = importlib.util.spec_from_file_location("make_corpus_tasks", SCRIPTS / "make_corpus_tasks.py")
+    maker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(maker)
+    monkeypatch.setattr(sys, "argv", ["make_corpus_tasks.py", str(tmp_path), "--questions", "30"])
+    maker.main()
+    test_fortunes = set(fortunes.split_fortunes(fortunes.read_fortunes())["test"])
+    test_entries = fortunes.split_fortunes(jargon.read_jargon())["test"]
+    for name in ("fortune_ending", "jargon_gloss"):
+        questions = [json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+        assert len(questions) == 30 and {len(q["choices"]) for q in questions} == {4}
+        assert len({q["answer"] for q in questions}) > 1  # the right answer is not always in one place
+        for question in questions:
+            right = question["context"] + question["choices"][question["answer"]]
+            if name == "fortune_ending":
+                assert right in test_fortunes
+            else:
+                assert any(entry.startswith(question["context"]) and
+                           " ".join(entry.split()).startswith(" ".join(right.split())) for entry in test_entries)
+            assert len(set(question["choices"])) == 4
+    lm_eval_tasks = pytest.importorskip("lm_eval.tasks")
+    manager = lm_eval_tasks.TaskManager(include_path=str(tmp_path), include_defaults=False)
+    assert {"fortune_ending", "jargon_gloss"} <= set(manager.all_tasks)

@@ -14,8 +14,11 @@ from starfish_cli.models.base import ModelStructure, register_family
 from starfish_cli.models.decoder import branch, context_length, final_norm, find_decoder, has_attention
 from starfish_cli.models.experts import fused_state_dict, keep_routers_dense, unfuse_experts
 
-REFERENCE_DIR = Path(__file__).resolve().parent.parent / "assets" / "lm_reference"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+# the language models shipped in the package, by the model.name that loads them (docs/reference_models.md)
+EMBEDDED = {"lm_reference": ASSETS / "lm_reference", "lm_medium": ASSETS / "lm_medium"}
 REFERENCE_NAME = "lm_reference"
+REFERENCE_DIR = EMBEDDED[REFERENCE_NAME]
 DEFAULT_WINDOW = 2048  # tokens per window where the user gives none (WikiText-2 and C4 papers use 2,048)
 
 
@@ -28,9 +31,9 @@ def _transformers():
 
 
 def model_source(name: str) -> str:
-    """Where `name` loads from: the embedded reference model's folder, a local folder, or a hub id."""
-    if name == REFERENCE_NAME:
-        return str(REFERENCE_DIR)
+    """Where `name` loads from: an embedded model's folder, a local folder, or a hub id."""
+    if name in EMBEDDED:
+        return str(EMBEDDED[name])
     path = Path(name).expanduser()
     return str(path) if path.exists() else name
 
@@ -258,7 +261,7 @@ class CausalLMStructure(ModelStructure):
 
     def hub_base_model(self, model_config):
         name = str(model_config.get("name", REFERENCE_NAME))
-        return None if name == REFERENCE_NAME or Path(name).expanduser().exists() else name
+        return None if name in EMBEDDED or Path(name).expanduser().exists() else name
 
     def random_inputs(self, count, seed=0):
         vocabulary = int(self.model.get_input_embeddings().num_embeddings)
