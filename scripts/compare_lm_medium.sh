@@ -5,7 +5,7 @@
 # and starfish block-wise (healer.mode=blockwise), 3 seeds; perplexity on the test split. TASKS=1 adds
 # two offline zero-shot tasks from it (scripts/make_corpus_tasks.py; the dense model is near chance on
 # them, docs/results.md). Two halves run side by side, one core each (PARALLEL=1: one after the other).
-# Finished runs are skipped: an interrupted grid resumes.
+# Finished runs are skipped: an interrupted grid resumes. The summary goes into docs/results.md.
 # Usage: scripts/compare_lm_medium.sh [output root] [extra overrides...]
 set -euo pipefail
 root=${1:-outputs/lm_medium}
@@ -46,3 +46,4 @@ else
 fi
 
 "$starfish" report "$root/default"
+"${PYTHON:-python}" "$here/update_readme_results.py" "$root/default" lm_medium

@@ -1,10 +1,12 @@
 """Copy a sweep's summary table and plots into the results pages between a section's markers: `results`
 (the vision comparison, scripts/compare_healers.sh: docs/results.md and the README's headline), `lm`
-(scripts/compare_lm.sh) or `extreme` (scripts/extreme_sparsity.sh), both in docs/results.md; the figures
+(scripts/compare_lm.sh), `lm_medium` (scripts/compare_lm_medium.sh) or `extreme` (scripts/extreme_sparsity.sh),
+all in docs/results.md; the figures
 of a section other than `results` get its name as a prefix.
 
     python scripts/update_readme_results.py outputs/compare/default
     python scripts/update_readme_results.py outputs/lm/default lm
+    python scripts/update_readme_results.py outputs/lm_medium/default lm_medium
     python scripts/update_readme_results.py outputs/extreme extreme
 """
 
