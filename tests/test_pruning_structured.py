@@ -15,7 +15,8 @@ from starfish_cli.models.base import Units
 from starfish_cli.healing import HEALERS
 from starfish_cli.pruning import PRUNERS
 from starfish_cli.pruning.masks import measure_sparsity
-from starfish_cli.pruning.structured import lowest_overall, lowest_per_block, unit_scores, weight_scores
+from starfish_cli.pruning.structured import (least_squares_fold, lowest_overall, lowest_per_block, unit_scores,
+                                             weight_scores)
 
 REMOVED = {0: ([1, 3], [0, 7, 100]), 2: ([0], []), 5: ([0, 1, 2], list(range(500)))}  # block: (heads, neurons)
 
@@ -179,3 +180,42 @@ def test_structured_checkpoint_heals_and_evaluates_from_disk(tmp_path):
     assert report["sparsity"]["remaining_parameters"] < 0.45 * report["sparsity"]["total_parameters"]
     assert report["healing"]["trained_parameters"] == 24 and report["accuracy"]["healed"]["top1"] > 10
     assert "parameters remain" in next((tmp_path / "outputs").rglob("kd*/report.md")).read_text()
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_least_squares_folds_removed_inputs_that_the_kept_ones_predict_exactly(with_bias):
+    """Removed inputs that are an affine (linear, without a bias) function of the kept ones: folding them
+    into the kept columns (and the bias) gives the layer's outputs back exactly, from the moments alone."""
+    generator = torch.Generator().manual_seed(0)
+    kept_inputs = torch.randn(500, 6, dtype=torch.float64, generator=generator)
+    mixing, offset = torch.randn(6, 3, dtype=torch.float64, generator=generator), torch.randn(3, dtype=torch.float64)
+    removed_inputs = kept_inputs @ mixing + (offset if with_bias else 0)
+    x = torch.cat([kept_inputs[:, :4], removed_inputs, kept_inputs[:, 4:]], 1)  # removed: columns 4, 5, 6
+    weight, bias = torch.randn(5, 9, dtype=torch.float64, generator=generator), torch.randn(5, dtype=torch.float64)
+    removed = torch.tensor([4, 5, 6])
+    to_kept, to_bias = least_squares_fold(weight, x.T @ x, x.sum(0), len(x), removed, with_bias, damping=0.0)
+    kept = torch.tensor([0, 1, 2, 3, 7, 8])
+    folded = x[:, kept] @ (weight[:, kept] + to_kept).T + bias + to_bias
+    assert torch.allclose(folded, x @ weight.T + bias, atol=1e-8)
+    assert not torch.allclose(x[:, kept] @ weight[:, kept].T + bias, x @ weight.T + bias, atol=1e-2)
+
+
+def test_least_squares_compensation_keeps_block_outputs_closest(reference_model, calibration_batches):
+    """On the calibration images, block 0's attention output of the pruned model is nearer the dense one with
+    the least-squares fold than with FLAP's mean, and with the mean than with nothing."""
+    def attention_outputs(model):
+        outputs = []
+        handle = model.blocks[0].attn.register_forward_hook(lambda _m, _i, out: outputs.append(out.reshape(-1, 128)))
+        with torch.no_grad():
+            for batch in calibration_batches:
+                model(batch)
+        handle.remove()
+        return torch.cat(outputs).double()
+
+    dense = attention_outputs(reference_model)
+    errors = {}
+    for compensate in ("none", "mean", "least_squares"):
+        model = copy.deepcopy(reference_model)
+        PRUNERS.build({"name": "structured", "compensate": compensate}).prune(model, calibration_batches)
+        errors[compensate] = (attention_outputs(model) - dense).pow(2).mean().item()
+    assert errors["least_squares"] < errors["mean"] < errors["none"]

@@ -161,6 +161,37 @@ def input_moments(
     return {name: tuple(value) for name, value in moments.items()}
 
 
+@torch.no_grad()
+def input_grams(
+    model: nn.Module, layers: Mapping[str, nn.Linear], calibration: Iterable[torch.Tensor] | None
+) -> dict[str, tuple[int, torch.Tensor, torch.Tensor]]:
+    """(tokens, Σ x, Σ x xᵀ) of each layer's inputs over every calibration token (summed over ranks under
+    torchrun): what a least-squares fit on those inputs needs. in_features² per layer: give it a few layers."""
+    if calibration is None:
+        raise ValueError("this pruner needs calibration images")
+    grams = {name: [torch.zeros(1, dtype=torch.float64), torch.zeros(layer.in_features, dtype=torch.float64),
+                    torch.zeros(layer.in_features, layer.in_features, dtype=torch.float64)]
+             for name, layer in layers.items()}
+
+    def accumulate(name: str):
+        def hook(_module, inputs, _output):
+            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).double()
+            grams[name][0] += x.shape[0]
+            grams[name][1] += x.sum(0).cpu()
+            grams[name][2] += (x.T @ x).cpu()
+        return hook
+
+    handles = [layer.register_forward_hook(accumulate(name)) for name, layer in layers.items()]
+    try:
+        for images in calibration:
+            model(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: (int(distributed.all_reduce_sum(tokens).item()), distributed.all_reduce_sum(sums),
+                   distributed.all_reduce_sum(gram)) for name, (tokens, sums, gram) in grams.items()}
+
+
 def input_norms(
     model: nn.Module, layers: Mapping[str, nn.Linear], calibration: Iterable[torch.Tensor] | None
 ) -> dict[str, torch.Tensor]:

@@ -3,8 +3,10 @@
 A unit's score sums a per-weight score over the weights it owns (its rows of qkv/fc1, its
 columns of proj/fc2; the family says which): `magnitude` ‖W‖₂ of those weights, `activation`
 Σ|W_ij|·‖X_j‖₂ (Wanda's score, summed over the unit), `fluctuation` FLAP's Σ_j Var(X_j)·‖W_:,j‖²
-over the unit's output-projection columns (An et al., AAAI 2024). `compensate` adds the removed
-units' mean contribution to the output projection's bias, as FLAP does.
+over the unit's output-projection columns (An et al., AAAI 2024). `compensate=mean` (or `true`) adds
+the removed units' mean contribution to the output projection's bias, as FLAP does;
+`compensate=least_squares` folds it into the kept columns and the bias by the least-squares fit of the
+removed inputs on the kept ones over the calibration tokens (closed form, no gradient step).
 """
 
 from dataclasses import dataclass
@@ -16,7 +18,7 @@ from torch import nn
 from starfish_cli.runtime.errors import StarfishError
 from starfish_cli.models import structure_of
 from starfish_cli.models.base import Units
-from starfish_cli.pruning.base import Pruner, input_moments
+from starfish_cli.pruning.base import Pruner, input_grams, input_moments
 from starfish_cli.pruning.masks import check_sparsity
 from starfish_cli.pruning.registry import PRUNERS
 from starfish_cli.runtime.progress import progress_bar
@@ -91,6 +93,29 @@ def mean_contribution(weight: torch.Tensor, mean: torch.Tensor, columns: torch.T
     return weight[:, columns].double() @ mean[columns].double()
 
 
+def least_squares_fold(weight: torch.Tensor, gram: torch.Tensor, sums: torch.Tensor, tokens: int,
+                       removed: torch.Tensor, with_bias: bool,
+                       damping: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+    """What to add to the kept columns (out × kept) and to the bias (out) of y = W x + b so that, without the
+    `removed` input columns, it stays closest to y over the calibration tokens: x_removed ≈ A·z by least
+    squares, z = (x_kept, 1) (without the 1 where the layer has no bias), then W_removed·A folds into the rest.
+    `gram` = Σ x xᵀ, `sums` = Σ x over `tokens` tokens; `damping` × the mean diagonal regularizes the fit."""
+    removed = removed.reshape(-1)
+    kept = torch.ones(gram.shape[0], dtype=torch.bool)
+    kept[removed] = False
+    second, mean = gram.double() / tokens, sums.double() / tokens
+    inputs = second[kept][:, kept]  # E[z zᵀ], then E[x_removed zᵀ]
+    cross = second[removed][:, kept]
+    if with_bias:
+        inputs = torch.cat([torch.cat([inputs, mean[kept, None]], 1),
+                            torch.cat([mean[kept], mean.new_ones(1)])[None]], 0)
+        cross = torch.cat([cross, mean[removed, None]], 1)
+    inputs = inputs + damping * inputs.diagonal().mean() * torch.eye(len(inputs), dtype=inputs.dtype)
+    fit = torch.linalg.solve(inputs, cross.T).T  # A: removed × (kept [+ 1])
+    folded = weight[:, removed].double() @ fit
+    return (folded[:, :-1], folded[:, -1]) if with_bias else (folded, folded.new_zeros(weight.shape[0]))
+
+
 @PRUNERS.register("structured")
 @dataclass(eq=False)
 class StructuredPruner(Pruner):
@@ -103,15 +128,16 @@ class StructuredPruner(Pruner):
     mlp: float = 0.5
     criterion: Literal["magnitude", "activation", "fluctuation"] = "fluctuation"
     scope: Literal["block", "global"] = "block"
-    compensate: bool = False
+    compensate: Literal[False, True, "none", "mean", "least_squares"] = False  # true: mean (FLAP's)
 
     def check(self):
         self.heads = check_sparsity(self.heads, "pruner.heads", "attention heads")
         self.mlp = check_sparsity(self.mlp, "pruner.mlp", "MLP neurons")
+        self.compensate = {False: "none", True: "mean"}.get(self.compensate, self.compensate)
 
     @property
     def needs_calibration(self) -> bool:
-        return self.criterion != "magnitude" or self.compensate
+        return self.criterion != "magnitude" or self.compensate != "none"
 
     def describe(self):
         return super().describe() | {"pattern": "heads+neurons"}
@@ -121,6 +147,11 @@ class StructuredPruner(Pruner):
         structure = structure_of(model)
         layers = structure.prunable_layers()
         moments = input_moments(model, layers, calibration) if self.needs_calibration else {}
+        grams = {}
+        if self.compensate == "least_squares":  # the output projections' inputs, from the dense model
+            folded = {layer for index in range(len(structure.blocks))
+                      for units in structure.units(index).values() for layer in units.columns}
+            grams = input_grams(model, {name: layers[name] for name in sorted(folded)}, calibration)
         units = [structure.units(index) for index in range(len(structure.blocks))]
         block_scores: dict[str, list[torch.Tensor]] = {kind: [] for kind in KINDS}
         with progress_bar(f"pruning ({self.registered_name})", len(units)) as advance:
@@ -135,20 +166,29 @@ class StructuredPruner(Pruner):
         removed = {kind: choose(block_scores[kind], fractions[kind], f"pruner.{option}={fractions[kind]}", words)
                    for kind, (option, words) in KINDS.items()}
         for index, block in enumerate(units):
-            if self.compensate:
-                self._compensate(layers, moments, block, {kind: removed[kind][index] for kind in KINDS})
+            if self.compensate != "none":
+                self._compensate(layers, moments, grams, block, {kind: removed[kind][index] for kind in KINDS})
             structure.remove_units(index, heads=removed["heads"][index], neurons=removed["neurons"][index])
         return {}
 
-    @staticmethod
-    def _compensate(layers, moments, block: dict[str, Units], removed: dict[str, list[int]]) -> None:
+    def _compensate(self, layers, moments, grams, block: dict[str, Units], removed: dict[str, list[int]]) -> None:
         for kind, units in block.items():
-            for layer, columns in units.columns.items():
+            for name, columns in units.columns.items():
                 if not removed[kind]:
                     continue
-                if layers[layer].bias is None:
-                    raise StarfishError(f"pruner.compensate=true adds to the bias of {layer}, which has none: "
-                                        "use pruner.compensate=false")
-                tokens, sums, _ = moments[layer]
-                added = mean_contribution(layers[layer].weight, sums / tokens, columns[removed[kind]])
-                layers[layer].bias.add_(added.to(layers[layer].bias.dtype))
+                layer, gone = layers[name], columns[removed[kind]]
+                if self.compensate == "least_squares":
+                    kept = torch.ones(layer.in_features, dtype=torch.bool)
+                    kept[gone.reshape(-1)] = False
+                    tokens, sums, gram = grams[name]
+                    to_kept, to_bias = least_squares_fold(layer.weight, gram, sums, tokens, gone,
+                                                          with_bias=layer.bias is not None)
+                    layer.weight[:, kept] += to_kept.to(layer.weight.dtype)
+                    if layer.bias is not None:
+                        layer.bias.add_(to_bias.to(layer.bias.dtype))
+                    continue
+                if layer.bias is None:
+                    raise StarfishError(f"pruner.compensate=mean adds to the bias of {name}, which has none: "
+                                        "use pruner.compensate=least_squares or none")
+                tokens, sums, _ = moments[name]
+                layer.bias.add_(mean_contribution(layer.weight, sums / tokens, gone).to(layer.bias.dtype))
