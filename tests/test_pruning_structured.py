@@ -110,24 +110,26 @@ def test_global_ranking_compares_standardized_blocks_and_keeps_one_unit_per_bloc
         lowest_overall(scores, 0.9, "pruner.heads=0.9", "heads")
 
 
+def first_attention_outputs(model, batches) -> torch.Tensor:
+    """Block 0's attention output for every token of `batches` (tokens × 128, float64)."""
+    outputs = []
+    handle = model.blocks[0].attn.register_forward_hook(lambda _m, _i, out: outputs.append(out.reshape(-1, 128)))
+    with torch.no_grad():
+        for batch in batches:
+            model(batch)
+    handle.remove()
+    return torch.cat(outputs).double()
+
+
 def test_compensation_keeps_the_mean_output_of_the_first_attention(reference_model, calibration_batches):
     """FLAP's bias compensation: on the calibration images, block 0's attention output keeps its mean
     (its inputs are the dense model's), which it does not without compensation."""
-    def mean_attention_output(model):
-        outputs = []
-        handle = model.blocks[0].attn.register_forward_hook(lambda _m, _i, out: outputs.append(out.reshape(-1, 128)))
-        with torch.no_grad():
-            for batch in calibration_batches:
-                model(batch)
-        handle.remove()
-        return torch.cat(outputs).double().mean(0)
-
-    dense = mean_attention_output(reference_model)
+    dense = first_attention_outputs(reference_model, calibration_batches).mean(0)
     shifts = {}
     for compensate in (False, True):
         model = copy.deepcopy(reference_model)
         PRUNERS.build({"name": "structured", "compensate": compensate}).prune(model, calibration_batches)
-        shifts[compensate] = (mean_attention_output(model) - dense).abs().max().item()
+        shifts[compensate] = (first_attention_outputs(model, calibration_batches).mean(0) - dense).abs().max().item()
     assert shifts[True] < 1e-4 < shifts[False]
 
 
@@ -203,19 +205,10 @@ def test_least_squares_folds_removed_inputs_that_the_kept_ones_predict_exactly(w
 def test_least_squares_compensation_keeps_block_outputs_closest(reference_model, calibration_batches):
     """On the calibration images, block 0's attention output of the pruned model is nearer the dense one with
     the least-squares fold than with FLAP's mean, and with the mean than with nothing."""
-    def attention_outputs(model):
-        outputs = []
-        handle = model.blocks[0].attn.register_forward_hook(lambda _m, _i, out: outputs.append(out.reshape(-1, 128)))
-        with torch.no_grad():
-            for batch in calibration_batches:
-                model(batch)
-        handle.remove()
-        return torch.cat(outputs).double()
-
-    dense = attention_outputs(reference_model)
+    dense = first_attention_outputs(reference_model, calibration_batches)
     errors = {}
     for compensate in ("none", "mean", "least_squares"):
         model = copy.deepcopy(reference_model)
         PRUNERS.build({"name": "structured", "compensate": compensate}).prune(model, calibration_batches)
-        errors[compensate] = (attention_outputs(model) - dense).pow(2).mean().item()
+        errors[compensate] = (first_attention_outputs(model, calibration_batches) - dense).pow(2).mean().item()
     assert errors["least_squares"] < errors["mean"] < errors["none"]

@@ -1,7 +1,7 @@
 """What every pruner shares: the interface a stage calls, and for weight-level pruners the sparsity,
 pattern and mask selection; the calibration statistics (input moments and norms)."""
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -130,66 +130,56 @@ def report_unseen(names: list[str]) -> None:
 
 
 @torch.no_grad()
+def input_statistics(
+    model: nn.Module, layers: Mapping[str, nn.Linear], calibration: Iterable[torch.Tensor] | None,
+    statistics: Callable[[torch.Tensor], list[torch.Tensor]],
+) -> dict[str, list[torch.Tensor]]:
+    """`statistics` (of a (tokens × in_features) float64 batch of a layer's inputs) summed over every token of
+    every calibration item, and over ranks under torchrun (the one-process statistics); zeros for a layer
+    that saw no token."""
+    if calibration is None:
+        raise ValueError("this pruner needs calibration images")
+    totals = {name: statistics(torch.zeros(0, layer.in_features, dtype=torch.float64)) for name, layer in layers.items()}
+
+    def accumulate(name: str):
+        def hook(_module, inputs, _output):
+            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).double()
+            totals[name] = [total + value.cpu() for total, value in zip(totals[name], statistics(x))]
+        return hook
+
+    handles = [layer.register_forward_hook(accumulate(name)) for name, layer in layers.items()]
+    try:
+        for images in calibration:
+            model(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    for name, values in totals.items():  # one collective per layer
+        flat = distributed.all_reduce_sum(torch.cat([value.reshape(-1) for value in values]))
+        totals[name] = [part.reshape(value.shape) for part, value in
+                        zip(flat.split([value.numel() for value in values]), values)]
+    return totals
+
+
 def input_moments(
     model: nn.Module, layers: Mapping[str, nn.Linear], calibration: Iterable[torch.Tensor] | None
 ) -> dict[str, tuple[int, torch.Tensor, torch.Tensor]]:
-    """(tokens, Σ x_j, Σ x_j²) per input feature j of each layer, over every token of every calibration image —
-    of every rank's share of them under torchrun (summed over ranks: the one-process statistics)."""
-    if calibration is None:
-        raise ValueError("this pruner needs calibration images")
-    moments = {name: [0, torch.zeros(layer.in_features, dtype=torch.float64),
-                      torch.zeros(layer.in_features, dtype=torch.float64)] for name, layer in layers.items()}
-
-    def accumulate(name: str):
-        def hook(_module, inputs, _output):
-            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).double()
-            moments[name][0] += x.shape[0]
-            moments[name][1] += x.sum(0).cpu()
-            moments[name][2] += (x * x).sum(0).cpu()
-        return hook
-
-    handles = [layer.register_forward_hook(accumulate(name)) for name, layer in layers.items()]
-    try:
-        for images in calibration:
-            model(images)
-    finally:
-        for handle in handles:
-            handle.remove()
-    for name, (tokens, sums, squares) in moments.items():
-        total = distributed.all_reduce_sum(torch.cat([torch.tensor([float(tokens)], dtype=torch.float64), sums, squares]))
-        moments[name] = [int(total[0]), total[1:1 + len(sums)], total[1 + len(sums):]]
-    return {name: tuple(value) for name, value in moments.items()}
+    """(tokens, Σ x_j, Σ x_j²) per input feature j of each layer, over every token of every calibration image."""
+    def moments(x):
+        return [torch.tensor([float(x.shape[0])], dtype=torch.float64), x.sum(0), (x * x).sum(0)]
+    return {name: (int(tokens.item()), sums, squares)
+            for name, (tokens, sums, squares) in input_statistics(model, layers, calibration, moments).items()}
 
 
-@torch.no_grad()
 def input_grams(
     model: nn.Module, layers: Mapping[str, nn.Linear], calibration: Iterable[torch.Tensor] | None
 ) -> dict[str, tuple[int, torch.Tensor, torch.Tensor]]:
-    """(tokens, Σ x, Σ x xᵀ) of each layer's inputs over every calibration token (summed over ranks under
-    torchrun): what a least-squares fit on those inputs needs. in_features² per layer: give it a few layers."""
-    if calibration is None:
-        raise ValueError("this pruner needs calibration images")
-    grams = {name: [torch.zeros(1, dtype=torch.float64), torch.zeros(layer.in_features, dtype=torch.float64),
-                    torch.zeros(layer.in_features, layer.in_features, dtype=torch.float64)]
-             for name, layer in layers.items()}
-
-    def accumulate(name: str):
-        def hook(_module, inputs, _output):
-            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).double()
-            grams[name][0] += x.shape[0]
-            grams[name][1] += x.sum(0).cpu()
-            grams[name][2] += (x.T @ x).cpu()
-        return hook
-
-    handles = [layer.register_forward_hook(accumulate(name)) for name, layer in layers.items()]
-    try:
-        for images in calibration:
-            model(images)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return {name: (int(distributed.all_reduce_sum(tokens).item()), distributed.all_reduce_sum(sums),
-                   distributed.all_reduce_sum(gram)) for name, (tokens, sums, gram) in grams.items()}
+    """(tokens, Σ x, Σ x xᵀ) of each layer's inputs over every calibration token: what a least-squares fit on
+    those inputs needs. in_features² per layer: give it a few layers."""
+    def grams(x):
+        return [torch.tensor([float(x.shape[0])], dtype=torch.float64), x.sum(0), x.T @ x]
+    return {name: (int(tokens.item()), sums, gram)
+            for name, (tokens, sums, gram) in input_statistics(model, layers, calibration, grams).items()}
 
 
 def input_norms(
