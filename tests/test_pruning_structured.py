@@ -194,8 +194,8 @@ def test_least_squares_folds_removed_inputs_that_the_kept_ones_predict_exactly(w
     removed_inputs = kept_inputs @ mixing + (offset if with_bias else 0)
     x = torch.cat([kept_inputs[:, :4], removed_inputs, kept_inputs[:, 4:]], 1)  # removed: columns 4, 5, 6
     weight, bias = torch.randn(5, 9, dtype=torch.float64, generator=generator), torch.randn(5, dtype=torch.float64)
-    removed = torch.tensor([4, 5, 6])
-    to_kept, to_bias = least_squares_fold(weight, x.T @ x, x.sum(0), len(x), removed, with_bias, damping=0.0)
+    kept_mask = torch.tensor([True] * 4 + [False] * 3 + [True] * 2)
+    to_kept, to_bias = least_squares_fold(weight, x.T @ x, x.sum(0), len(x), kept_mask, with_bias, damping=0.0)
     kept = torch.tensor([0, 1, 2, 3, 7, 8])
     folded = x[:, kept] @ (weight[:, kept] + to_kept).T + bias + to_bias
     assert torch.allclose(folded, x @ weight.T + bias, atol=1e-8)

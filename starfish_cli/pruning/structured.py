@@ -94,15 +94,14 @@ def mean_contribution(weight: torch.Tensor, mean: torch.Tensor, columns: torch.T
 
 
 def least_squares_fold(weight: torch.Tensor, gram: torch.Tensor, sums: torch.Tensor, tokens: int,
-                       removed: torch.Tensor, with_bias: bool,
+                       kept: torch.Tensor, with_bias: bool,
                        damping: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
     """What to add to the kept columns (out × kept) and to the bias (out) of y = W x + b so that, without the
-    `removed` input columns, it stays closest to y over the calibration tokens: x_removed ≈ A·z by least
-    squares, z = (x_kept, 1) (without the 1 where the layer has no bias), then W_removed·A folds into the rest.
-    `gram` = Σ x xᵀ, `sums` = Σ x over `tokens` tokens; `damping` × the mean diagonal regularizes the fit."""
-    removed = removed.reshape(-1)
-    kept = torch.ones(gram.shape[0], dtype=torch.bool)
-    kept[removed] = False
+    input columns outside `kept` (a boolean mask), it stays closest to y over the calibration tokens: x_removed ≈
+    A·z by least squares, z = (x_kept, 1) (without the 1 where the layer has no bias), then W_removed·A folds
+    into the rest. `gram` = Σ x xᵀ, `sums` = Σ x over `tokens` tokens; `damping` × the mean diagonal
+    regularizes the fit."""
+    removed = ~kept
     second, mean = gram.double() / tokens, sums.double() / tokens
     inputs = second[kept][:, kept]  # E[z zᵀ], then E[x_removed zᵀ]
     cross = second[removed][:, kept]
@@ -146,13 +145,13 @@ class StructuredPruner(Pruner):
     def prune(self, model: nn.Module, calibration=None) -> dict[str, torch.Tensor]:
         structure = structure_of(model)
         layers = structure.prunable_layers()
-        moments = input_moments(model, layers, calibration) if self.needs_calibration else {}
+        units = [structure.units(index) for index in range(len(structure.blocks))]
+        needs_moments = self.criterion != "magnitude" or self.compensate == "mean"
+        moments = input_moments(model, layers, calibration) if needs_moments else {}
         grams = {}
         if self.compensate == "least_squares":  # the output projections' inputs, from the dense model
-            folded = {layer for index in range(len(structure.blocks))
-                      for units in structure.units(index).values() for layer in units.columns}
-            grams = input_grams(model, {name: layers[name] for name in sorted(folded)}, calibration)
-        units = [structure.units(index) for index in range(len(structure.blocks))]
+            folded = sorted({name for block in units for kind in block.values() for name in kind.columns})
+            grams = input_grams(model, {name: layers[name] for name in folded}, calibration)
         block_scores: dict[str, list[torch.Tensor]] = {kind: [] for kind in KINDS}
         with progress_bar(f"pruning ({self.registered_name})", len(units)) as advance:
             for index, block in enumerate(units):  # block by block: one block's weight scores in memory at a time
@@ -181,7 +180,7 @@ class StructuredPruner(Pruner):
                     kept = torch.ones(layer.in_features, dtype=torch.bool)
                     kept[gone.reshape(-1)] = False
                     tokens, sums, gram = grams[name]
-                    to_kept, to_bias = least_squares_fold(layer.weight, gram, sums, tokens, gone,
+                    to_kept, to_bias = least_squares_fold(layer.weight, gram, sums, tokens, kept,
                                                           with_bias=layer.bias is not None)
                     layer.weight[:, kept] += to_kept.to(layer.weight.dtype)
                     if layer.bias is not None:
