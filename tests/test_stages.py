@@ -23,8 +23,7 @@ def results(report):
 
 def test_prune_once_heal_with_two_healers_and_eval_each(tmp_path):
     run_cli("prune", *PRUNING, cwd=tmp_path)
-    for healer in ("kd", "starfish"):
-        run_cli("heal", *PRUNING, f"healer={healer}", *HEALING, cwd=tmp_path)
+    run_cli("heal", "-m", *PRUNING, "healer=kd,starfish", *HEALING, cwd=tmp_path)  # both from the one checkpoint
     run_cli("eval", *PRUNING, "healer=kd", *HEALING, cwd=tmp_path)
     pruning = tmp_path / "outputs/default/vit_fmnist/wanda-0.6+calib.count=32/seed0"
     assert {p.name for p in pruning.glob("*.safetensors")} == {"pruned.safetensors"}
