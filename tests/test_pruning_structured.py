@@ -15,8 +15,8 @@ from starfish_cli.models.base import Units
 from starfish_cli.healing import HEALERS
 from starfish_cli.pruning import PRUNERS
 from starfish_cli.pruning.masks import measure_sparsity
-from starfish_cli.pruning.structured import (least_squares_fold, lowest_overall, lowest_per_block, unit_scores,
-                                             weight_scores)
+from starfish_cli.pruning.structured import (least_squares_fold, lowest_overall, lowest_per_block, removal_order,
+                                             unit_scores, weight_scores)
 
 REMOVED = {0: ([1, 3], [0, 7, 100]), 2: ([0], []), 5: ([0, 1, 2], list(range(500)))}  # block: (heads, neurons)
 
@@ -110,10 +110,11 @@ def test_global_ranking_compares_standardized_blocks_and_keeps_one_unit_per_bloc
         lowest_overall(scores, 0.9, "pruner.heads=0.9", "heads")
 
 
-def first_attention_outputs(model, batches) -> torch.Tensor:
-    """Block 0's attention output for every token of `batches` (tokens × 128, float64)."""
+def first_block_branch_outputs(model, batches, branch: str = "attn") -> torch.Tensor:
+    """Block 0's attention (or `mlp`) output for every token of `batches` (tokens × 128, float64)."""
     outputs = []
-    handle = model.blocks[0].attn.register_forward_hook(lambda _m, _i, out: outputs.append(out.reshape(-1, 128)))
+    module = getattr(model.blocks[0], branch)
+    handle = module.register_forward_hook(lambda _m, _i, out: outputs.append(out.reshape(-1, 128)))
     with torch.no_grad():
         for batch in batches:
             model(batch)
@@ -124,19 +125,20 @@ def first_attention_outputs(model, batches) -> torch.Tensor:
 def test_compensation_keeps_the_mean_output_of_the_first_attention(reference_model, calibration_batches):
     """FLAP's bias compensation: on the calibration images, block 0's attention output keeps its mean
     (its inputs are the dense model's), which it does not without compensation."""
-    dense = first_attention_outputs(reference_model, calibration_batches).mean(0)
+    dense = first_block_branch_outputs(reference_model, calibration_batches).mean(0)
     shifts = {}
     for compensate in (False, True):
         model = copy.deepcopy(reference_model)
         PRUNERS.build({"name": "structured", "compensate": compensate}).prune(model, calibration_batches)
-        shifts[compensate] = (first_attention_outputs(model, calibration_batches).mean(0) - dense).abs().max().item()
+        shifts[compensate] = (first_block_branch_outputs(model, calibration_batches).mean(0) - dense).abs().max().item()
     assert shifts[True] < 1e-4 < shifts[False]
 
 
 @pytest.mark.parametrize("options,message", [({"heads": 1.0}, "pruner.heads=1.0 is outside"),
                                              ({"mlp": -0.1}, "pruner.mlp=-0.1 is outside"),
                                              ({"criterion": "taylor"}, "pruner.criterion='taylor'"),
-                                             ({"scope": "layer"}, "pruner.scope='layer'")])
+                                             ({"scope": "layer"}, "pruner.scope='layer'"),
+                                             ({"criterion": "output", "scope": "global"}, "use pruner.scope=block")])
 def test_bad_options_are_one_line(options, message):
     with pytest.raises(StarfishError, match=message.replace("(", r"\(")):
         PRUNERS.build({"name": "structured", **options})
@@ -206,10 +208,39 @@ def test_least_squares_folds_removed_inputs_that_the_kept_ones_predict_exactly(w
 def test_least_squares_compensation_keeps_block_outputs_closest(reference_model, calibration_batches):
     """On the calibration images, block 0's attention output of the pruned model is nearer the dense one with
     the least-squares fold than with FLAP's mean, and with the mean than with nothing."""
-    dense = first_attention_outputs(reference_model, calibration_batches)
+    dense = first_block_branch_outputs(reference_model, calibration_batches)
     errors = {}
     for compensate in ("none", "mean", "least_squares"):
         model = copy.deepcopy(reference_model)
         PRUNERS.build({"name": "structured", "compensate": compensate}).prune(model, calibration_batches)
-        errors[compensate] = (first_attention_outputs(model, calibration_batches) - dense).pow(2).mean().item()
+        errors[compensate] = (first_block_branch_outputs(model, calibration_batches) - dense).pow(2).mean().item()
     assert errors["least_squares"] < errors["mean"] < errors["none"]
+
+
+def test_output_order_removes_first_what_the_other_units_can_replace():
+    """Three single-column units: 2 copies 0's input with the larger weight, 1 is independent with the smallest.
+    By weight alone 1 goes first; by the output after compensation 0 does (2 takes its place exactly), then
+    1, whose input nothing else carries. Two-column units (heads) order the same way."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2000, 3, dtype=torch.float64, generator=generator)
+    x[:, 2] = x[:, 0]
+    weight = torch.tensor([[1.0, 0.1, 3.0], [0.5, 0.2, 2.0]], dtype=torch.float64)
+    assert removal_order(weight, x.T @ x, len(x), torch.arange(3)[:, None]).tolist() == [0.0, 1.0, 2.0]
+    assert weight_scores("magnitude", weight, None).sum(0).argmin() == 1
+    pairs = torch.cat([x, x * 0.5], 1)  # unit u owns columns u and u + 3
+    wide = torch.cat([weight, weight], 1)
+    assert removal_order(wide, pairs.T @ pairs, len(x), torch.tensor([[0, 3], [1, 4], [2, 5]])).tolist() \
+        == [0.0, 1.0, 2.0]
+
+
+def test_output_criterion_keeps_block_outputs_closer_than_fluctuation(reference_model, calibration_batches):
+    """With the same least-squares compensation, choosing neurons by the output leaves block 0's MLP output
+    nearer the dense one on the calibration images than FLAP's fluctuation does (both keep the same heads)."""
+    dense = first_block_branch_outputs(reference_model, calibration_batches, "mlp")
+    errors = {}
+    for criterion in ("fluctuation", "output"):
+        model = copy.deepcopy(reference_model)
+        PRUNERS.build({"name": "structured", "criterion": criterion, "compensate": "least_squares"}).prune(
+            model, calibration_batches)
+        errors[criterion] = (first_block_branch_outputs(model, calibration_batches, "mlp") - dense).pow(2).mean().item()
+    assert errors["output"] < errors["fluctuation"]

@@ -3,7 +3,10 @@
 A unit's score sums a per-weight score over the weights it owns (its rows of qkv/fc1, its
 columns of proj/fc2; the family says which): `magnitude` ‖W‖₂ of those weights, `activation`
 Σ|W_ij|·‖X_j‖₂ (Wanda's score, summed over the unit), `fluctuation` FLAP's Σ_j Var(X_j)·‖W_:,j‖²
-over the unit's output-projection columns (An et al., AAAI 2024). `compensate=mean` (or `true`) adds
+over the unit's output-projection columns (An et al., AAAI 2024), `output` the order in which a greedy
+removal that keeps the block's branch output closest to the dense one takes the units (structured OBS on
+the output projection's inputs: at each step the unit whose loss, after the least-squares update of the
+rest, changes the output least over the calibration tokens). `compensate=mean` (or `true`) adds
 the removed units' mean contribution to the output projection's bias, as FLAP does;
 `compensate=least_squares` folds it into the kept columns and the bias by the least-squares fit of the
 removed inputs on the kept ones over the calibration tokens (closed form, no gradient step).
@@ -87,6 +90,36 @@ def lowest_overall(scores: list[torch.Tensor], fraction: float, setting: str, un
     return [sorted(units) for units in removed]
 
 
+def removal_order(weight: torch.Tensor, gram: torch.Tensor, tokens: int, columns: torch.Tensor,
+                  damping: float = 0.01) -> torch.Tensor:
+    """Greedy output-aware order of the units whose input columns of y = W x are `columns` (units × columns
+    per unit): each step removes the unit that raises Σ‖Δy‖² least over the calibration tokens once the
+    others take over what they can (the OBS update W ← W − W_C S⁻¹ H⁻¹_C,: with S = H⁻¹_CC, H = E[x xᵀ]
+    damped); the error of unit C is tr(W_C S⁻¹ W_Cᵀ). Returns each unit's step (0 goes first), so the
+    lowest k are the greedy choice of k for every k."""
+    hessian = gram.double() / tokens
+    hessian = hessian + damping * hessian.diagonal().mean() * torch.eye(len(hessian), dtype=hessian.dtype)
+    inverse = torch.cholesky_inverse(torch.linalg.cholesky(hessian))
+    weight = weight.double().clone()
+    order = torch.empty(len(columns), dtype=torch.float64)
+    left = torch.ones(len(columns), dtype=torch.bool)
+    for step in range(len(columns)):
+        blocks = inverse[columns[:, :, None], columns[:, None, :]]  # units × k × k
+        taken = weight[:, columns].permute(1, 2, 0)  # units × k × out
+        solved = torch.linalg.solve(blocks[left], taken[left])
+        error = torch.full((len(columns),), float("inf"), dtype=torch.float64)
+        error[left] = (taken[left] * solved).sum(dim=(1, 2))
+        unit = int(torch.argmin(error))  # ties: the earlier unit
+        order[unit], left[unit] = step, False
+        if not left.any():
+            break
+        chosen = columns[unit]
+        update = torch.linalg.solve(inverse[chosen][:, chosen], inverse[chosen])  # S⁻¹ H⁻¹_C,:
+        weight -= weight[:, chosen] @ update
+        inverse -= inverse[:, chosen] @ update
+    return order
+
+
 def mean_contribution(weight: torch.Tensor, mean: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
     """W[:, columns] · mean(x)[columns]: what the removed input columns add to the output on average."""
     columns = columns.reshape(-1)
@@ -125,7 +158,7 @@ class StructuredPruner(Pruner):
 
     heads: float = 0.5
     mlp: float = 0.5
-    criterion: Literal["magnitude", "activation", "fluctuation"] = "fluctuation"
+    criterion: Literal["magnitude", "activation", "fluctuation", "output"] = "fluctuation"
     scope: Literal["block", "global"] = "block"
     compensate: Literal[False, True, "none", "mean", "least_squares"] = False  # true: mean (FLAP's)
 
@@ -133,6 +166,9 @@ class StructuredPruner(Pruner):
         self.heads = check_sparsity(self.heads, "pruner.heads", "attention heads")
         self.mlp = check_sparsity(self.mlp, "pruner.mlp", "MLP neurons")
         self.compensate = {False: "none", True: "mean"}.get(self.compensate, self.compensate)
+        if self.criterion == "output" and self.scope != "block":
+            raise StarfishError("pruner.criterion=output orders the units within each block, not across blocks: "
+                                "use pruner.scope=block with it")
 
     @property
     def needs_calibration(self) -> bool:
@@ -146,19 +182,18 @@ class StructuredPruner(Pruner):
         structure = structure_of(model)
         layers = structure.prunable_layers()
         units = [structure.units(index) for index in range(len(structure.blocks))]
-        needs_moments = self.criterion != "magnitude" or self.compensate == "mean"
+        needs_moments = self.criterion in ("activation", "fluctuation") or self.compensate == "mean"
         moments = input_moments(model, layers, calibration) if needs_moments else {}
         grams = {}
-        if self.compensate == "least_squares":  # the output projections' inputs, from the dense model
+        if self.compensate == "least_squares" or self.criterion == "output":  # the output projections' inputs
             folded = sorted({name for block in units for kind in block.values() for name in kind.columns})
             grams = input_grams(model, {name: layers[name] for name in folded}, calibration)
         block_scores: dict[str, list[torch.Tensor]] = {kind: [] for kind in KINDS}
         with progress_bar(f"pruning ({self.registered_name})", len(units)) as advance:
             for index, block in enumerate(units):  # block by block: one block's weight scores in memory at a time
-                scores = {name: weight_scores(self.criterion, layer.weight, moments.get(name))
-                          for name, layer in structure.block_layers(index).items()}
                 for kind in KINDS:
-                    block_scores[kind].append(unit_scores(block[kind], scores, rows=self.criterion != "fluctuation"))
+                    block_scores[kind].append(self._unit_scores(structure.block_layers(index), moments, grams,
+                                                                block[kind]))
                 advance()
         choose = lowest_per_block if self.scope == "block" else lowest_overall
         fractions = {"heads": self.heads, "neurons": self.mlp}
@@ -169,6 +204,16 @@ class StructuredPruner(Pruner):
                 self._compensate(layers, moments, grams, block, {kind: removed[kind][index] for kind in KINDS})
             structure.remove_units(index, heads=removed["heads"][index], neurons=removed["neurons"][index])
         return {}
+
+    def _unit_scores(self, layers: dict[str, nn.Linear], moments, grams, units: Units) -> torch.Tensor:
+        """One score per unit of a block: the lowest go."""
+        if self.criterion == "output":  # the order of a greedy removal on the output projection (one per unit kind)
+            (name, columns), = units.columns.items()
+            tokens, _, gram = grams[name]
+            return removal_order(layers[name].weight, gram, tokens, columns)
+        scores = {name: weight_scores(self.criterion, layers[name].weight, moments.get(name))
+                  for name in {*units.rows, *units.columns}}
+        return unit_scores(units, scores, rows=self.criterion != "fluctuation")
 
     def _compensate(self, layers, moments, grams, block: dict[str, Units], removed: dict[str, list[int]]) -> None:
         for kind, units in block.items():
