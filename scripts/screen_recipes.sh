@@ -3,7 +3,7 @@
 # 2,000 test images (dense 89.30% there), 240 unlabeled calibration images. Budgets are the reference
 # recipe's (STARFISH, batch 32, lr 6e-4) 10- or 30-epoch wall times; a step on 8 images costs about
 # 1.35× per image what one on 32 does on this CPU, so batch 8 gets 7 and 20 epochs.
-#   structured heads = MLP = 50%: batch × learning rate, then the levers one at a time
+#   structured heads = MLP = 50%: batch × learning rate, then the levers one at a time, then on the fit
 #   2:4: the reference recipe, longer, at higher learning rates, and extreme_90's healer
 #   95% unstructured: extreme_90's healer with a higher learning rate, logit KD, reshuffling, branch states
 #   75% unstructured and structured at the 10-epoch time: batch 8 against the reference
@@ -26,6 +26,10 @@ best=("${structured[@]}" healer.batch_size=32 healer.lr=1.2e-3)
 "$starfish" run -m "${best[@]}" healer.epochs=30 healer.loss=mse "$@"
 "$starfish" run -m "${best[@]}" healer.epochs=30 pruner.scope=global "$@"
 "$starfish" run -m "${best[@]}" healer.epochs=30 pruner.compensate=least_squares pruner.criterion=fluctuation,output "$@"
+least_squares=("${best[@]}" healer.epochs=30 pruner.compensate=least_squares)  # then on top of the fit
+"$starfish" run -m "${least_squares[@]}" 'healer.states=[blocks,attn,mlp]' "$@"
+"$starfish" run -m "${least_squares[@]}" healer.reshuffle=true "$@"
+"$starfish" run -m "${structured[@]}" pruner.compensate=least_squares healer.batch_size=8 healer.epochs=20 healer.lr=1.2e-3,2.4e-3 "$@"
 
 "$starfish" run -m "${common[@]}" healer=starfish pruner=wanda,magnitude pruner.pattern=2:4 healer.epochs=10,30 "$@"
 "$starfish" run -m "${common[@]}" healer=starfish pruner=wanda,magnitude pruner.pattern=2:4 healer.epochs=30 healer.lr=1.2e-3,2.4e-3 "$@"
