@@ -29,7 +29,7 @@ best=("${structured[@]}" healer.batch_size=32 healer.lr=1.2e-3)
 least_squares=("${best[@]}" healer.epochs=30 pruner.compensate=least_squares)  # then on top of the fit
 "$starfish" run -m "${least_squares[@]}" 'healer.states=[blocks,attn,mlp]' "$@"
 "$starfish" run -m "${least_squares[@]}" healer.reshuffle=true "$@"
-"$starfish" run -m "${structured[@]}" pruner.compensate=least_squares healer.batch_size=8 healer.epochs=20 healer.lr=1.2e-3,2.4e-3 "$@"
+"$starfish" run -m "${structured[@]}" pruner.compensate=least_squares healer.batch_size=8 healer.epochs=20 healer.lr=1.2e-3,2.4e-3,4.8e-3 "$@"
 
 "$starfish" run -m "${common[@]}" healer=starfish pruner=wanda,magnitude pruner.pattern=2:4 healer.epochs=10,30 "$@"
 "$starfish" run -m "${common[@]}" healer=starfish pruner=wanda,magnitude pruner.pattern=2:4 healer.epochs=30 healer.lr=1.2e-3,2.4e-3 "$@"
