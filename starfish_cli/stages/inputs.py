@@ -118,6 +118,9 @@ def make_context(cfg: DictConfig, folders: RunFolders, steps: tuple[str, ...] = 
     precision = resolve_precision(str(cfg.precision), device)
     onloaded = onload_folder(cfg, steps, pruner, healer, device)
     dense = skeleton(onloaded) if onloaded else build_model(plain(cfg.model)).to(device)
+    # frozen: nothing trains the reference, and with compile=true the models evaluated after healing (whose
+    # parameters end frozen) then share its compiled graphs instead of recompiling on requires_grad
+    dense.requires_grad_(False)
     return Context(cfg, folders, world, device, precision, dense, sweep=HydraConfig.get().mode == RunMode.MULTIRUN,
                    onloaded=onloaded)
 
