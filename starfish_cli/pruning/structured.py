@@ -91,19 +91,21 @@ def lowest_overall(scores: list[torch.Tensor], fraction: float, setting: str, un
 
 
 def removal_order(weight: torch.Tensor, gram: torch.Tensor, tokens: int, columns: torch.Tensor,
-                  damping: float = 0.01) -> torch.Tensor:
+                  limit: int | None = None, damping: float = 0.01) -> torch.Tensor:
     """Greedy output-aware order of the units whose input columns of y = W x are `columns` (units × columns
     per unit): each step removes the unit that raises Σ‖Δy‖² least over the calibration tokens once the
     others take over what they can (the OBS update W ← W − W_C S⁻¹ H⁻¹_C,: with S = H⁻¹_CC, H = E[x xᵀ]
     damped); the error of unit C is tr(W_C S⁻¹ W_Cᵀ). Returns each unit's step (0 goes first), so the
-    lowest k are the greedy choice of k for every k."""
+    lowest k are the greedy choice of k for every k; with `limit`, it stops after that many and the units
+    left all get step `limit`."""
     hessian = gram.double() / tokens
     hessian = hessian + damping * hessian.diagonal().mean() * torch.eye(len(hessian), dtype=hessian.dtype)
     inverse = torch.cholesky_inverse(torch.linalg.cholesky(hessian))
     weight = weight.double().clone()
-    order = torch.empty(len(columns), dtype=torch.float64)
+    steps = len(columns) if limit is None else min(limit, len(columns))
+    order = torch.full((len(columns),), float(steps), dtype=torch.float64)
     left = torch.ones(len(columns), dtype=torch.bool)
-    for step in range(len(columns)):
+    for step in range(steps):
         blocks = inverse[columns[:, :, None], columns[:, None, :]]  # units × k × k
         taken = weight[:, columns].permute(1, 2, 0)  # units × k × out
         solved = torch.linalg.solve(blocks[left], taken[left])
@@ -111,7 +113,7 @@ def removal_order(weight: torch.Tensor, gram: torch.Tensor, tokens: int, columns
         error[left] = (taken[left] * solved).sum(dim=(1, 2))
         unit = int(torch.argmin(error))  # ties: the earlier unit
         order[unit], left[unit] = step, False
-        if not left.any():
+        if step + 1 == steps:
             break
         chosen = columns[unit]
         update = torch.linalg.solve(inverse[chosen][:, chosen], inverse[chosen])  # S⁻¹ H⁻¹_C,:
@@ -189,14 +191,14 @@ class StructuredPruner(Pruner):
             folded = sorted({name for block in units for kind in block.values() for name in kind.columns})
             grams = input_grams(model, {name: layers[name] for name in folded}, calibration)
         block_scores: dict[str, list[torch.Tensor]] = {kind: [] for kind in KINDS}
+        fractions = {"heads": self.heads, "neurons": self.mlp}
         with progress_bar(f"pruning ({self.registered_name})", len(units)) as advance:
             for index, block in enumerate(units):  # block by block: one block's weight scores in memory at a time
                 for kind in KINDS:
                     block_scores[kind].append(self._unit_scores(structure.block_layers(index), moments, grams,
-                                                                block[kind]))
+                                                                block[kind], fractions[kind]))
                 advance()
         choose = lowest_per_block if self.scope == "block" else lowest_overall
-        fractions = {"heads": self.heads, "neurons": self.mlp}
         removed = {kind: choose(block_scores[kind], fractions[kind], f"pruner.{option}={fractions[kind]}", words)
                    for kind, (option, words) in KINDS.items()}
         for index, block in enumerate(units):
@@ -205,12 +207,13 @@ class StructuredPruner(Pruner):
             structure.remove_units(index, heads=removed["heads"][index], neurons=removed["neurons"][index])
         return {}
 
-    def _unit_scores(self, layers: dict[str, nn.Linear], moments, grams, units: Units) -> torch.Tensor:
-        """One score per unit of a block: the lowest go."""
+    def _unit_scores(self, layers: dict[str, nn.Linear], moments, grams, units: Units,
+                     fraction: float) -> torch.Tensor:
+        """One score per unit of a block: the lowest `round(fraction · count)` go."""
         if self.criterion == "output":  # the order of a greedy removal on the output projection (one per unit kind)
             (name, columns), = units.columns.items()
-            tokens, _, gram = grams[name]
-            return removal_order(layers[name].weight, gram, tokens, columns)
+            tokens, _, gram = grams[name]  # the greedy stops once it has the units that go (scope=block)
+            return removal_order(layers[name].weight, gram, tokens, columns, limit=round(fraction * units.count))
         scores = {name: weight_scores(self.criterion, layers[name].weight, moments.get(name))
                   for name in {*units.rows, *units.columns}}
         return unit_scores(units, scores, rows=self.criterion != "fluctuation")
