@@ -9,12 +9,15 @@ set -euo pipefail
 root=${1:-outputs/structured}
 shift || true
 starfish=${STARFISH:-starfish}
-common=(output_root="$root" healer=none,kd,starfish seed=0,1,2 eval.max_images=2000)
-
-for fraction in 0.25 0.5; do
-    "$starfish" run -m "${common[@]}" pruner=structured pruner.heads=$fraction pruner.mlp=$fraction "$@"
+common=(output_root="$root" seed=0,1,2 eval.max_images=2000)
+# STARFISH with the reference recipe on every pattern (by default structured models heal with their own)
+for healers in "healer=none,kd" "healer=starfish healer.recipe=reference"; do
+    read -ra healer <<< "$healers"
+    for fraction in 0.25 0.5; do
+        "$starfish" run -m "${common[@]}" "${healer[@]}" pruner=structured pruner.heads=$fraction pruner.mlp=$fraction "$@"
+    done
+    "$starfish" run -m "${common[@]}" "${healer[@]}" pruner=wanda pruner.sparsity=0.5,0.75 "$@"
+    "$starfish" run -m "${common[@]}" "${healer[@]}" pruner=wanda pruner.pattern=2:4 "$@"
 done
-"$starfish" run -m "${common[@]}" pruner=wanda pruner.sparsity=0.5,0.75 "$@"
-"$starfish" run -m "${common[@]}" pruner=wanda pruner.pattern=2:4 "$@"
 
 "$starfish" report "$root/default"

@@ -15,11 +15,11 @@ shift || true
 starfish=${STARFISH:-starfish}
 common=(output_root="$root" eval.speed=false seed=0,1,2)
 
-"$starfish" run -m "${common[@]}" pruner=structured pruner.heads=0.5 pruner.mlp=0.5 healer=starfish healer.epochs=10,30 "$@"
+"$starfish" run -m "${common[@]}" pruner=structured pruner.heads=0.5 pruner.mlp=0.5 healer=starfish healer.recipe=reference healer.epochs=10,30 "$@"
 "$starfish" run -m "${common[@]}" experiment=structured_50 pruner.criterion=fluctuation,output "$@"
 "$starfish" run -m "${common[@]}" experiment=structured_50 healer.batch_size=8 healer.epochs=20 healer.lr=2.4e-3,4.8e-3 "$@"
 for fraction in 0.25 0.75; do  # the other structured points, with the same healers
-    "$starfish" run -m "${common[@]}" pruner=structured pruner.heads=$fraction pruner.mlp=$fraction healer=starfish healer.epochs=10,30 "$@"
+    "$starfish" run -m "${common[@]}" pruner=structured pruner.heads=$fraction pruner.mlp=$fraction healer=starfish healer.recipe=reference healer.epochs=10,30 "$@"
     "$starfish" run -m "${common[@]}" experiment=structured_50 pruner.heads=$fraction pruner.mlp=$fraction "$@"
 done
 "$starfish" run -m "${common[@]}" experiment=two_four healer.epochs=10,30 "$@"

@@ -50,7 +50,10 @@ class Registry(Generic[T]):
         """A component's name plus every option that differs from its constructor's default:
         `starfish[epochs=30]`. Reports store it, so a later change of default does not relabel them."""
         name = described["name"]
-        defaults = {key: p.default for key, p in inspect.signature(self.get(name)).parameters.items()}
+        cls = self.get(name)
+        defaults = {key: p.default for key, p in inspect.signature(cls).parameters.items()}
+        if hasattr(cls, "label_defaults"):  # a component whose defaults depend on another option (a healing recipe)
+            defaults.update(cls.label_defaults(described))
         changed = []
         for key, value in described.items():
             if key in shown_elsewhere or key not in defaults:

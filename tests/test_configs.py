@@ -12,6 +12,9 @@ from starfish_cli.models import build_model
 from starfish_cli.pruning import PRUNERS
 from starfish_cli.registry import check_arguments
 from starfish_cli.stages import STAGES
+from starfish_cli.stages.resolvers import register as register_resolvers
+
+register_resolvers()  # the healer's recipe is an interpolation the CLI resolves
 
 GROUPS = ("model", "data", "calib", "pruner", "healer", "experiment")
 
@@ -40,7 +43,7 @@ def test_every_option_builds(group, option):
     container.pop("hydra")
     assert "???" not in str(container) or group == "data"
     PRUNERS.build(OmegaConf.to_container(cfg.pruner))
-    HEALERS.build(OmegaConf.to_container(cfg.healer))
+    HEALERS.build(OmegaConf.to_container(cfg.healer, resolve=True))
     check_arguments(CalibrationSampler, OmegaConf.to_container(cfg.calib), "calib", "calib")
     CalibrationSampler(**OmegaConf.to_container(cfg.calib))
     if cfg.data.name != "imagefolder":

@@ -19,6 +19,7 @@ from starfish_cli.runtime.errors import StarfishError
 from starfish_cli.healing.base import (
     PARAMETER_GROUPS, GradientHealer, GradualOptions, check_parameter_groups, parameter_names,
 )
+from starfish_cli.healing.recipes import RECIPES
 from starfish_cli.healing.registry import HEALERS
 from starfish_cli.healing.states import STATE_KINDS, STATE_LOSSES, state_alignment_loss
 from starfish_cli.healing.teacher import TEACHER_MODES, TeacherTargets, logit_kd_loss
@@ -32,6 +33,11 @@ PARAMETER_GROUP_NAMES = tuple(PARAMETER_GROUPS)
 @HEALERS.register("starfish")
 @dataclass(eq=False)
 class StarfishHealer(BlockwiseHealing, GradientHealer, GradualOptions):
+    # the budget, batch and learning rate left unset (None) come from the recipe (healing/recipes.py)
+    recipe: Literal[tuple(RECIPES)] = "reference"
+    epochs: Annotated[int, Range(0)] | None = None
+    batch_size: Annotated[int, Range(1)] | None = None
+    lr: Annotated[float, Range(0, low_open=True)] | None = None
     states: Literal[STATE_KINDS] | Sequence[Literal[STATE_KINDS]] = ("blocks",)  # the states aligned
     loss: Literal[tuple(STATE_LOSSES)] = "cosine"  # the distance between a student and a teacher state
     kd_weight: Annotated[float, Range(0)] = 0.0  # > 0 adds a logit-KD term
@@ -43,6 +49,9 @@ class StarfishHealer(BlockwiseHealing, GradientHealer, GradualOptions):
     train: Literal[PARAMETER_GROUP_NAMES] | Sequence[Literal[PARAMETER_GROUP_NAMES]] = ("pruned_weights",)
 
     def check(self):
+        for key, value in vars(RECIPES[self.recipe]).items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
         super().check()
         self.states = [self.states] if isinstance(self.states, str) else list(self.states)
         self.augment = [self.augment] if isinstance(self.augment, str) else list(self.augment)
@@ -55,6 +64,11 @@ class StarfishHealer(BlockwiseHealing, GradientHealer, GradualOptions):
             raise StarfishError(f"healer.teacher={self.teacher} caches targets of the raw images, but healer.augment "
                                 "shows a new view every step: use teacher=recompute or auto")
         self._views: CalibrationViews | None = None
+
+    @classmethod
+    def label_defaults(cls, described) -> dict:
+        """A label names the recipe and what differs from it: `starfish[recipe=extreme]`, not its three values."""
+        return vars(RECIPES[described.get("recipe", "reference")])
 
     def _check_blockwise(self) -> None:
         if self.states != ["blocks"] or self.kd_weight:

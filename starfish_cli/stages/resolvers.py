@@ -1,8 +1,11 @@
-"""OmegaConf resolvers that turn a config into a stable, readable run-folder path."""
+"""OmegaConf resolvers: a stable, readable run-folder path from a config, and the healing recipe a pruner calls for."""
 
 import re
 
 from omegaconf import OmegaConf
+
+from starfish_cli.healing.recipes import RECIPES, recipe_for
+from starfish_cli.models import family_of
 
 # Overrides that change what `starfish prune` makes: they name the pruned checkpoint's folder.
 PRUNING_KEYS = ("model", "data", "calib", "pruner")
@@ -53,11 +56,23 @@ def experiment_dir(choice) -> str:
     return path_safe(choice) if choice else "default"
 
 
+def healing_recipe(pruner, model) -> str:
+    """`healer.recipe`'s default: the recipe measured best for the pruner's pattern on this kind of model."""
+    return recipe_for(pruner, family_of(model).modality)
+
+
+def recipe_setting(recipe: str, key: str):
+    """One of a named recipe's settings; an unknown name is left for the healer's own one-line error."""
+    return getattr(RECIPES[recipe], key) if recipe in RECIPES else None
+
+
 def register() -> None:
     for name, function in {
         "starfish.safe": path_safe,
         "starfish.prune_dir": prune_dir,
         "starfish.overrides": overrides_suffix,
         "starfish.experiment_dir": experiment_dir,
+        "starfish.recipe": healing_recipe,
+        "starfish.recipe_setting": recipe_setting,
     }.items():
         OmegaConf.register_new_resolver(name, function, replace=True)

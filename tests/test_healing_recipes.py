@@ -1,0 +1,67 @@
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+from starfish_cli.healing import HEALERS
+from starfish_cli.healing.recipes import RECIPES, recipe_for
+from starfish_cli.healing.starfish import StarfishHealer
+from starfish_cli.stages.resolvers import register as register_resolvers
+
+register_resolvers()
+
+
+def healer_node(*overrides: str) -> dict:
+    with initialize_config_module(config_module="starfish_cli.configs", version_base="1.3"):
+        cfg = compose(config_name="starfish", overrides=list(overrides))
+    return OmegaConf.to_container(cfg.healer, resolve=True)
+
+
+@pytest.mark.parametrize("pruner,modality,expected", [
+    ({"name": "wanda", "sparsity": 0.75, "pattern": "unstructured"}, "images", "reference"),
+    ({"name": "magnitude", "sparsity": 0.9, "pattern": "unstructured"}, "images", "extreme"),
+    ({"name": "sparsegpt", "sparsity": 0.98, "pattern": "unstructured"}, "images", "extreme"),
+    ({"name": "wanda", "sparsity": 0.95, "pattern": "2:4"}, "images", "reference"),  # N:M fixes the sparsity at 1/2
+    ({"name": "structured", "heads": 0.25, "mlp": 0.25}, "images", "structured"),
+    ({"name": "wanda", "sparsity": 0.95, "pattern": "unstructured"}, "text", "reference"),  # measured on images only
+])
+def test_the_recipe_follows_the_pattern(pruner, modality, expected):
+    assert recipe_for(pruner, modality) == expected
+
+
+def test_unset_settings_come_from_the_recipe_and_set_ones_stay():
+    healer = StarfishHealer(recipe="extreme", epochs=7)
+    assert (healer.epochs, healer.batch_size, healer.lr) == (7, RECIPES["extreme"].batch_size, RECIPES["extreme"].lr)
+    plain = StarfishHealer()
+    assert (plain.epochs, plain.batch_size, plain.lr) == (10, 32, 6e-4)  # the reference recipe, as before recipes
+
+
+@pytest.mark.parametrize("options,label", [
+    ({}, "starfish"),
+    ({"epochs": 30}, "starfish[epochs=30]"),
+    ({"recipe": "extreme"}, "starfish[recipe=extreme]"),
+    ({"recipe": "extreme", "epochs": 7}, "starfish[epochs=7,recipe=extreme]"),
+    ({"recipe": "structured", "lr": 6e-4}, "starfish[lr=0.0006,recipe=structured]"),
+])
+def test_a_label_names_the_recipe_and_what_differs_from_it(options, label):
+    assert HEALERS.label(StarfishHealer(**options).describe()) == label
+
+
+@pytest.mark.parametrize("overrides,recipe", [
+    ([], "reference"),
+    (["pruner=magnitude", "pruner.sparsity=0.9"], "extreme"),
+    (["pruner=structured"], "structured"),
+    (["pruner.pattern=2:4"], "reference"),
+    (["model=lm_reference", "pruner.sparsity=0.95"], "reference"),
+    (["pruner=structured", "healer.recipe=reference"], "reference"),  # named, it wins
+    (["experiment=extreme_90", "pruner.sparsity=0.5"], "extreme"),    # so does an experiment's
+])
+def test_the_config_picks_the_recipe_from_the_pruner(overrides, recipe):
+    node = healer_node(*overrides)
+    assert node["recipe"] == recipe
+    assert (node["epochs"], node["batch_size"], node["lr"]) == tuple(vars(RECIPES[recipe]).values())
+    HEALERS.build(node)
+
+
+def test_a_set_value_overrides_only_itself():
+    node = healer_node("pruner.sparsity=0.95", "healer.lr=1e-3")
+    assert (node["recipe"], node["epochs"], node["batch_size"], node["lr"]) == ("extreme", 20, 8, 1e-3)
