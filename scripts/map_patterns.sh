@@ -23,7 +23,7 @@ for fraction in 0.25 0.75; do  # the other structured points, with the same heal
     "$starfish" run -m "${common[@]}" experiment=structured_50 pruner.heads=$fraction pruner.mlp=$fraction "$@"
 done
 "$starfish" run -m "${common[@]}" experiment=two_four healer.epochs=10,30 "$@"
-"$starfish" run -m "${common[@]}" pruner=wanda pruner.sparsity=0.75 healer=starfish healer.epochs=10,30 "$@"
+"$starfish" run -m "${common[@]}" pruner=wanda pruner.sparsity=0.75 healer=starfish healer.recipe=reference healer.epochs=10,30 "$@"
 "$starfish" run -m "${common[@]}" pruner=wanda pruner.sparsity=0.75 healer=starfish healer.batch_size=8 healer.epochs=7 healer.lr=2.4e-3 "$@"
 
 "$starfish" report "$root"

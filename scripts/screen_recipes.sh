@@ -42,7 +42,7 @@ high=("${common[@]}" experiment=extreme_90 pruner.sparsity=0.95 healer.epochs=20
 "$starfish" run -m "${high[@]}" 'healer.states=[blocks,attn,mlp]' "$@"
 "$starfish" run -m "${high[@]}" pruner=wanda,sparsegpt "$@"
 
-"$starfish" run -m "${common[@]}" healer=starfish pruner=wanda,magnitude pruner.sparsity=0.75 "$@"
+"$starfish" run -m "${common[@]}" healer=starfish healer.recipe=reference pruner=wanda,magnitude pruner.sparsity=0.75 "$@"
 "$starfish" run -m "${common[@]}" healer=starfish pruner=wanda,magnitude pruner.sparsity=0.75 healer.batch_size=8 healer.epochs=7 healer.lr=2.4e-3,9.6e-3 "$@"
 "$starfish" run -m "${structured[@]}" healer.recipe=reference healer.lr=1.2e-3,2.4e-3 "$@"
 "$starfish" run -m "${structured[@]}" healer.batch_size=8 healer.epochs=7 healer.lr=6e-4,1.2e-3 "$@"

@@ -20,6 +20,9 @@ import starfish_cli.models  # noqa: F401  (registers vit_fmnist with timm)
 from starfish_cli.data import DATASETS
 from starfish_cli.data.images import ImageTensors
 from starfish_cli.models.vision import model_transform
+from starfish_cli.stages.resolvers import register as register_resolvers
+
+register_resolvers()  # configs composed in process resolve as the CLI's do (the healer's recipe)
 
 # No test reaches for the hub: tests that need Fashion-MNIST use the Debian package's files or skip.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -60,7 +63,8 @@ def calibration_batches(calibration_images):
 
 
 # Small sizes for CLI runs: the whole pipeline in seconds.
-SHRUNK = ["calib.count=32", "healer.epochs=1", "eval.max_images=256", "eval.batch_size=128", "eval.speed=false"]
+SHRUNK = ["calib.count=32", "healer.epochs=1", "healer.batch_size=32",  # one healing step, whatever the recipe
+          "eval.max_images=256", "eval.batch_size=128", "eval.speed=false"]
 
 
 def run_cli(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:

@@ -111,7 +111,7 @@ def _bad_checkpoint(tmp_path, kind):
     (["run", "compile=true", "healer.states=[attn]"], "compile=true"),
     (["run", "pruner.sparsty=0.5"], "unknown key 'pruner.sparsty': did you mean pruner.sparsity?"),
     (["run", "healer.lr=fast"], "healer.lr='fast' must be a number"),
-    (["run", "healer.recipe=fast"], "healer.recipe='fast': choose one of reference, structured, extreme"),
+    (["run", "healer.recipe=fast"], "healer.recipe='fast': choose one of reference, high, structured, extreme"),
     (["run", "pruner.sparsity=[0.5"], "cannot read the overrides"),
     (["run", "-m", "healer=none,kd"], "unknown key 'healer.epochs' (with healer=none)"),
     (["run", "device=tpu"], "device='tpu' is not a device"),

@@ -12,9 +12,6 @@ from starfish_cli.models import build_model
 from starfish_cli.pruning import PRUNERS
 from starfish_cli.registry import check_arguments
 from starfish_cli.stages import STAGES
-from starfish_cli.stages.resolvers import register as register_resolvers
-
-register_resolvers()  # the healer's recipe is an interpolation the CLI resolves
 
 GROUPS = ("model", "data", "calib", "pruner", "healer", "experiment")
 

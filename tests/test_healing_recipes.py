@@ -5,9 +5,6 @@ from omegaconf import OmegaConf
 from starfish_cli.healing import HEALERS
 from starfish_cli.healing.recipes import RECIPES, recipe_for
 from starfish_cli.healing.starfish import StarfishHealer
-from starfish_cli.stages.resolvers import register as register_resolvers
-
-register_resolvers()
 
 
 def healer_node(*overrides: str) -> dict:
@@ -17,7 +14,9 @@ def healer_node(*overrides: str) -> dict:
 
 
 @pytest.mark.parametrize("pruner,modality,expected", [
-    ({"name": "wanda", "sparsity": 0.75, "pattern": "unstructured"}, "images", "reference"),
+    ({"name": "wanda", "sparsity": 0.5, "pattern": "unstructured"}, "images", "reference"),
+    ({"name": "wanda", "sparsity": 0.75, "pattern": "unstructured"}, "images", "high"),
+    ({"name": "wanda", "sparsity": {"blocks.0.*": 0.95}, "pattern": "unstructured"}, "images", "reference"),
     ({"name": "magnitude", "sparsity": 0.9, "pattern": "unstructured"}, "images", "extreme"),
     ({"name": "sparsegpt", "sparsity": 0.98, "pattern": "unstructured"}, "images", "extreme"),
     ({"name": "wanda", "sparsity": 0.95, "pattern": "2:4"}, "images", "reference"),  # N:M fixes the sparsity at 1/2
@@ -47,7 +46,8 @@ def test_a_label_names_the_recipe_and_what_differs_from_it(options, label):
 
 
 @pytest.mark.parametrize("overrides,recipe", [
-    ([], "reference"),
+    ([], "high"),  # the demo's Wanda 75%
+    (["pruner.sparsity=0.5"], "reference"),
     (["pruner=magnitude", "pruner.sparsity=0.9"], "extreme"),
     (["pruner=structured"], "structured"),
     (["pruner.pattern=2:4"], "reference"),

@@ -152,7 +152,7 @@ def test_when_a_run_goes_layer_by_layer():
     def decide(*overrides):
         with initialize_config_module(config_module="starfish_cli.configs", version_base="1.3"):
             cfg = compose(config_name="starfish", overrides=list(overrides))
-        pruner, healer = (registry.build(OmegaConf.to_container(cfg[group])) for registry, group
+        pruner, healer = (registry.build(OmegaConf.to_container(cfg[group], resolve=True)) for registry, group
                           in ((PRUNERS, "pruner"), (HEALERS, "healer")))
         return onload_folder(cfg, ("prune", "heal", "eval"), pruner, healer, torch.device("cpu"))
 

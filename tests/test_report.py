@@ -29,6 +29,9 @@ def test_markdown_gives_the_accuracy_table_alignment_sparsity_and_stages():
     assert "- achieved sparsity: 0.7500 of prunable weights, 0.7123 of all parameters" in text
     assert "- healer: **starfish**, 80 steps" in text
     assert "240 images from fashion_mnist/train, labels used: false" in text
+    with_recipe = sample_report()
+    with_recipe["healer"].update(recipe="high", epochs=7, batch_size=8, lr=2.4e-3)
+    assert "- healer: **starfish**, recipe high (7 epochs, batch 8, lr 0.0024), 80 steps" in render_markdown(with_recipe)
     assert "## Accuracy (10000 images, fashion_mnist/test)" in text
     assert "| healed | 86.90 | 99.50 | 0.980 | 93.00 | 0.9500 |" in text
     assert "| pruned | 62.20 | 95.10 | 0.702 | 64.50 | 0.7000 |" in text

@@ -123,6 +123,14 @@ def _stages(healing: dict[str, Any]) -> str:
             + " + ".join(str(stage["steps"]) for stage in stages) + " steps")
 
 
+def _recipe(healer: dict[str, Any]) -> str:
+    """`, recipe high (7 epochs, batch 8, lr 0.0024)`: the healing recipe and what the run took from it or set."""
+    if "recipe" not in healer:
+        return ""
+    return (f", recipe {healer['recipe']} ({healer.get('epochs')} epochs, batch {healer.get('batch_size')}, "
+            f"lr {healer.get('lr'):g})")
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     lines = [f"# starfish report: {report.get('model', {}).get('name', '?')}", ""]
     pruner, healer = report.get("pruner", {}), report.get("healer", {})
@@ -133,7 +141,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"target sparsity {pruner.get('sparsity', '–')}",
         f"- achieved sparsity: {_fmt(sparsity.get('prunable'), 4)} of prunable weights, "
         f"{_fmt(sparsity.get('overall'), 4)} of all parameters" + _smaller(sparsity) + _blocks(sparsity),
-        f"- healer: **{healer.get('name', '–')}**"
+        f"- healer: **{healer.get('name', '–')}**" + _recipe(healer)
         + (f", {report['healing']['steps']} steps" + _stages(report['healing']) if "healing" in report else ""),
         f"- calibration: {calibration.get('count', '–')} {items} from {calibration.get('source', '–')}, "
         f"labels used: {str(report.get('calibration', {}).get('labels_used', '–')).lower()}",
@@ -258,7 +266,8 @@ def print_summary(report: dict[str, Any], console: Console | None = None) -> Non
     table = Table(title=f"starfish: {report.get('model', {}).get('name', '?')} · "
                         f"{report.get('pruner', {}).get('name')} {report.get('pruner', {}).get('pattern')} "
                         f"sparsity {_fmt(report.get('sparsity', {}).get('prunable'), 3)} · "
-                        f"healer {report.get('healer', {}).get('name')}")
+                        f"healer {report.get('healer', {}).get('name')}"
+                        + (f" (recipe {report['healer']['recipe']})" if "recipe" in report.get("healer", {}) else ""))
     for column in metric_header(report):
         table.add_column(column, justify="left" if column == "model" else "right")
     for row in accuracy_rows(report):

@@ -4,9 +4,6 @@ import re
 
 from omegaconf import OmegaConf
 
-from starfish_cli.healing.recipes import RECIPES, recipe_for
-from starfish_cli.models import family_of
-
 # Overrides that change what `starfish prune` makes: they name the pruned checkpoint's folder.
 PRUNING_KEYS = ("model", "data", "calib", "pruner")
 # Keys already in the folder path, or that do not change results: they stay out of its suffix.
@@ -58,11 +55,14 @@ def experiment_dir(choice) -> str:
 
 def healing_recipe(pruner, model) -> str:
     """`healer.recipe`'s default: the recipe measured best for the pruner's pattern on this kind of model."""
+    from starfish_cli.healing.recipes import recipe_for  # here: `starfish --help` imports no torch
+    from starfish_cli.models import family_of
     return recipe_for(pruner, family_of(model).modality)
 
 
 def recipe_setting(recipe: str, key: str):
     """One of a named recipe's settings; an unknown name is left for the healer's own one-line error."""
+    from starfish_cli.healing.recipes import RECIPES
     return getattr(RECIPES[recipe], key) if recipe in RECIPES else None
 
 
