@@ -46,12 +46,15 @@ class Registry(Generic[T]):
             )
         return self._entries[name]
 
-    def label(self, described: Mapping[str, Any], shown_elsewhere: tuple[str, ...] = ("name", "seed")) -> str:
-        """A component's name plus every option that differs from its constructor's default:
-        `starfish[epochs=30]`. Reports store it, so a later change of default does not relabel them."""
+    def label(self, described: Mapping[str, Any], shown_elsewhere: tuple[str, ...] = ("name", "seed"),
+              run_defaults: Mapping[str, Any] | None = None) -> str:
+        """A component's name plus every option that differs from its default: `starfish[epochs=30]`. The
+        default is the constructor's, or the run's where its config picks one (`run_defaults`: the healing
+        recipe its pruner calls for). Reports store the label, so a later change of default does not relabel them."""
         name = described["name"]
         cls = self.get(name)
         defaults = {key: p.default for key, p in inspect.signature(cls).parameters.items()}
+        defaults.update({key: value for key, value in (run_defaults or {}).items() if key in defaults})
         if hasattr(cls, "label_defaults"):  # a component whose defaults depend on another option (a healing recipe)
             defaults.update(cls.label_defaults(described))
         changed = []

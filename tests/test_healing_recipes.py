@@ -2,6 +2,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
+from conftest import needs_fmnist, read_json, run_cli
 from starfish_cli.healing import HEALERS
 from starfish_cli.healing.recipes import RECIPES, recipe_for
 from starfish_cli.healing.starfish import StarfishHealer
@@ -34,15 +35,19 @@ def test_unset_settings_come_from_the_recipe_and_set_ones_stay():
     assert (plain.epochs, plain.batch_size, plain.lr) == (10, 32, 6e-4)  # the reference recipe, as before recipes
 
 
-@pytest.mark.parametrize("options,label", [
-    ({}, "starfish"),
-    ({"epochs": 30}, "starfish[epochs=30]"),
-    ({"recipe": "extreme"}, "starfish[recipe=extreme]"),
-    ({"recipe": "extreme", "epochs": 7}, "starfish[epochs=7,recipe=extreme]"),
-    ({"recipe": "structured", "lr": 6e-4}, "starfish[lr=0.0006,recipe=structured]"),
+@pytest.mark.parametrize("options,picked,label", [
+    ({}, "reference", "starfish"),
+    ({"epochs": 30}, "reference", "starfish[epochs=30]"),
+    ({"recipe": "extreme"}, "extreme", "starfish"),  # what the pruner calls for is the default: no option to show
+    ({"recipe": "extreme", "epochs": 7}, "extreme", "starfish[epochs=7]"),
+    ({"recipe": "reference"}, "high", "starfish[recipe=reference]"),
+    ({"recipe": "reference", "epochs": 30}, "high", "starfish[epochs=30,recipe=reference]"),
+    ({"recipe": "structured", "lr": 6e-4}, "reference", "starfish[lr=0.0006,recipe=structured]"),
 ])
-def test_a_label_names_the_recipe_and_what_differs_from_it(options, label):
-    assert HEALERS.label(StarfishHealer(**options).describe()) == label
+def test_a_label_names_a_recipe_other_than_the_pruners_and_what_differs_from_it(options, picked, label):
+    assert HEALERS.label(StarfishHealer(**options).describe(), run_defaults={"recipe": picked}) == label
+    assert HEALERS.label(StarfishHealer(**options).describe()) == HEALERS.label(
+        StarfishHealer(**options).describe(), run_defaults={"recipe": "reference"})  # without a run: the class's
 
 
 @pytest.mark.parametrize("overrides,recipe", [
@@ -65,3 +70,14 @@ def test_the_config_picks_the_recipe_from_the_pruner(overrides, recipe):
 def test_a_set_value_overrides_only_itself():
     node = healer_node("pruner.sparsity=0.95", "healer.lr=1e-3")
     assert (node["recipe"], node["epochs"], node["batch_size"], node["lr"]) == ("extreme", 20, 8, 1e-3)
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_a_sweep_over_sparsity_heals_each_run_with_its_recipe_under_one_label(tmp_path):
+    run_cli("run", "-m", "pruner.sparsity=0.5,0.9", "calib.count=16", "healer.epochs=1", "eval.max_images=64",
+            "eval.batch_size=64", "eval.speed=false", cwd=tmp_path)
+    reports = {read_json(path)["pruner"]["sparsity"]: read_json(path) for path in (tmp_path / "outputs").rglob("report.json")}
+    assert {s: (r["healer"]["recipe"], r["healer"]["batch_size"], r["healing"]["steps"]) for s, r in reports.items()} \
+        == {0.5: ("reference", 32, 1), 0.9: ("extreme", 8, 2)}
+    assert {r["labels"]["healer"] for r in reports.values()} == {"starfish[epochs=1]"}  # one column, one curve

@@ -10,6 +10,8 @@ import torch
 
 import starfish_cli
 from starfish_cli.healing import HEALERS
+from starfish_cli.healing.recipes import recipe_for
+from starfish_cli.models import family_of
 from starfish_cli.pruning import PRUNERS
 from starfish_cli.stages.values import Calibration, Context, Evaluation, Healed, Pruned
 
@@ -56,7 +58,9 @@ def assemble_report(context: Context, pruned: Pruned, healed: Healed | None, eva
     if healed is not None:
         report["healer"] = healed.metadata["healer"]
         report["calibration"] = healed.metadata["calibration"]
-        report["labels"]["healer"] = HEALERS.label(healed.metadata["healer"])
+        # the recipe the pruner calls for is the default: a sweep over sparsity stays one `starfish` column
+        picked = {"recipe": recipe_for(pruned.metadata["pruner"], family_of(context.cfg.model).modality)}
+        report["labels"]["healer"] = HEALERS.label(healed.metadata["healer"], run_defaults=picked)
         if "healing" in healed.metadata:  # checkpoints of version 0.1.0 did not record it
             report["healing"] = healed.metadata["healing"]
         stages["heal"] = healed.metadata.get("timing", {})
