@@ -192,7 +192,8 @@ def test_a_healing_killed_midway_resumes_to_the_same_weights(tmp_path):
     args = ["run", "calib.count=64", "healer.batch_size=8", "healer.epochs=4", "healer.save_every=10",
             "eval.max_images=64", "eval.speed=false"]
     run_cli(*args, "hydra.run.dir=whole", cwd=tmp_path)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    (tmp_path / "tmp").mkdir()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TMPDIR": str(tmp_path / "tmp")}
     process = subprocess.Popen([sys.executable, "-m", "starfish_cli", *args, "hydra.run.dir=killed"], cwd=tmp_path,
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = tmp_path / "killed" / "heal_state.pt"
@@ -202,6 +203,7 @@ def test_a_healing_killed_midway_resumes_to_the_same_weights(tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert state.exists() and not (tmp_path / "killed" / "healed.safetensors").exists()
+    assert not list((tmp_path / "tmp").glob("starfish-config-*"))  # no temporary config folder without --config
     resumed = run_cli(*args, "hydra.run.dir=killed", cwd=tmp_path)
     # it resumed (a restart from step 0 would reach the same weights too, only later)
     assert "resuming healing from" in resumed.stdout + resumed.stderr and not state.exists()

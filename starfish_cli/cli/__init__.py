@@ -6,6 +6,7 @@ stage's own @hydra.main; `-m`, `--cfg job`, `--info` and run folders keep workin
 """
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -69,8 +70,10 @@ def run(stage: str, arguments: list[str]) -> int:
     front = argparse.ArgumentParser(add_help=False)
     front.add_argument("--config")
     known, remaining = front.parse_known_args(arguments)
-    with tempfile.TemporaryDirectory(prefix="starfish-config-") as workdir:
-        flags, overrides = hydra_arguments(stage, known.config, remaining, Path(workdir))
+    # an experiment file is copied into a temporary config folder; without one none is made (a killed run leaves nothing)
+    temporary = tempfile.TemporaryDirectory(prefix="starfish-config-") if known.config else contextlib.nullcontext()
+    with temporary as workdir:
+        flags, overrides = hydra_arguments(stage, known.config, remaining, Path(workdir) if workdir else None)
         sys.argv = [f"starfish {stage}", *flags, *overrides]
         # Hydra re-raises what fails in it (a run folder it cannot create) instead of printing a
         # stack trace and exiting 1: `main` turns it into one line
@@ -78,7 +81,8 @@ def run(stage: str, arguments: list[str]) -> int:
         return launch(stage)
 
 
-def hydra_arguments(stage: str, config: str | None, arguments: list[str], workdir: Path) -> tuple[list[str], list[str]]:
+def hydra_arguments(stage: str, config: str | None, arguments: list[str],
+                    workdir: Path | None) -> tuple[list[str], list[str]]:
     """Hydra's flags and overrides for `starfish <stage> …`, checked: one line for anything wrong."""
     flags, overrides = split_flags(arguments)
     if UNSUPPORTED_FLAGS & set(flags):
