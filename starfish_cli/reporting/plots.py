@@ -82,7 +82,7 @@ def plot_accuracy_vs_sparsity(rows: Rows, path: Path, headline: Headline = TOP1)
                               color=colours[label])
         dense = sum(rows[k].dense[0] for k in keys) / len(keys)
         axis.axhline(dense, color="black", linestyle="--", linewidth=1, label="dense")
-        axis.set_title(f"{pruner} ({pattern}), dense {dense:.1f}{headline.unit}")
+        axis.set_title(panel_title(f"{pruner} ({pattern}), dense {dense:.1f}{headline.unit}"), fontsize=10)
         axis.set_xlabel("sparsity of prunable weights")
         axis.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"{headline.title} (mean ± std over seeds)")
@@ -116,10 +116,21 @@ def _time_panel(axis, key: RowKey, headline: Headline) -> None:
     if headline.ratio_target is not None:
         axis.axhline(headline.ratio_target, color="grey", linestyle=":", label=f"{headline.ratio_target:.0%} of dense")
     axis.set_xscale("log")
-    axis.set_title(f"{key[0]} ({key[1]}) at sparsity {key[2]:.2f}")
+    axis.set_title(panel_title(f"{key[0]} ({key[1]}) at sparsity {key[2]:.2f}"), fontsize=10)
     axis.set_xlabel("healing wall time, s (log)")
     axis.set_ylabel(headline.ratio_axis)
     axis.grid(alpha=0.3)
+
+
+def panel_title(text: str, width: int = 45) -> str:
+    """A panel's title in lines of at most about `width` characters, broken after commas and spaces, so that long
+    pruner labels (`structured[compensate=least_squares,criterion=output]`) do not run into the next panel."""
+    lines = [""]
+    for piece in re.split(r"(?<=[, ])", text):
+        if lines[-1] and len(lines[-1]) + len(piece) > width:
+            lines.append("")
+        lines[-1] += piece
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def budget_group(label: str) -> str:
@@ -199,7 +210,7 @@ def plot_healing_curves(rows: Rows, path: Path) -> None:
                 axis.plot(range(1, len(cell.loss_curve) + 1), cell.loss_curve, color=colours[label], linewidth=1.2,
                           label=label)
         axis.set_yscale("log")
-        axis.set_title(f"{key[0]} ({key[1]}) at sparsity {key[2]:.2f}")
+        axis.set_title(panel_title(f"{key[0]} ({key[1]}) at sparsity {key[2]:.2f}"), fontsize=10)
         axis.set_xlabel("optimizer step")
         axis.xaxis.get_major_locator().set_params(integer=True)
         axis.set_ylabel("healing loss (mean over seeds, log)")
