@@ -244,3 +244,12 @@ def test_output_criterion_keeps_block_outputs_closer_than_fluctuation(reference_
             model, calibration_batches)
         errors[criterion] = (first_block_branch_outputs(model, calibration_batches, "mlp") - dense).pow(2).mean().item()
     assert errors["output"] < errors["fluctuation"]
+
+
+def test_the_default_compensation_gives_the_plain_label():
+    """`compensate` false and none are the default, so a default run is labelled `structured`, as before the options."""
+    for options in ({}, {"compensate": False}, {"compensate": "none"}):
+        described = PRUNERS.build({"name": "structured", **options}).describe()
+        assert PRUNERS.label(described, ("name", "sparsity", "pattern", "seed")) == "structured"
+    assert PRUNERS.label(PRUNERS.build({"name": "structured", "compensate": True}).describe()) \
+        == "structured[compensate=mean]"

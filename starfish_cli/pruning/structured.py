@@ -162,7 +162,7 @@ class StructuredPruner(Pruner):
     mlp: float = 0.5
     criterion: Literal["magnitude", "activation", "fluctuation", "output"] = "fluctuation"
     scope: Literal["block", "global"] = "block"
-    compensate: Literal[False, True, "none", "mean", "least_squares"] = False  # true: mean (FLAP's)
+    compensate: Literal[False, True, "none", "mean", "least_squares"] = "none"  # false: none, true: mean (FLAP's)
 
     def check(self):
         self.heads = check_sparsity(self.heads, "pruner.heads", "attention heads")
