@@ -116,6 +116,13 @@ def _time_panel(axis, key: RowKey, headline: Headline) -> None:
     if headline.ratio_target is not None:
         axis.axhline(headline.ratio_target, color="grey", linestyle=":", label=f"{headline.ratio_target:.0%} of dense")
     axis.set_xscale("log")
+    from matplotlib.ticker import LogFormatter  # matplotlib is imported with the first plot (_pyplot)
+
+    # plain numbers (14.2, 30) on every tick: scientific notation on the minor ticks of a range narrower than a
+    # decade (1.42×10¹ …) runs the labels into each other
+    plain = LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5))
+    axis.xaxis.set_major_formatter(plain)
+    axis.xaxis.set_minor_formatter(plain)
     axis.set_title(panel_title(f"{key[0]} ({key[1]}) at sparsity {key[2]:.2f}"), fontsize=10)
     axis.set_xlabel("healing wall time, s (log)")
     axis.set_ylabel(headline.ratio_axis)
