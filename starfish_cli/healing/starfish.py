@@ -67,7 +67,8 @@ class StarfishHealer(BlockwiseHealing, GradientHealer, GradualOptions):
 
     @classmethod
     def label_defaults(cls, described) -> dict:
-        """A label names the recipe and what differs from it: `starfish[recipe=extreme]`, not its three values."""
+        """A label compares epochs, batch and lr with the recipe's, not with the class's None: under the extreme
+        recipe 7 epochs read `starfish[epochs=7]`, not its three values."""
         return vars(RECIPES[described.get("recipe", "reference")])
 
     def _check_blockwise(self) -> None:

@@ -10,9 +10,8 @@ import torch
 
 import starfish_cli
 from starfish_cli.healing import HEALERS
-from starfish_cli.healing.recipes import recipe_for
-from starfish_cli.models import family_of
 from starfish_cli.pruning import PRUNERS
+from starfish_cli.stages.resolvers import healing_recipe
 from starfish_cli.stages.values import Calibration, Context, Evaluation, Healed, Pruned
 
 
@@ -59,7 +58,7 @@ def assemble_report(context: Context, pruned: Pruned, healed: Healed | None, eva
         report["healer"] = healed.metadata["healer"]
         report["calibration"] = healed.metadata["calibration"]
         # the recipe the pruner calls for is the default: a sweep over sparsity stays one `starfish` column
-        picked = {"recipe": recipe_for(pruned.metadata["pruner"], family_of(context.cfg.model).modality)}
+        picked = {"recipe": healing_recipe(pruned.metadata["pruner"], context.cfg.model)}
         report["labels"]["healer"] = HEALERS.label(healed.metadata["healer"], run_defaults=picked)
         if "healing" in healed.metadata:  # checkpoints of version 0.1.0 did not record it
             report["healing"] = healed.metadata["healing"]
