@@ -1,6 +1,7 @@
 """Zero-shot tasks through lm-evaluation-harness, as the pruned-LLM papers report them (BoolQ, RTE, HellaSwag,
 WinoGrande, ARC-e, ARC-c, OpenBookQA; acc and acc_norm): the dense, pruned and healed models in one process,
-each wrapped as lm-eval's own HF model, on lm-eval's tasks or a folder of the user's task YAMLs."""
+each wrapped as lm-eval's own HF model, on lm-eval's tasks, starfish's offline ones (wordnet_definitions) or a
+folder of the user's task YAMLs."""
 
 import contextlib
 import logging
@@ -11,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from starfish_cli.evaluation.offline_tasks import OFFLINE_TASKS, write_task
 from starfish_cli.runtime.errors import StarfishError, first_line
 
 log = logging.getLogger("starfish")
@@ -28,8 +30,8 @@ def _lm_eval():
 
 @dataclass
 class ZeroShot:
-    """`tasks` (lm-eval task or group names) with `num_fewshot` examples in context and at most `task_limit`
-    examples per task; `include_path`: a folder of the user's own task YAMLs (lm-eval's `--include_path`)."""
+    """`tasks` (lm-eval task or group names, or starfish's offline tasks) with `num_fewshot` examples in context
+    and at most `task_limit` examples per task; `include_path`: a folder of the user's own task YAMLs (lm-eval's `--include_path`)."""
 
     tasks: Sequence[str] = ()
     include_path: str | None = None
@@ -39,18 +41,22 @@ class ZeroShot:
     _manager: Any = field(default=None, init=False, repr=False)
 
     def check(self) -> None:
-        """Every task name known to lm-eval (or found under `include_path`), before any model runs."""
+        """Every task name known to lm-eval (or found under `include_path`, or one of starfish's offline tasks,
+        built now into the cache), before any model runs."""
         lm_eval = _lm_eval()
-        if self.include_path:  # the user's own folder alone first: lm-eval's ~15,000 built-in tasks take seconds
-            self._manager = lm_eval.tasks.TaskManager(include_path=self.include_path, include_defaults=False)
+        offline = [write_task(name) for name in dict.fromkeys(self.tasks) if name in OFFLINE_TASKS]
+        include = [str(path) for path in offline] + ([self.include_path] if self.include_path else [])
+        if include:  # these folders alone first: lm-eval's ~15,000 built-in tasks take seconds to index
+            self._manager = lm_eval.tasks.TaskManager(include_path=include, include_defaults=False)
         if self._manager is None or not set(self.tasks) <= set(self._manager.all_tasks):
-            self._manager = lm_eval.tasks.TaskManager(include_path=self.include_path)
+            self._manager = lm_eval.tasks.TaskManager(include_path=include or None)
         known = set(self._manager.all_tasks)
         unknown = [name for name in self.tasks if name not in known]
         if unknown:
             where = f" or under eval.include_path={self.include_path}" if self.include_path else ""
             raise StarfishError(f"unknown lm-eval task {unknown[0]!r}: give lm-eval's task names{where} "
-                                "(`lm_eval ls tasks`), or eval.include_path=DIR for your own task YAMLs")
+                                f"(`lm_eval ls tasks`), starfish's own ({', '.join(OFFLINE_TASKS)}), "
+                                "or eval.include_path=DIR for your own task YAMLs")
 
     def evaluate(self, models: Mapping[str, nn.Module], tokenizer, device: torch.device, precision: torch.dtype,
                  seed: int) -> dict[str, Any]:
