@@ -1,6 +1,10 @@
-"""Shared fixtures: the embedded reference model, small data slices, and a CLI runner."""
+"""Shared fixtures: the embedded reference model, small data slices, and CLI runners (in process and in a
+subprocess)."""
 
+import contextlib
+import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -73,6 +77,50 @@ def run_cli(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedPr
                             text=True, env=env, timeout=600)
     if check and result.returncode != 0:
         raise AssertionError(f"starfish {' '.join(args)} exited {result.returncode}:\n{result.stderr[-3000:]}")
+    return result
+
+
+def run_in_process(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """`starfish ARGS` run by `starfish_cli.cli.main` in this process, in `cwd`: what `run_cli` gives without
+    the new interpreter (importing torch, timm and datasets again costs seconds a call). Whatever the CLI
+    changes for the process is put back afterwards: Hydra's global state, the working folder, argv, the
+    environment, the root logger's handlers (Hydra's logging config replaces them) and torch's determinism."""
+    import torch
+    from hydra.core.global_hydra import GlobalHydra
+
+    from starfish_cli.cli import main
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    saved = (Path.cwd(), list(sys.argv), os.environ.get("HYDRA_FULL_ERROR"))
+    deterministic = (torch.are_deterministic_algorithms_enabled(),
+                     torch.is_deterministic_algorithms_warn_only_enabled())
+    stdout, stderr = io.StringIO(), io.StringIO()
+    GlobalHydra.instance().clear()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                code = main(list(args))
+            except SystemExit as exit:  # Hydra exits by itself on some errors
+                code = exit.code if isinstance(exit.code, int) else 1
+    finally:
+        GlobalHydra.instance().clear()
+        os.chdir(saved[0])
+        sys.argv = saved[1]
+        if saved[2] is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved[2]
+        for handler in root.handlers:  # the run's console and run.log handlers
+            if handler not in handlers:
+                handler.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
+    result = subprocess.CompletedProcess(["starfish", *args], code, stdout.getvalue(), stderr.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"starfish {' '.join(args)} exited {code}:\n{result.stderr[-3000:]}")
     return result
 
 

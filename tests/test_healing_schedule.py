@@ -5,13 +5,14 @@ import copy
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import run_in_process
 from starfish_cli.runtime.errors import StarfishError
 from starfish_cli.models import structure_of
 from starfish_cli.healing import HEALERS
 from starfish_cli.healing.schedule import split_steps, stage_masks
 from starfish_cli.pruning import PRUNERS
 from starfish_cli.reporting.report import render_markdown
+from starfish_cli.stages.settings import check_schedule_below_pruner
 
 CPU = torch.device("cpu")
 
@@ -143,10 +144,32 @@ def test_report_says_how_the_steps_were_split():
     assert "8 steps\n" in render_markdown({"healing": {"steps": 8}})
 
 
-@pytest.mark.slow
-def test_bad_schedule_on_the_command_line_is_one_line_exit_2(tmp_path):
-    result = run_cli("run", "healer.schedule=[0.75,0.5]", cwd=tmp_path, check=False)
+@pytest.mark.parametrize("args,message", [
+    (["healer.schedule=[0.75,0.5]"], "strictly ascending"),
+    (["healer.schedule=[0.95]"],  # the default pruner: Wanda 75%
+     "healer.schedule=[0.95]: every sparsity must be below the pruner's final one, and pruner.sparsity=0.75 prunes to 0.75"),
+    (["healer.schedule=[0.5,0.75]"], "and pruner.sparsity=0.75 prunes to 0.75"),
+    (["pruner.pattern=2:4", "healer.schedule=[0.5]"], "and pruner.pattern=2:4 prunes to 0.5"),
+    (["-m", "pruner.sparsity=0.9,0.5", "healer.schedule=[0.6]"], "and pruner.sparsity=0.5 prunes to 0.5"),  # the sweep's 2nd run
+])
+def test_bad_schedule_on_the_command_line_is_one_line_exit_2_before_pruning(tmp_path, args, message):
+    result = run_in_process("run", *args, cwd=tmp_path, check=False)
     assert result.returncode == 2, result.stderr[-2000:]
-    lines = [line for line in result.stderr.splitlines() if line.startswith("starfish: error:")]
-    assert len(lines) == 1 and "strictly ascending" in lines[0], result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and message in result.stderr, result.stderr
+    assert "pruning (" not in result.stdout + result.stderr  # refused from the config, before any pruning
     assert list(tmp_path.iterdir()) == []
+
+
+def test_schedule_below_the_pruners_sparsity_passes_the_config_check():
+    def pruner(**node):
+        return PRUNERS.build({"name": "wanda", **node})
+
+    check_schedule_below_pruner([0.5, 0.7], pruner(sparsity=0.75))
+    check_schedule_below_pruner([0.4], pruner(sparsity=0.75, pattern="2:4"))  # 0.5
+    check_schedule_below_pruner([0.5, 0.75], pruner(sparsity=0.9))
+    check_schedule_below_pruner([], pruner(sparsity=0.5))
+    # not known from the config: the masks are checked when healing starts (check_targets)
+    check_schedule_below_pruner([0.95], pruner(sparsity={"blocks.0.*": 0.25, "*": 0.5}))
+    check_schedule_below_pruner([0.95], PRUNERS.build({"name": "structured"}))
+    with pytest.raises(StarfishError, match=r"pruner.pattern=1:4 prunes to 0.75"):
+        check_schedule_below_pruner([0.8], pruner(pattern="1:4"))

@@ -12,6 +12,7 @@ from starfish_cli.healing import HEALERS
 from starfish_cli.models import family_of
 from starfish_cli.onloading.states import PLACEMENTS
 from starfish_cli.pruning import PRUNERS
+from starfish_cli.pruning.base import WeightPruner
 from starfish_cli.registry import check_arguments, check_types
 from starfish_cli.runtime import distributed
 from starfish_cli.runtime.errors import StarfishError
@@ -77,10 +78,24 @@ def check_config(cfg: DictConfig, steps: tuple[str, ...]) -> None:
     calibration sampler among them), and the pruner and healer built from their nodes. The CLI runs it on every run of
     a sweep before the first one starts."""
     check_settings(cfg)
-    if "prune" in steps:
-        PRUNERS.build(plain(cfg.pruner), seed=int(cfg.seed))
+    pruner = PRUNERS.build(plain(cfg.pruner), seed=int(cfg.seed)) if "prune" in steps else None
     if "heal" in steps:
-        HEALERS.build(plain(cfg.healer), seed=int(cfg.seed))
+        healer = HEALERS.build(plain(cfg.healer), seed=int(cfg.seed))
+        if pruner is not None:
+            check_schedule_below_pruner(getattr(healer, "schedule", ()), pruner)
+
+
+def check_schedule_below_pruner(schedule, pruner) -> None:
+    """A gradual-healing schedule must end below the sparsity the pruner prunes to. Where the config fixes
+    that sparsity (one fraction for every layer, or an N:M pattern), a schedule that reaches it fails here,
+    before any pruning; per-layer mappings and structured pruning are checked on the masks when healing starts."""
+    if not schedule or not isinstance(pruner, WeightPruner):
+        return
+    final = pruner.describe()["sparsity"]  # an N:M pattern's own (2:4 → 0.5), else pruner.sparsity
+    if isinstance(final, float) and max(schedule) >= final:
+        source = f"pruner.pattern={pruner.pattern}" if pruner.pattern != "unstructured" else f"pruner.sparsity={final}"
+        raise StarfishError(f"healer.schedule={list(schedule)}: every sparsity must be below the pruner's final one, "
+                            f"and {source} prunes to {final:g}")
 
 
 def eval_workers(setting) -> int:
