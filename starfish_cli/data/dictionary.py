@@ -1,12 +1,13 @@
 """A knowledge test from Debian's WordNet (package `wordnet-base`): a word's definition and four candidate
 words of the same part of speech, one of them right; built from WordNet's data and index files, seeded."""
 
+import os
 import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-SYSTEM_DIR = Path("/usr/share/wordnet")  # Debian package wordnet-base
+SYSTEM_DIR = Path("/usr/share/wordnet")  # Debian package wordnet-base; WordNet's own WNSEARCHDIR overrides it
 PACKAGE = "wordnet-base"
 PARTS_OF_SPEECH = ("noun", "verb", "adj", "adv")  # data.<part> and index.<part> in the WordNet folder
 CHOICES = 4
@@ -72,11 +73,12 @@ def definition_of(gloss: str) -> str:
 
 
 def gives_away(word: str, definition: str | set[str]) -> bool:
-    """Whether the definition (or its lowercase words) names the word or one of its family ("quickly": "in
-    a quick manner")."""
+    """Whether the definition (or its lowercase words) names the word, one of its family or one of its parts
+    ("quickly": "in a quick manner", "sleep": "be asleep", "firelight": "the light of a fire"); erring on the
+    side of yes costs an item, never a fair question."""
     tokens = re.findall(r"[a-z]+", definition.lower()) if isinstance(definition, str) else definition
     stem = word[:max(3, len(word) - 3)]
-    return any(token.startswith(stem) for token in tokens)
+    return any(token.startswith(stem) or word in token or (len(token) >= 4 and token in word) for token in tokens)
 
 
 def common_words(lemmas: list[Lemma], synsets: dict[int, Synset]) -> dict[str, Lemma]:
@@ -92,13 +94,19 @@ def common_words(lemmas: list[Lemma], synsets: dict[int, Synset]) -> dict[str, L
     return common
 
 
-def definition_items(directory: Path = SYSTEM_DIR, count: int = 500, seed: int = ITEMS_SEED,
+def wordnet_dir() -> Path:
+    """WordNet's data folder: $WNSEARCHDIR (the variable WordNet's own tools read), else Debian's."""
+    return Path(os.environ.get("WNSEARCHDIR") or SYSTEM_DIR)
+
+
+def definition_items(directory: Path | None = None, count: int = 500, seed: int = ITEMS_SEED,
                      parts: tuple[str, ...] = PARTS_OF_SPEECH) -> list[dict]:
     """`count` items (all candidates when fewer), seeded: {"definition", "choices", "answer" (the index of the
-    right word in choices), "word", "pos"}. A candidate is an everyday word whose most frequent meaning's
-    definition does not give it away; its three distractors are other everyday words of the same part of
-    speech that share none of its meanings nor its first four letters, and appear nowhere in the definition."""
-    directory = Path(directory)
+    right word in choices), "word", "pos"}. A candidate is an everyday word that heads its most frequent
+    meaning (the first of the synset's words: one item a meaning) and that the definition does not give away;
+    its three distractors are other everyday words of the same part of speech that share none of its meanings
+    nor its first four letters, and appear nowhere in the definition. `directory`: default wordnet_dir()."""
+    directory = Path(directory) if directory is not None else wordnet_dir()
     missing = [name for part in parts for name in (f"data.{part}", f"index.{part}") if not (directory / name).is_file()]
     if missing:
         raise FileNotFoundError(f"no WordNet {missing[0]} in {directory} (Debian package {PACKAGE})")
@@ -110,7 +118,8 @@ def definition_items(directory: Path = SYSTEM_DIR, count: int = 500, seed: int =
         for word in pools[part]:
             lemma = words[word]
             definition = synsets[lemma.synsets[0]].definition
-            if definition and not gives_away(word, definition):
+            heads = synsets[lemma.synsets[0]].words[0] == word  # the word its meaning is listed under
+            if heads and definition and not gives_away(word, definition):
                 synonyms = {other.lower() for offset in lemma.synsets if offset in synsets
                             for other in synsets[offset].words}
                 candidates.append((part, word, definition, synonyms))
