@@ -46,6 +46,7 @@ def prepare(cfg: DictConfig, folders: RunFolders, steps: tuple[str, ...]) -> tup
                             "use compile=false, or healer.states=[blocks] / [final_norm]")
     sampler = calibration_sampler(cfg)
     workers = eval_workers(cfg.eval.num_workers)
+    zero_shot = zero_shot_of(cfg) if "eval" in steps else None  # task names and offline tasks' data, before any model
     # checkpoints first: a missing or foreign file is found before any model or data is loaded
     pruned_path = Path(cfg.pruned) if cfg.pruned else folders.prune_dir / PRUNED_FILE
     pruned_checkpoint = load_checkpoint(pruned_path, "prune") if "prune" not in steps else None
@@ -70,7 +71,7 @@ def prepare(cfg: DictConfig, folders: RunFolders, steps: tuple[str, ...]) -> tup
         structure = structure_of(context.dense)
         windows = {"seq_len": cfg.eval.get("seq_len")} if structure.modality == "text" else {}
         items, finish = data.evaluation_items(cfg.eval.max_images, **structure.preprocessing(), **windows)
-        eval_data = EvaluationData(items, finish, data.describe(data.eval_split), zero_shot_of(cfg))
+        eval_data = EvaluationData(items, finish, data.describe(data.eval_split), zero_shot)
     return context, Inputs(pruner, healer, pruned, healed, calibration, eval_data, workers)
 
 
