@@ -10,7 +10,8 @@ import starfish_cli.models  # noqa: F401  (registers vit_fmnist with timm)
 from starfish_cli.data import DATASETS
 from starfish_cli.data.images import DecodedImages, ImageTensors
 from starfish_cli.models.vision import model_transform
-from starfish_cli.runtime.device import peak_rss_mb, resolve_device
+from starfish_cli.runtime.device import resolve_device
+from starfish_cli.runtime.memory import peak_rss_mb
 
 
 class SyntheticImages(torch.utils.data.Dataset):

@@ -21,7 +21,7 @@ from starfish_cli.evaluation.compare import evaluate
 from starfish_cli.healing import HEALERS
 from starfish_cli.models import structure_of
 from starfish_cli.pruning import PRUNERS
-from starfish_cli.runtime.device import peak_rss_mb
+from starfish_cli.runtime.memory import peak_rss_mb
 
 
 class Synthetic(torch.utils.data.Dataset):

@@ -17,7 +17,9 @@ def sample_report():
             "healed": {"top1": 86.9, "top5": 99.5, "agreement": 93.0, "block_cosine": [0.99, 0.95]},
         },
         "recovery": 86.9 / 88.63,
-        "stages": {"prune": {"seconds": 1.5, "peak_memory_mb": 700.0, "memory_kind": "host RSS", "reused": True}},
+        "stages": {"prune": {"seconds": 1.5, "peak_memory_mb": 700.0, "memory_kind": "host RSS", "reused": True},
+                   "eval": {"seconds": 2.0, "peak_memory_mb": 900.0, "memory_kind": "cuda allocated",
+                            "peak_rss_mb": 3100.0}},
         "environment": {"device": "cpu", "torch": "2.14.1"},
     }
 
@@ -38,7 +40,8 @@ def test_markdown_gives_the_accuracy_table_alignment_sparsity_and_stages():
     assert "**recovery** (healed ÷ dense top-1): 0.9805" in text
     assert "| 1 | 0.7000 | 0.9500 |" in text  # per-block alignment, pruned vs healed
     assert "| blocks.0.attn.qkv | 0.7500 |" in text
-    assert "| prune | 1.5 | 700 | host RSS (reused) |" in text
+    assert "| prune | 1.5 | 700 | host RSS (reused) | – |" in text  # recorded before the host peak was
+    assert "| eval | 2.0 | 900 | cuda allocated | 3100 |" in text  # on a GPU, the process's peak RSS as well
 
 
 def test_a_pruning_only_report_has_no_accuracy_section(tmp_path):

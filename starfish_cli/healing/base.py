@@ -21,7 +21,7 @@ from starfish_cli.healing.resume import ResumeState
 from starfish_cli.healing.sharded_resume import ShardedResumeState
 from starfish_cli.healing.schedule import check_schedule, check_targets, pruned_fraction, split_steps, stage_masks
 from starfish_cli.healing.states import collect_states
-from starfish_cli.healing.teacher import available_host_bytes
+from starfish_cli.runtime.memory import available_host_bytes
 from starfish_cli.runtime.progress import progress_bar
 from starfish_cli.pruning.masks import apply_masks
 from starfish_cli.healing.sharding import local_part, local_tensor, log_rank_bytes, sharded_copy, write_back

@@ -158,11 +158,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [f"| {name} | {value:.4f} |" for name, value in sparsity["per_layer"].items()]
         lines.append("")
     if report.get("stages"):
-        lines += ["## Stages", "", "| stage | wall time s | peak memory MB | memory kind |", "|---|---|---|---|"]
+        lines += ["## Stages", "", "| stage | wall time s | peak memory MB | memory kind | peak host RSS MB |",
+                  "|---|---|---|---|---|"]
         for stage, entry in report["stages"].items():
             reused = " (reused)" if entry.get("reused") else ""  # an earlier invocation's figures
+            rss = f"{entry['peak_rss_mb']:.0f}" if "peak_rss_mb" in entry else "–"  # earlier reports did not record it
             lines.append(f"| {stage} | {entry['seconds']:.1f} | {entry['peak_memory_mb']:.0f} | "
-                         f"{entry['memory_kind']}{reused} |")
+                         f"{entry['memory_kind']}{reused} | {rss} |")
         lines.append("")
     lines += export_lines(report.get("export"))
     environment = report.get("environment", {})

@@ -3,13 +3,13 @@
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from starfish_cli.runtime.errors import StarfishError
+from starfish_cli.runtime.memory import peak_rss_mb, reset_peak_rss
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -49,41 +49,24 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def _reset_peak_rss() -> bool:
-    try:  # Linux: writing 5 to clear_refs resets the peak resident set size (VmHWM)
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_mb() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 @contextmanager
 def measure(stage: str, device: torch.device, into: dict[str, Any]) -> Iterator[None]:
-    """Wall time and peak memory (CUDA allocator peak on GPU, process peak RSS on CPU) of one stage."""
+    """Wall time and peak memory of one stage: `peak_memory_mb` is the device's (CUDA allocator peak on a
+    GPU, the process's peak RSS on a CPU), `peak_rss_mb` always the process's peak resident set size."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    per_stage = _reset_peak_rss()
+    per_stage = reset_peak_rss()
     started = time.perf_counter()
     yield
+    rss = peak_rss_mb()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         peak, kind = torch.cuda.max_memory_allocated(device) / 2**20, "cuda allocated"
     else:
-        peak, kind = peak_rss_mb(), "host RSS" if per_stage else "host RSS (process peak)"
-    into[stage] = {"seconds": time.perf_counter() - started, "peak_memory_mb": peak, "memory_kind": kind}
+        peak, kind = rss, "host RSS" if per_stage else "host RSS (process peak)"
+    into[stage] = {"seconds": time.perf_counter() - started, "peak_memory_mb": peak, "memory_kind": kind,
+                   "peak_rss_mb": rss}
 
 
 def compile_blocks(model: torch.nn.Module) -> torch.nn.Module:

@@ -13,7 +13,6 @@ from omegaconf import DictConfig
 
 from starfish_cli.api.steps import CALIBRATION_BATCH, calibration_batches
 from starfish_cli.data import loader
-from starfish_cli.healing.teacher import available_host_bytes
 from starfish_cli.models import family_of
 from starfish_cli.models.causal_lm import model_source
 from starfish_cli.onloading.sequential import check_onloadable, prune_heal_evaluate
@@ -24,6 +23,7 @@ from starfish_cli.runtime import distributed
 from starfish_cli.runtime.atomic import write_text_atomically
 from starfish_cli.runtime.device import measure
 from starfish_cli.runtime.errors import StarfishError
+from starfish_cli.runtime.memory import available_host_bytes
 from starfish_cli.stages.layout import INDICES_FILE
 from starfish_cli.stages.settings import plain, pruning_config
 from starfish_cli.stages.values import Context, Evaluation, Healed, Inputs, Pruned
