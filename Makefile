@@ -5,6 +5,7 @@ INSTALLED := $(VENV)/.installed
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 FORTUNES_DIR := /usr/share/games/fortunes
 JARGON_FILE := /usr/share/doc/jargon-text/jargon.txt.gz
+WORDNET_DIR := /usr/share/wordnet
 
 .PHONY: setup data demo test test-fast clean
 
@@ -16,13 +17,15 @@ $(INSTALLED): pyproject.toml | $(PYTHON)
 	$(PYTHON) -m pip install --quiet -e '.[dev,deploy,lm,track,tasks]'
 	touch $(INSTALLED)
 
-# Fashion-MNIST (dataset-fashion-mnist) and the reference LMs' English corpora (fortunes; jargon-text for
-# lm_medium) from Debian where we can install them (root + apt).
+# Fashion-MNIST (dataset-fashion-mnist), the reference LMs' English corpora (fortunes; jargon-text for
+# lm_medium) and WordNet (wordnet-base: eval.tasks=[wordnet_definitions]) from Debian where we can install
+# them (root + apt).
 data:
 	@missing=""; \
 	[ -e $(FMNIST_DIR)/t10k-images-idx3-ubyte.gz ] || missing="$$missing dataset-fashion-mnist"; \
 	[ -e $(FORTUNES_DIR)/fortunes ] || missing="$$missing fortunes"; \
 	[ -e $(JARGON_FILE) ] || missing="$$missing jargon-text"; \
+	[ -e $(WORDNET_DIR)/data.noun ] || missing="$$missing wordnet-base"; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
