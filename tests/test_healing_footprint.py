@@ -2,10 +2,13 @@
 budget is refused in one line naming block-wise healing and the FSDP2 device count that fits."""
 
 import pytest
+import torch
 
 from conftest import needs_fmnist, run_cli
 from starfish_cli.healing import HEALERS
-from starfish_cli.healing.footprint import Footprint, check_fits, end_to_end_footprint
+from starfish_cli.healing.footprint import (
+    ACTIVATION_BYTES, Footprint, check_fits, end_to_end_footprint, tokens_per_item,
+)
 from starfish_cli.runtime.errors import StarfishError
 
 
@@ -30,6 +33,25 @@ def test_the_estimate_counts_teacher_student_trained_state_and_activations(refer
     total = sum(p.numel() for p in reference_model.parameters())
     assert small.fixed == large.fixed >= 4 * total  # the whole teacher, at least
     assert large.sharded > small.sharded > 4 * 4 * trained  # weights, gradient, Adam's moments, plus activations
+    # a ViT's items are its 49 patches and the class token, whatever the calibration images
+    assert tokens_per_item(reference_model, [(0, torch.zeros(1, 28, 28))]) == 50
+    assert end_to_end_footprint(reference_model, trained, 8, 50) == small
+
+
+def test_activations_follow_the_calibration_windows_not_the_context():
+    """A causal LM's activations are those of a batch of calibration windows (calib.seq_len), not of its context:
+    SmolLM2-135M's 8k context at 2,048 tokens asked 79 GB where 128-token windows take under 8."""
+    from starfish_cli.models import build_model
+
+    model = build_model({"family": "causal_lm", "name": "lm_reference"})  # 4 layers, 128 wide, a 128-token context
+    windows = [(index, torch.zeros(32, dtype=torch.long)) for index in range(4)]  # items as the calibration gives them
+    assert tokens_per_item(model, windows) == 32
+    blocks, width = 4, 128
+    at = {(batch, tokens): end_to_end_footprint(model, 0, batch, tokens) for batch in (8, 32) for tokens in (32, 128)}
+    for (batch, tokens), footprint in at.items():  # the fixed and weight parts are the same; activations scale
+        assert footprint.sharded - at[(8, 32)].sharded == ACTIVATION_BYTES * 2 * blocks * width * (batch * tokens - 8 * 32)
+        assert footprint.fixed == at[(8, 32)].fixed
+    assert end_to_end_footprint(model, 0, 8).sharded == at[(8, 128)].sharded  # no tokens given: the context
 
 
 @needs_fmnist

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from starfish_cli.models import structure_of
+from starfish_cli.models.outputs import per_token
 from starfish_cli.runtime.errors import StarfishError
 
 FP32 = 4
@@ -35,14 +36,25 @@ class Footprint:
         return devices if devices <= MAX_DEVICES else None
 
 
-def end_to_end_footprint(model: nn.Module, trained: int, batch_size: int) -> Footprint:
+def tokens_per_item(model: nn.Module, calibration) -> int:
+    """Tokens one calibration item puts through every block: a text window's length (`calib.seq_len`, not the
+    model's context), or the model's own count (a ViT's patches and prefix tokens)."""
+    structure = structure_of(model)
+    if per_token(structure):
+        return int(calibration[0][1].shape[-1])
+    return structure.state_size()[0]
+
+
+def end_to_end_footprint(model: nn.Module, trained: int, batch_size: int, tokens: int | None = None) -> Footprint:
     """The dense teacher and the student (fp32), the trained values' gradient and Adam state, and the activations
-    of one batch through every block (fp32: twice the 16-bit figure; conservative under bf16 autocast)."""
+    of one batch of `tokens` per item through every block (fp32: twice the 16-bit figure; conservative under bf16
+    autocast). `tokens`: what a calibration item holds (`tokens_per_item`); None: the model's own count (a ViT's
+    patches, a causal LM's window)."""
     structure = structure_of(model)
     total = sum(parameter.numel() for parameter in model.parameters())
     in_blocks = sum(parameter.numel() for block in structure.blocks for parameter in block.parameters())
-    tokens, width = structure.state_size()
-    activations = batch_size * len(structure.blocks) * tokens * width * ACTIVATION_BYTES * 2
+    window, width = structure.state_size()
+    activations = batch_size * len(structure.blocks) * (tokens or window) * width * ACTIVATION_BYTES * 2
     return Footprint(fixed=FP32 * total + FP32 * (total - in_blocks),
                      sharded=FP32 * in_blocks + FP32 * TRAINED_STATE * trained + activations)
 

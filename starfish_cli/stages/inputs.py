@@ -18,7 +18,7 @@ from starfish_cli.data.calibration import CalibrationSampler
 from starfish_cli.evaluation.zero_shot import ZeroShot
 from starfish_cli.healing import HEALERS
 from starfish_cli.healing.base import GradientHealer
-from starfish_cli.healing.footprint import check_fits, end_to_end_footprint
+from starfish_cli.healing.footprint import check_fits, end_to_end_footprint, tokens_per_item
 from starfish_cli.models import build_model, structure_of
 from starfish_cli.pruning import PRUNERS
 from starfish_cli.runtime import distributed
@@ -55,8 +55,6 @@ def prepare(cfg: DictConfig, folders: RunFolders, steps: tuple[str, ...]) -> tup
     data = DATASETS.build(plain(cfg.data))
     context = make_context(cfg, folders, steps, pruner, healer)
     check_pairing(structure_of(context.dense), data)
-    if healer is not None and context.onloaded is None:
-        check_memory(context, healer)
 
     if "prune" in steps:
         pruned = reusable_pruning(context) if cfg.skip_finished and context.onloaded is None else None
@@ -67,6 +65,8 @@ def prepare(cfg: DictConfig, folders: RunFolders, steps: tuple[str, ...]) -> tup
     if "prune" in steps or "heal" in steps:
         labels_for = healer.registered_name if healer and healer.labels_used else None
         calibration = calibration_of(context, data, sampler, labels_for)
+    if healer is not None and context.onloaded is None:
+        check_memory(context, healer, calibration.items)
     if "eval" in steps:
         structure = structure_of(context.dense)
         windows = {"seq_len": cfg.eval.get("seq_len")} if structure.modality == "text" else {}
@@ -85,13 +85,15 @@ def zero_shot_of(cfg: DictConfig) -> ZeroShot | None:
     return zero_shot
 
 
-def check_memory(context: Context, healer) -> None:
-    """End-to-end gradient healing must fit `memory_budget` per device (replicated, or sharded by FSDP2)."""
+def check_memory(context: Context, healer, calibration) -> None:
+    """End-to-end gradient healing must fit `memory_budget` per device (replicated, or sharded by FSDP2), with
+    the activations of a batch of calibration items as long as they are."""
     if not isinstance(healer, GradientHealer) or getattr(healer, "mode", "end_to_end") != "end_to_end":
         return
     parameters = dict(context.dense.named_parameters())
     trained = sum(parameters[name].numel() for name in healer.trainable_names(context.dense) if name in parameters)
-    footprint = end_to_end_footprint(context.dense, trained, int(healer.batch_size))
+    footprint = end_to_end_footprint(context.dense, trained, int(healer.batch_size),
+                                     tokens_per_item(context.dense, calibration))
     sharded = context.world.active and context.world.strategy == "fsdp"
     check_fits(footprint, memory_budget(context), context.world.size if sharded else 1, str(context.cfg.model.name))
 
