@@ -66,7 +66,7 @@ def prepare(cfg: DictConfig, folders: RunFolders, steps: tuple[str, ...]) -> tup
         labels_for = healer.registered_name if healer and healer.labels_used else None
         calibration = calibration_of(context, data, sampler, labels_for)
     if healer is not None and context.onloaded is None:
-        check_memory(context, healer, calibration.items)
+        check_memory(context, healer, calibration.images)
     if "eval" in steps:
         structure = structure_of(context.dense)
         windows = {"seq_len": cfg.eval.get("seq_len")} if structure.modality == "text" else {}
