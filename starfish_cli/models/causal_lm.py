@@ -1,6 +1,6 @@
 """The causal_lm family: transformers decoder-only language models (any architecture whose decoder layers
 form one nn.ModuleList: Llama, Mistral, Qwen, Gemma, Phi, Falcon, GPT-2, OPT, GPT-NeoX, BLOOM, …) built from
-a hub id or a save_pretrained folder, their structure, and text data."""
+a hub id, a save_pretrained folder, a GGUF file or a fetchable model's name, their structure, and text data."""
 
 import copy
 from pathlib import Path
@@ -13,6 +13,7 @@ from starfish_cli.runtime.errors import StarfishError, first_line
 from starfish_cli.models.base import ModelStructure, register_family
 from starfish_cli.models.decoder import branch, context_length, final_norm, find_decoder, has_attention
 from starfish_cli.models.experts import fused_state_dict, keep_routers_dense, unfuse_experts
+from starfish_cli.models.gguf import FETCHABLE, converted_folder, fetched_folder, is_gguf
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 # the language models shipped in the package, by the model.name that loads them (docs/reference_models.md)
@@ -31,10 +32,15 @@ def _transformers():
 
 
 def model_source(name: str) -> str:
-    """Where `name` loads from: an embedded model's folder, a local folder, or a hub id."""
+    """Where `name` loads from: an embedded model's folder, a local folder, or a hub id; a GGUF file and a
+    fetchable model (models.gguf) load from the save_pretrained folder they are converted into once."""
     if name in EMBEDDED:
         return str(EMBEDDED[name])
+    if name in FETCHABLE:
+        return str(fetched_folder(name))
     path = Path(name).expanduser()
+    if is_gguf(name):
+        return str(converted_folder(path))
     return str(path) if path.exists() else name
 
 
@@ -58,8 +64,8 @@ def build_model(name: str = REFERENCE_NAME, pretrained: bool = True, revision: s
             config = transformers.AutoConfig.from_pretrained(source, revision=revision)
             model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     except (OSError, ValueError, KeyError, RuntimeError) as error:
-        raise StarfishError(f"could not load causal LM {name!r} ({first_line(error, 160)}): "
-                            "give a folder written by save_pretrained, or a hub id with network access") from error
+        raise StarfishError(f"could not load causal LM {name!r} ({first_line(error, 160)}): give a folder "
+                            "written by save_pretrained, a .gguf file, or a hub id with network access") from error
     _check_decoder(model, name)
     _linear_from_conv1d(model, transformers)
     layers = find_decoder(model).layers
@@ -261,6 +267,8 @@ class CausalLMStructure(ModelStructure):
 
     def hub_base_model(self, model_config):
         name = str(model_config.get("name", REFERENCE_NAME))
+        if name in FETCHABLE:
+            return FETCHABLE[name].origin
         return None if name in EMBEDDED or Path(name).expanduser().exists() else name
 
     def random_inputs(self, count, seed=0):
