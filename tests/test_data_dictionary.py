@@ -137,6 +137,16 @@ def test_the_task_is_written_into_the_cache_and_loads_in_lm_eval(caches, wordnet
     assert task.config.output_type == "multiple_choice"
 
 
+def test_eval_tasks_find_it_in_the_cache_without_indexing_lm_evals_own_tasks(caches):
+    pytest.importorskip("lm_eval")
+    from starfish_cli.evaluation.zero_shot import ZeroShot
+
+    zero_shot = ZeroShot(["wordnet_definitions"], task_limit=5)
+    zero_shot.check()
+    assert zero_shot._manager.all_tasks == ["wordnet_definitions"]  # the cache folder alone: lm-eval's never indexed
+    assert (caches / "starfish" / "tasks" / "wordnet_definitions" / "wordnet_definitions.jsonl").is_file()
+
+
 def test_a_missing_dictionary_is_one_line_naming_the_debian_package(caches, tmp_path, monkeypatch):
     pytest.importorskip("lm_eval")
     from starfish_cli.evaluation.zero_shot import ZeroShot
