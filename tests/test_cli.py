@@ -1,4 +1,5 @@
-"""The `starfish` command end to end, in subprocesses, on shrunk sizes."""
+"""The `starfish` command end to end on shrunk sizes: in process (`run_in_process` calls the CLI's `main`), with
+one subprocess test each of `starfish run`, of the prune → heal → eval stages and of `starfish report`."""
 
 import json
 import re
@@ -7,11 +8,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import SHRUNK, needs_fmnist, read_json, run_cli
+from conftest import SHRUNK, needs_fmnist, read_json, run_cli, run_in_process
 from starfish_cli.artifacts.checkpoint import load_checkpoint
 from starfish_cli.pruning.masks import fits_nm
 
-pytestmark = [needs_fmnist, pytest.mark.slow]  # the installed `starfish` in subprocesses
+pytestmark = needs_fmnist
 REPORT_KEYS = ["accuracy.dense.top1", "accuracy.pruned.top1", "accuracy.healed.top1", "recovery",
                "sparsity.prunable", "calibration.count", "calibration.labels_used", "seed"]
 
@@ -22,6 +23,7 @@ def lookup(report, dotted):
     return report
 
 
+@pytest.mark.slow
 def test_run_writes_a_complete_run_folder(tmp_path):
     result = run_cli("run", *SHRUNK, "hydra.run.dir=out", cwd=tmp_path)
     folder = tmp_path / "out"
@@ -44,10 +46,11 @@ def test_run_writes_a_complete_run_folder(tmp_path):
         assert f"{loop}: " in (folder / "run.log").read_text()
 
 
+@pytest.mark.slow
 def test_same_seed_same_numbers(tmp_path):
     reports = []
     for folder in ("a", "b"):
-        run_cli("run", *SHRUNK, "pruner=random", f"hydra.run.dir={folder}", cwd=tmp_path)
+        run_in_process("run", *SHRUNK, "pruner=random", f"hydra.run.dir={folder}", cwd=tmp_path)
         reports.append(read_json(tmp_path / folder / "report.json"))
     for report in reports:  # throughput is a timing, not a result
         for model in ("dense", "pruned", "healed"):
@@ -56,8 +59,9 @@ def test_same_seed_same_numbers(tmp_path):
         assert json.dumps(reports[0][key], sort_keys=True) == json.dumps(reports[1][key], sort_keys=True), key
 
 
+@pytest.mark.slow
 def test_two_four_pattern_masks_on_disk(tmp_path):
-    run_cli("run", *SHRUNK, "pruner.pattern=2:4", "hydra.run.dir=out", cwd=tmp_path)
+    run_in_process("run", *SHRUNK, "pruner.pattern=2:4", "hydra.run.dir=out", cwd=tmp_path)
     for name in ("pruned.safetensors", "healed.safetensors"):
         checkpoint = load_checkpoint(tmp_path / "out" / name, "prune")
         assert checkpoint.masks and all(fits_nm(m, 2, 4) for m in checkpoint.masks.values())
@@ -66,6 +70,7 @@ def test_two_four_pattern_masks_on_disk(tmp_path):
     assert read_json(tmp_path / "out" / "report.json")["healing"]["steps"] == 1
 
 
+@pytest.mark.slow
 def test_stages_apart_as_a_multirun_sweep(tmp_path):
     sweep = ["-m", "pruner.sparsity=0.5,0.75", *SHRUNK]
     for stage in ("prune", "heal", "eval"):
@@ -82,9 +87,9 @@ def test_stages_apart_as_a_multirun_sweep(tmp_path):
 def test_config_file_from_any_folder(tmp_path):
     experiment = tmp_path / "mine.yaml"
     experiment.write_text("# @package _global_\ndefaults:\n  - override /pruner: magnitude\npruner:\n  sparsity: 0.6\n")
-    printed = run_cli("run", "--config", str(experiment), "--cfg", "job", cwd=tmp_path).stdout
+    printed = run_in_process("run", "--config", str(experiment), "--cfg", "job", cwd=tmp_path).stdout
     assert "name: magnitude" in printed and "sparsity: 0.6" in printed
-    shipped = run_cli("prune", "--config", "fmnist_wanda_75", "--cfg", "job", "pruner.sparsity=0.8", cwd=tmp_path)
+    shipped = run_in_process("prune", "--config", "fmnist_wanda_75", "--cfg", "job", "pruner.sparsity=0.8", cwd=tmp_path)
     assert "name: wanda" in shipped.stdout and "sparsity: 0.8" in shipped.stdout
 
 
@@ -97,6 +102,14 @@ def _bad_checkpoint(tmp_path, kind):
     return path
 
 
+@pytest.fixture(scope="module")
+def arch_checkpoint(tmp_path_factory):
+    """A real pruned checkpoint of a 2-block variant of the reference model."""
+    folder = tmp_path_factory.mktemp("arch")
+    run_in_process("prune", *SHRUNK, "model.pretrained=false", "+model.kwargs.depth=2", "hydra.run.dir=arch", cwd=folder)
+    return folder / "arch" / "pruned.safetensors"
+
+
 @pytest.mark.parametrize("args,message", [
     (["run", "model=nope"], "unknown model 'nope'"),
     (["run", "model.name=vit_nope"], "unknown model 'vit_nope'"),
@@ -106,7 +119,7 @@ def _bad_checkpoint(tmp_path, kind):
     (["heal", "pruned=/no/such.safetensors"], "no checkpoint at /no/such.safetensors"),
     (["heal", "pruned=TRUNCATED"], "truncated"),
     (["heal", "pruned=FOREIGN"], "not a starfish checkpoint"),
-    (["heal", "pruned=ARCH"], "different architecture"),
+    pytest.param(["heal", "pruned=ARCH"], "different architecture", marks=pytest.mark.slow),
     (["bogus"], "unknown stage"),
     (["run", "compile=true", "healer.states=[attn]"], "compile=true"),
     (["run", "pruner.sparsty=0.5"], "unknown key 'pruner.sparsty': did you mean pruner.sparsity?"),
@@ -118,13 +131,14 @@ def _bad_checkpoint(tmp_path, kind):
     (["run", "model.checkpoint_path=TRUNCATED"], "could not build model 'vit_fmnist'"),
     (["run", "model.data_config={means:[0.5]}"], "model.data_config has no key 'means'"),
     (["run", "data=imagefolder", "data.path=EMPTY"], "could not read image folders"),
-    (["run", "data=imagefolder", "data.path=BADIMAGES", "calib.count=2", "model=deit_tiny", "model.pretrained=false"],
-     "cannot be read"),
+    pytest.param(["run", "data=imagefolder", "data.path=BADIMAGES", "calib.count=2", "model=deit_tiny",
+                  "model.pretrained=false"], "cannot be read", marks=pytest.mark.slow),
     (["run", "output_root=/proc/starfish"], "choose a writable output_root"),
-    (["heal", "pruned=ARCH", "model=deit_tiny", "model.pretrained=false"], "was made for model 'vit_fmnist'"),
+    pytest.param(["heal", "pruned=ARCH", "model=deit_tiny", "model.pretrained=false"], "was made for model 'vit_fmnist'",
+                 marks=pytest.mark.slow),
     (["report", "/no/such/folder"], "is not a folder"),
 ])
-def test_bad_input_is_one_line_exit_2_nothing_left(tmp_path, args, message):
+def test_bad_input_is_one_line_exit_2_nothing_left(tmp_path, args, message, request):
     """The CLI's fuzz test: bad values of every config group and stage, typos, missing, corrupt or
     foreign files, a checkpoint of another model, empty or unreadable data, an output folder that
     cannot be made. (A read-only folder cannot be had as root, which CI is.)"""
@@ -137,13 +151,12 @@ def test_bad_input_is_one_line_exit_2_nothing_left(tmp_path, args, message):
         (tmp_path / "bad" / split / "n0").mkdir(parents=True)
         for i in range(4):
             (tmp_path / "bad" / split / "n0" / f"{i}.JPEG").write_bytes(b"not a jpeg")
-    if "pruned=ARCH" in args:  # a real pruned checkpoint of a 2-block variant of the reference model
-        run_cli("prune", *SHRUNK, "model.pretrained=false", "+model.kwargs.depth=2", "hydra.run.dir=arch", cwd=tmp_path)
-        replacements["ARCH"] = str(tmp_path / "arch" / "pruned.safetensors")
+    if "pruned=ARCH" in args:
+        replacements["ARCH"] = str(request.getfixturevalue("arch_checkpoint"))
     args = [a.replace(k, v) if "=" in a else a for a in args for k, v in [next(
         ((k, v) for k, v in replacements.items() if k in a), ("", ""))]]
     shrunk = SHRUNK if args[0] in ("run", "prune", "heal", "eval") else []
-    result = run_cli(args[0], *shrunk, *args[1:], cwd=work, check=False)
+    result = run_in_process(args[0], *shrunk, *args[1:], cwd=work, check=False)
     assert result.returncode == 2, result.stderr[-2000:]
     lines = [line for line in result.stderr.splitlines() if line.startswith("starfish: error:")]
     assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
@@ -152,16 +165,17 @@ def test_bad_input_is_one_line_exit_2_nothing_left(tmp_path, args, message):
     assert list(work.iterdir()) == [], "a failed run left files behind"
 
 
+@pytest.mark.slow
 def test_multirun_rerun_skips_finished_runs_and_report_summarizes(tmp_path):
     sweep = ["run", "-m", "healer=norm,starfish", "seed=0,1", *SHRUNK]
-    run_cli(*sweep, cwd=tmp_path)
+    run_in_process(*sweep, cwd=tmp_path)
     reports = sorted((tmp_path / "outputs").rglob("report.json"))
     assert len(reports) == 4
     stamps = [r.stat().st_mtime_ns for r in reports]
-    again = run_cli(*sweep, cwd=tmp_path)
+    again = run_in_process(*sweep, cwd=tmp_path)
     assert again.stderr.count("skipping") + again.stdout.count("skipping") == 4
     assert [r.stat().st_mtime_ns for r in reports] == stamps
-    printed = run_cli("report", "outputs/default", cwd=tmp_path).stdout
+    printed = run_cli("report", "outputs/default", cwd=tmp_path).stdout  # the subprocess test of `starfish report`
     for name in ("summary.md", "summary.csv", "accuracy_vs_sparsity.png"):
         assert (tmp_path / "outputs" / "default" / name).stat().st_size > 0, name
     assert "norm" in printed and "starfish" in printed

@@ -4,7 +4,7 @@ budget is refused in one line naming block-wise healing and the FSDP2 device cou
 import pytest
 import torch
 
-from conftest import needs_fmnist, run_cli
+from conftest import needs_fmnist, run_in_process
 from starfish_cli.healing import HEALERS
 from starfish_cli.healing.footprint import (
     ACTIVATION_BYTES, Footprint, check_fits, end_to_end_footprint, tokens_per_item,
@@ -55,12 +55,12 @@ def test_activations_follow_the_calibration_windows_not_the_context():
 
 
 @needs_fmnist
-@pytest.mark.slow
 def test_a_budget_too_small_is_one_line_naming_the_ways_that_fit(reference_model, tmp_path):
     healer = HEALERS.build({"name": "starfish"})
     trained = sum(p.numel() for n, p in reference_model.named_parameters() if n in healer.trainable_names(reference_model))
     needed = end_to_end_footprint(reference_model, trained, 32).devices_needed(int(0.05e9))
-    result = run_cli("run", "memory_budget=0.05", "healer.batch_size=32", "hydra.run.dir=run", cwd=tmp_path, check=False)
+    result = run_in_process("run", "memory_budget=0.05", "healer.batch_size=32", "hydra.run.dir=run", cwd=tmp_path,
+                            check=False)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
     assert f"use healer.mode=blockwise, or dist_strategy=fsdp across {needed} devices" in lines[0] and needed > 1

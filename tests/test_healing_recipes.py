@@ -2,7 +2,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from conftest import needs_fmnist, read_json, run_cli
+from conftest import needs_fmnist, read_json, run_in_process
 from starfish_cli.healing import HEALERS
 from starfish_cli.healing.recipes import RECIPES, recipe_for
 from starfish_cli.healing.starfish import StarfishHealer
@@ -75,8 +75,8 @@ def test_a_set_value_overrides_only_itself():
 @needs_fmnist
 @pytest.mark.slow
 def test_a_sweep_over_sparsity_heals_each_run_with_its_recipe_under_one_label(tmp_path):
-    run_cli("run", "-m", "pruner.sparsity=0.5,0.9", "calib.count=16", "healer.epochs=1", "eval.max_images=64",
-            "eval.batch_size=64", "eval.speed=false", cwd=tmp_path)
+    run_in_process("run", "-m", "pruner.sparsity=0.5,0.9", "calib.count=16", "healer.epochs=1", "eval.max_images=64",
+                   "eval.batch_size=64", "eval.speed=false", cwd=tmp_path)
     reports = {read_json(path)["pruner"]["sparsity"]: read_json(path) for path in (tmp_path / "outputs").rglob("report.json")}
     assert {s: (r["healer"]["recipe"], r["healer"]["batch_size"], r["healing"]["steps"]) for s, r in reports.items()} \
         == {0.5: ("reference", 32, 1), 0.9: ("extreme", 8, 2)}

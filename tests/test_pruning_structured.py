@@ -7,7 +7,7 @@ import pytest
 import timm
 import torch
 
-from conftest import SHRUNK, needs_fmnist, read_json, run_cli
+from conftest import SHRUNK, needs_fmnist, read_json, run_in_process
 from starfish_cli.artifacts.checkpoint import load_checkpoint
 from starfish_cli.runtime.errors import StarfishError
 from starfish_cli.models import structure_of
@@ -162,11 +162,11 @@ def test_healers_train_the_smaller_model(reference_model, calibration_images, ca
 @pytest.mark.parametrize("setting,message", [("pruner.heads=1.0", "pruner.heads=1.0 is outside [0, 1)"),
                                              ("pruner.mlp=-0.1", "pruner.mlp=-0.1 is outside [0, 1)"),
                                              ("pruner.heads=0.9", "removes all 4 heads of block 0")])
-@pytest.mark.slow
 def test_bad_structured_settings_exit_2_and_leave_nothing(tmp_path, setting, message):
-    result = run_cli("prune", "pruner=structured", setting, "calib.count=8", cwd=tmp_path, check=False)
-    lines = [line for line in result.stderr.splitlines() if line.startswith("starfish: error:")]
+    result = run_in_process("prune", "pruner=structured", setting, "calib.count=8", cwd=tmp_path, check=False)
+    lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr[-2000:]
+    assert lines[0].startswith("starfish: error:")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -174,8 +174,8 @@ def test_bad_structured_settings_exit_2_and_leave_nothing(tmp_path, setting, mes
 @pytest.mark.slow
 def test_structured_checkpoint_heals_and_evaluates_from_disk(tmp_path):
     settings = ["pruner=structured", "pruner.heads=0.5", "pruner.mlp=0.75", "healer=kd", *SHRUNK, "eval.speed=false"]
-    run_cli("prune", *settings, cwd=tmp_path)
-    ran = run_cli("run", *settings, cwd=tmp_path)  # heals and evaluates the structured checkpoint on disk
+    run_in_process("prune", *settings, cwd=tmp_path)
+    ran = run_in_process("run", *settings, cwd=tmp_path)  # heals and evaluates the structured checkpoint on disk
     assert "reusing" in ran.stdout + ran.stderr
     pruned_file = next((tmp_path / "outputs").rglob("pruned.safetensors"))
     pruned = load_checkpoint(pruned_file, "prune")
