@@ -2,10 +2,11 @@
 healing losses to each that report.json holds; what is logged comes from the steps' plain values."""
 
 import json
+import time
 
 import pytest
 
-from conftest import SHRUNK, needs_fmnist, run_cli
+from conftest import SHRUNK, needs_fmnist, run_in_process
 from starfish_cli.cli.checks import check_group_choices
 from starfish_cli.runtime.errors import StarfishError
 from starfish_cli.stages.resolvers import overrides_suffix
@@ -93,11 +94,53 @@ def test_mlflow_logger_writes_a_local_run(tmp_path, monkeypatch):
     assert run.data.params["healer.lr"] == "0.001"
 
 
-def test_wandb_logger_runs_offline(tmp_path):
+def wandb_records(run_dir) -> list:
+    """The records of the one offline run under `run_dir`/wandb, read from its `.wandb` file: wandb's
+    transaction log, in LevelDB's log format (a 7-byte file header, then 32 KiB blocks of chunks, each with a
+    7-byte header: checksum, length, type 1 full / 2 first / 3 middle / 4 last), each record a protobuf Record."""
+    from wandb.proto import wandb_internal_pb2
+
+    (path,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    records, pending, offset = [], b"", 7
+    while offset + 7 <= len(data):
+        if 32768 - offset % 32768 < 7:  # a block's tail too short for a header is padding
+            offset += 32768 - offset % 32768
+            continue
+        length, kind = int.from_bytes(data[offset + 4:offset + 6], "little"), data[offset + 6]
+        if offset + 7 + length > len(data):  # a chunk still being written
+            break
+        pending += data[offset + 7:offset + 7 + length]
+        offset += 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
+def test_wandb_logger_writes_an_offline_run(tmp_path):
     pytest.importorskip("wandb")
     logger = LOGGERS.build({"name": "wandb"}, run_dir=tmp_path, run_label="a")
     log_a_run(logger)
-    assert logger.written()
+    assert logger.written() and all(tmp_path / "wandb" in path.parents for path in logger.written())
+    records, deadline = {}, time.monotonic() + 60
+    while "exit" not in records and time.monotonic() < deadline:  # wandb's service may still be writing the file
+        time.sleep(0.2)
+        records = {}
+        for record in wandb_records(tmp_path):
+            records.setdefault(record.WhichOneof("record_type"), []).append(record)
+    assert {"run", "config", "history", "exit"} <= set(records), sorted(records)
+    history = [(row.history.step.num, {item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                                       for item in row.history.item}) for row in records["history"]]
+    logged = [(step, {k: v for k, v in row.items() if not k.startswith("_")}) for step, row in history]
+    assert logged == [(0, {"sparsity/prunable": 0.75}), *((step, {"heal/loss": loss}) for step, loss in
+                                                          enumerate(LOSSES, 1))]
+    params = {item.key: json.loads(item.value_json) for row in records["config"] for item in row.config.update}
+    assert params == {"model.name": "vit_fmnist", "healer.lr": 0.001}
+    assert records["run"][0].run.display_name == "a" and records["exit"][0].exit.exit_code == 0
 
 
 def test_loggers_group_fans_out_and_unknown_keys_fail(tmp_path):
@@ -127,7 +170,7 @@ def test_run_logs_the_same_healing_losses_to_every_logger(tmp_path, monkeypatch)
     pytest.importorskip("tensorboard")
     pytest.importorskip("mlflow")
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-    run_cli("run", *SHRUNK, "logger=[csv,tensorboard,mlflow]", "hydra.run.dir=out", cwd=tmp_path)
+    run_in_process("run", *SHRUNK, "logger=[csv,tensorboard,mlflow]", "hydra.run.dir=out", cwd=tmp_path)
     expected = json.loads((tmp_path / "out" / "report.json").read_text())["healing"]["loss_history"]
     assert expected
     steps = list(range(1, len(expected) + 1))
