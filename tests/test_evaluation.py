@@ -80,7 +80,7 @@ def test_no_evaluation_images_is_a_clear_error(reference_model, test_images):
 def test_a_sweep_stops_recording_when_the_cap_would_be_exceeded(reference_model, test_images):
     from starfish_cli.evaluation.cache import SweepCache
 
-    per_batch = 64 * (10 + 6 * 50 * 128) * 4  # logits and six block states of 64 images, fp32
+    per_batch = 64 * 6 * 50 * 128 * 4  # six block states of 64 images, fp32 (the head runs again on the last)
     cache = SweepCache(max_bytes=2 * per_batch + 1)  # room for 2 of the 4 batches
     results = evaluate({"dense": reference_model}, test_images, torch.device("cpu"), batch_size=64,
                        cache_keys={"dense": "k"}, cache=cache, record_reference=True)
@@ -136,3 +136,66 @@ def test_plan_runs_each_key_once_and_reuses_finished_results():
                                    "other": {"top1": 1.0}}
     cache.store_results(chosen.keys, own)
     assert cache.results == {"q": {"top1": 1.0}, "p": {"top1": 2.0}}  # the reference's key holds its outputs only
+
+
+@pytest.fixture(scope="module")
+def dense_and_pruned_lm():
+    pytest.importorskip("transformers")
+    from starfish_cli.models.causal_lm import build_model
+
+    dense = build_model("lm_reference")
+    pruned = copy.deepcopy(dense)
+    PRUNERS.build({"name": "magnitude", "sparsity": 0.5}).prune(pruned)
+    return dense, pruned
+
+
+def token_windows(count: int = 10, length: int = 32):
+    from starfish_cli.data.text import TokenWindows
+
+    return TokenWindows(torch.randint(0, 2048, (count, length), generator=torch.Generator().manual_seed(0)),
+                        with_targets=True)
+
+
+def test_perplexity_by_batches_and_chunks_of_tokens_equals_all_windows_at_once(dense_and_pruned_lm, monkeypatch):
+    """The logits are made 7 tokens at a time, in batches of 3 windows: perplexity, top-1 and agreement are
+    those of every window's logits at once."""
+    from starfish_cli.evaluation import side_by_side
+    from starfish_cli.evaluation.metrics import next_token_nll
+
+    dense, pruned = dense_and_pruned_lm
+    items = token_windows()
+    with torch.no_grad():
+        whole = {name: model(input_ids=items.windows).logits for name, model in (("dense", dense), ("pruned", pruned))}
+    rows_seen = []
+    handles = [model.lm_head.register_forward_hook(lambda _m, args, _o: rows_seen.append(args[0].shape[0]))
+               for model in (dense, pruned)]
+    monkeypatch.setattr(side_by_side, "rows_per_chunk", lambda values: 7)
+    try:
+        results = evaluate({"dense": dense, "pruned": pruned}, items, torch.device("cpu"), batch_size=3)["models"]
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert max(rows_seen) == 7 and results["dense"]["tokens"] == 10 * 31  # never a batch's logits at once
+    predicted = {name: logits[:, :-1].argmax(-1) for name, logits in whole.items()}
+    for name, logits in whole.items():
+        nll = next_token_nll(logits, items.windows).double()
+        assert results[name]["perplexity"] == pytest.approx(float(nll.mean().exp()), rel=1e-6)
+        assert results[name]["top1"] == pytest.approx(100 * float((predicted[name] == items.windows[:, 1:]).double().mean()))
+        assert results[name]["agreement"] == pytest.approx(100 * float((predicted[name] == predicted["dense"]).double().mean()))
+    assert results["pruned"]["agreement"] < 95.0  # two models that the numbers tell apart
+
+
+def test_a_sweep_reuses_a_causal_lms_states_not_its_logits(dense_and_pruned_lm):
+    from starfish_cli.evaluation.cache import SweepCache
+
+    dense, pruned = dense_and_pruned_lm
+    items, cache, keys = token_windows(), SweepCache(), {"dense": "k"}
+    models = {"dense": dense, "pruned": pruned}
+    first = evaluate(models, items, torch.device("cpu"), batch_size=4, cache_keys=keys, cache=cache, record_reference=True)
+    # three batches of the 4 blocks' states (windows × 32 tokens × 128 wide): no vocabulary-wide logits
+    assert [len(states) for states in cache.batches] == [4, 4, 4]
+    assert all(state.shape[1:] == (32, 128) for states in cache.batches for state in states)
+    again = evaluate(models, items, torch.device("cpu"), batch_size=4, cache_keys=keys, cache=cache)
+    for name in models:
+        for metric in ("perplexity", "top1", "agreement", "tokens", "block_cosine"):
+            assert again["models"][name][metric] == first["models"][name][metric], (name, metric)

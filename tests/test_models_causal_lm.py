@@ -70,7 +70,9 @@ def test_side_by_side_blocks_equal_the_models_forward(tiny_folder):
 def test_perplexity_is_exp_of_mean_next_token_nll():
     logits = torch.tensor([[[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 3.0]]])  # one window of 3 tokens
     tokens = torch.tensor([[0, 1, 1]])
-    sums, predictions = Perplexity().count(logits, logits.argmax(-1), tokens)
+    metric = Perplexity()
+    rows = metric.rows(logits)  # a row per predicting position: the logits stand for the states the head maps
+    sums, predictions = metric.count(rows, rows.argmax(-1), metric.targets(tokens))
     # predicted: token 1 from position 0, token 1 from position 1
     nll = -math.log(1 / (math.e**2 + 2)) - math.log(math.e / (math.e + 2))
     results = Perplexity().results(sums, predictions)

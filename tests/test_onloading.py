@@ -46,11 +46,12 @@ def whole_model(pruner, healer, calibration, evaluation):
     healer.heal(student, dense, masks, Items(torch.cat(calibration)), torch.device("cpu"))
     metric, results = Perplexity(), {}
     with torch.no_grad():
-        reference = [dense(input_ids=x).logits.argmax(-1) for x in evaluation]
+        reference = [metric.rows(dense(input_ids=x).logits).argmax(-1) for x in evaluation]
         for name, model in {"dense": dense, "pruned": pruned, "healed": student}.items():
             sums, count = [0.0] * metric.size, 0
             for tokens, predicted in zip(evaluation, reference):
-                batch, tokens_here = metric.count(model(input_ids=tokens).logits, predicted, tokens)
+                logits = metric.rows(model(input_ids=tokens).logits)  # the whole batch at once
+                batch, tokens_here = metric.count(logits, predicted, metric.targets(tokens))
                 sums, count = [a + b for a, b in zip(sums, batch)], count + tokens_here
             results[name] = metric.results(sums, count)
     return masks, pruned, student, results

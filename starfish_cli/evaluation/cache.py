@@ -6,9 +6,10 @@ import torch
 
 
 class SweepCache:
-    """What a sweep evaluates again and again, kept in one process: the reference model's outputs
-    on the evaluation set (fp32, so every number equals a fresh computation) and finished results
-    of models that several runs share (the same pruned checkpoint under different healers)."""
+    """What a sweep evaluates again and again, kept in one process: the reference model's block states
+    on the evaluation set (fp32, so every number equals a fresh computation; its head runs again on the
+    last, rather than a causal LM's vocabulary-wide logits being kept) and finished results of models that
+    several runs share (the same pruned checkpoint under different healers)."""
 
     def __init__(self, max_bytes: int = 4 * 2**30):
         self.max_bytes = max_bytes
@@ -40,8 +41,8 @@ class SweepCache:
 
 
 class ReferenceRecording:
-    """The reference's outputs of one run, batch by batch, given up as soon as they outgrow the
-    cache's cap: a run whose outputs will not fit stops holding them then, not after its last batch."""
+    """The reference's block states of one run, batch by batch, given up as soon as they outgrow the
+    cache's cap: a run whose states will not fit stops holding them then, not after its last batch."""
 
     def __init__(self, cache: SweepCache, key: str):
         self.cache, self.key = cache, key
@@ -52,15 +53,15 @@ class ReferenceRecording:
     def active(self) -> bool:
         return self.batches is not None
 
-    def add(self, logits: torch.Tensor, states: list[torch.Tensor]) -> None:
+    def add(self, states: list[torch.Tensor]) -> None:
         """`states`: each block's output, already fp32 on the host (taken as the blocks ran)."""
         if self.batches is None:
             return
-        self.bytes += 4 * (logits.numel() + sum(state.numel() for state in states))
+        self.bytes += 4 * sum(state.numel() for state in states)
         if self.bytes > self.cache.max_bytes:
             self.batches = None
         else:
-            self.batches.append((logits.float().cpu(), states))
+            self.batches.append(states)
 
     def finish(self, seconds: float) -> None:
         """`seconds`: the reference's compute time, reported again by the runs that reuse its outputs."""

@@ -66,11 +66,12 @@ def evaluate(
     """Run every model on the same labelled batches; alignment and agreement are against `reference`.
 
     Under torchrun each rank evaluates its shard and the counts are summed. `cache_keys` name what
-    a model's results depend on (weights, data, settings): the reference's per-batch outputs and
+    a model's results depend on (weights, data, settings): the reference's per-batch block states and
     the other keyed models' finished results are reused from `cache` when the key matches. The
-    reference's outputs are recorded only with `record_reference` (a sweep, where later runs reuse
+    reference's states are recorded only with `record_reference` (a sweep, where later runs reuse
     them) and only while they fit the cache's cap, so one run's memory does not grow with the
-    images. `finish` turns each batch into the models' inputs on the device (e.g. uint8 pixels →
+    images. Outputs (a causal LM's vocabulary-wide logits) are made and counted a chunk of rows at a
+    time, never a whole batch's. `finish` turns each batch into the models' inputs on the device (e.g. uint8 pixels →
     normalized floats: a quarter of the bytes through the loader).
 
     Returns `images` (items: images or token windows) and, per model: the family metric's results
@@ -80,9 +81,10 @@ def evaluate(
     chosen = plan(models, reference, cache_keys, cache)
     structure = structure_of(models[reference])
     clock = Clock(device, precision, chosen.to_run)
+    metric = METRICS[structure.metric]()
     side_by_side = SideBySide({name: structure_of(model) for name, model in chosen.to_run.items()},
-                              reference, len(structure.blocks), clock)
-    totals = Totals(chosen.to_run, METRICS[structure.metric](), len(structure.blocks))
+                              reference, len(structure.blocks), clock, metric)
+    totals = Totals(chosen.to_run, metric, len(structure.blocks))
     cached = cache.reference_for(chosen.reference_key)
     recording = cache.start_recording(chosen.reference_key) if record_reference else None
     batches = loader(shard(dataset), batch_size, num_workers=num_workers, device=device)
@@ -103,9 +105,9 @@ def evaluate(
 
 
 def _one_batch(side_by_side: SideBySide, totals: Totals, recording: ReferenceRecording | None,
-               inputs: torch.Tensor, labels: torch.Tensor, cached: tuple | None) -> None:
+               inputs: torch.Tensor, labels: torch.Tensor, cached: list | None) -> None:
     """The reference's states go to the host only while the recording lasts: past the cap nothing keeps them."""
-    outputs = side_by_side.run(inputs, cached, keep_reference=recording is not None and recording.active)
+    outputs = side_by_side.run(inputs, labels, cached, keep_reference=recording is not None and recording.active)
     if recording is not None:
-        recording.add(outputs.logits[side_by_side.reference], outputs.reference_states)
-    totals.add(outputs, side_by_side.reference, labels)
+        recording.add(outputs.reference_states)
+    totals.add(outputs, len(labels))

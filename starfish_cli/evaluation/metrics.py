@@ -28,6 +28,14 @@ class Accuracy:
 
     size = 3  # sums per batch
 
+    def rows(self, last_state: torch.Tensor) -> torch.Tensor:
+        """The head's inputs, a row per prediction: an item (the head pools its tokens)."""
+        return last_state
+
+    def targets(self, labels: torch.Tensor) -> torch.Tensor:
+        """What each row should predict: its label."""
+        return labels
+
     def count(self, logits: torch.Tensor, reference_prediction: torch.Tensor, labels: torch.Tensor) -> tuple[list, int]:
         """(sums of this batch, how many predictions they cover)."""
         return [topk_correct(logits, labels, 1), topk_correct(logits, labels, 5),
@@ -40,14 +48,25 @@ class Accuracy:
 
 class Perplexity:
     """Causal LMs on token windows (the labels are the windows): perplexity of every next token,
-    next-token top-1, and agreement of the top-1 next token with the reference's."""
+    next-token top-1, and agreement of the top-1 next token with the reference's. Counted on rows, a
+    token each, so that the vocabulary-wide logits can be made and counted a chunk of rows at a time."""
 
     size = 3
 
-    def count(self, logits, reference_prediction, labels):
-        predicted = logits[:, :-1].argmax(-1)
-        return [float(next_token_nll(logits, labels).double().sum()), int((predicted == labels[:, 1:]).sum()),
-                int((predicted == reference_prediction[:, :-1]).sum())], labels[:, 1:].numel()
+    def rows(self, last_state: torch.Tensor) -> torch.Tensor:
+        """The head's inputs, a row per prediction: every position of a window but its last (batch·(L−1) × width)."""
+        return last_state[:, :-1].flatten(0, 1)
+
+    def targets(self, labels: torch.Tensor) -> torch.Tensor:
+        """What each row should predict: the next token of its window."""
+        return labels[:, 1:].flatten()
+
+    def count(self, logits: torch.Tensor, reference_prediction: torch.Tensor, targets: torch.Tensor) -> tuple[list, int]:
+        """(sums over these rows, how many predictions they cover): logits rows × vocabulary, the others per row."""
+        predicted = logits.argmax(-1)
+        nll = F.cross_entropy(logits.float(), targets, reduction="none")
+        return [float(nll.double().sum()), int((predicted == targets).sum()),
+                int((predicted == reference_prediction).sum())], targets.numel()
 
     def results(self, sums, predictions):
         return {"perplexity": perplexity(sums[0], predictions), "top1": 100.0 * sums[1] / predictions,

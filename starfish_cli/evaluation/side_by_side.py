@@ -8,6 +8,7 @@ import torch
 
 from starfish_cli.healing.states import block_cosine
 from starfish_cli.models.base import ModelStructure
+from starfish_cli.models.outputs import rows_per_chunk, values_per_row
 from starfish_cli.runtime.device import autocast
 
 
@@ -33,21 +34,26 @@ class Clock:
 
 @dataclass
 class BatchOutputs:
-    logits: dict[str, torch.Tensor]  # every model's, the reference's taken from the cache when it was there
+    counts: dict[str, tuple[list, int]]  # every model's metric sums on the batch, and how many predictions they cover
     cosines: dict[str, list[torch.Tensor]]  # per block, each model's output against the reference's
     reference_states: list[torch.Tensor] | None  # fp32 on the host, only when asked for (to record them)
 
 
 class SideBySide:
     """The models go through the blocks together, so only one block's states are held at a time
-    (not every block's of every model), and each is compared with the reference's as it appears."""
+    (not every block's of every model), and each is compared with the reference's as it appears. The
+    heads then run on a chunk of rows at a time (a causal LM's tokens: its logits are vocabulary-wide),
+    the reference's first, so at most its chunk of outputs and one other model's exist at once."""
 
-    def __init__(self, structures: Mapping[str, ModelStructure], reference: str, blocks: int, clock: Clock):
+    def __init__(self, structures: Mapping[str, ModelStructure], reference: str, blocks: int, clock: Clock, metric):
         self.structures, self.reference, self.blocks, self.clock = dict(structures), reference, blocks, clock
+        self.metric = metric
+        self.chunk = rows_per_chunk(values_per_row(self.structures[reference]))
 
-    def run(self, inputs: torch.Tensor, cached: tuple | None = None, keep_reference: bool = False) -> BatchOutputs:
-        """`cached`: the reference's (logits, block states) of this batch from an earlier run; the
-        reference is then not run again."""
+    def run(self, inputs: torch.Tensor, labels: torch.Tensor, cached: list | None = None,
+            keep_reference: bool = False) -> BatchOutputs:
+        """`cached`: the reference's block states of this batch from an earlier run; the reference's
+        blocks are then not run again (its head runs on the last of them)."""
         running = {name: structure for name, structure in self.structures.items()
                    if not (name == self.reference and cached is not None)}
         hidden = {name: self.clock.run(name, structure.embed, inputs) for name, structure in running.items()}
@@ -57,19 +63,38 @@ class SideBySide:
             reference_state = self._block(block, running, hidden, cached, cosines)
             if kept is not None:
                 kept.append(reference_state.float().cpu())
-        logits = {name: self.clock.run(name, structure.head, hidden[name]) for name, structure in running.items()}
-        del hidden
-        if cached is not None:
-            logits[self.reference] = cached[0].to(self.clock.device)
-        return BatchOutputs(logits, cosines, kept)
+        hidden[self.reference] = reference_state
+        counts = self._count(hidden, labels)
+        return BatchOutputs(counts, cosines, kept)
 
     def _block(self, block: int, running: Mapping[str, ModelStructure], hidden: dict[str, torch.Tensor],
-               cached: tuple | None, cosines: dict[str, list[torch.Tensor]]) -> torch.Tensor:
+               cached: list | None, cosines: dict[str, list[torch.Tensor]]) -> torch.Tensor:
         """Advances `hidden` through one block and appends each model's cosine; gives the reference's state."""
         for name, structure in running.items():
             hidden[name] = self.clock.run(name, structure.run_block, block, hidden[name])
-        reference_state = cached[1][block].to(self.clock.device) if cached is not None else hidden[self.reference]
+        reference_state = cached[block].to(self.clock.device) if cached is not None else hidden[self.reference]
         for name in self.structures:
             state = reference_state if name == self.reference and cached is not None else hidden[name]
             cosines[name].append(block_cosine(state, reference_state))
         return reference_state
+
+    def _count(self, last_states: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, tuple[list, int]]:
+        """Each model's metric sums, its head run on `chunk` rows of its last state at a time."""
+        rows = {name: self.metric.rows(state) for name, state in last_states.items()}
+        targets = self.metric.targets(labels)
+        sums = {name: [0] * self.metric.size for name in self.structures}
+        predictions = dict.fromkeys(self.structures, 0)
+        for start in range(0, len(targets), self.chunk):
+            piece = slice(start, start + self.chunk)
+            reference_logits = self._head(self.reference, rows[self.reference][piece])
+            reference_prediction = reference_logits.argmax(-1)
+            for name in self.structures:
+                logits = reference_logits if name == self.reference else self._head(name, rows[name][piece])
+                chunk_sums, count = self.metric.count(logits, reference_prediction, targets[piece])
+                sums[name] = [total + value for total, value in zip(sums[name], chunk_sums, strict=True)]
+                predictions[name] += count
+                del logits
+        return {name: (sums[name], predictions[name]) for name in self.structures}
+
+    def _head(self, name: str, rows: torch.Tensor) -> torch.Tensor:
+        return self.clock.run(name, self.structures[name].head, rows)

@@ -19,15 +19,14 @@ class Totals:
         self.cosines: dict[str, torch.Tensor | None] = dict.fromkeys(self.sums)
         self.seen = 0
 
-    def add(self, outputs: BatchOutputs, reference: str, labels: torch.Tensor) -> None:
-        reference_prediction = outputs.logits[reference].argmax(-1)
-        for name, logits in outputs.logits.items():
-            sums, predictions = self.metric.count(logits, reference_prediction, labels)
+    def add(self, outputs: BatchOutputs, items: int) -> None:
+        """One batch of `items` items: its metric sums, and its cosines weighed by its size."""
+        for name, (sums, predictions) in outputs.counts.items():
             self.sums[name] = [total + value for total, value in zip(self.sums[name], sums, strict=True)]
             self.predictions[name] += predictions
-            cosine = torch.stack(outputs.cosines[name]).cpu() * len(labels)
+            cosine = torch.stack(outputs.cosines[name]).cpu() * items
             self.cosines[name] = cosine if self.cosines[name] is None else self.cosines[name] + cosine
-        self.seen += len(labels)
+        self.seen += items
 
 
 def reduce_across_ranks(totals: Totals, seconds: Mapping[str, float]) -> tuple[int, dict[str, dict]]:

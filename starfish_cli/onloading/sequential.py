@@ -15,6 +15,7 @@ import torch
 from starfish_cli.evaluation.metrics import Perplexity
 from starfish_cli.healing.base import HealResult, pruned_weight_names
 from starfish_cli.models import structure_of
+from starfish_cli.models.outputs import rows_per_chunk, values_per_row
 from starfish_cli.pruning.masks import measure_sparsity
 from starfish_cli.onloading.states import HiddenStates
 from starfish_cli.onloading.weights import RunWriters, ShardedWeights, offload, onload, outside_layers, skeleton
@@ -201,11 +202,15 @@ def _perplexities(structure, states: dict[str, list[torch.Tensor]], evaluation: 
     metric = Perplexity()
     sums = {name: [0.0] * metric.size for name in MODELS}
     count = 0
+    chunk = rows_per_chunk(values_per_row(structure))  # the logits of a chunk of tokens at a time, not a batch's
     for number, tokens in enumerate(evaluation):
-        tokens = tokens.to(device)
-        reference = structure.head(states["dense"][number].to(device)).argmax(-1)
-        for name in MODELS:
-            batch, count_here = metric.count(structure.head(states[name][number].to(device)), reference, tokens)
-            sums[name] = [total + value for total, value in zip(sums[name], batch)]
-        count += count_here
+        targets = metric.targets(tokens.to(device))
+        rows = {name: metric.rows(states[name][number].to(device)) for name in MODELS}
+        for start in range(0, len(targets), chunk):
+            piece = slice(start, start + chunk)
+            reference = structure.head(rows["dense"][piece]).argmax(-1)
+            for name in MODELS:
+                batch, count_here = metric.count(structure.head(rows[name][piece]), reference, targets[piece])
+                sums[name] = [total + value for total, value in zip(sums[name], batch)]
+            count += count_here
     return {name: metric.results(sums[name], count) for name in MODELS}
