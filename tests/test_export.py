@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 import starfish_cli
-from conftest import SHRUNK, needs_fmnist, outputs_in_plain_python, parsed_card, read_json, run_cli
+from conftest import SHRUNK, needs_fmnist, outputs_in_plain_python, parsed_card, read_json, run_in_process
 from starfish_cli.artifacts.checkpoint import load_checkpoint, read_header
 from starfish_cli.runtime.errors import StarfishError
 from starfish_cli.artifacts.export import byte_counts, compress, safetensors_bytes, write_export
@@ -37,9 +37,9 @@ def runs(tmp_path_factory):
         if not (root / "done").exists():
             root.mkdir(exist_ok=True)
             sweep = ["-m", "pruner.pattern=unstructured,2:4", *SHRUNK]
-            run_cli("run", *sweep, cwd=root)
-            run_cli("export", *sweep, "format=onnx", cwd=root)
-            run_cli("export", *sweep, "format=hf", cwd=root)
+            run_in_process("run", *sweep, cwd=root)
+            run_in_process("export", *sweep, "format=onnx", cwd=root)
+            run_in_process("export", *sweep, "format=hf", cwd=root)
             (root / "done").touch()
     folders = {}
     for healed in (root / "outputs").rglob("healed.safetensors"):
@@ -191,7 +191,7 @@ def test_bad_export_input_is_one_line_and_writes_nothing(runs, overrides, messag
     folder = folders["unstructured"]
     before = {path: path.read_bytes() for path in [*(folder / "export").iterdir(), folder / "report.json"]}
     pattern = ["pruner.pattern=unstructured"] if "hydra.run.dir=fresh" not in overrides else []
-    result = run_cli("export", *SHRUNK, *pattern, *overrides, cwd=root, check=False)
+    result = run_in_process("export", *SHRUNK, *pattern, *overrides, cwd=root, check=False)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and message in result.stderr, result.stderr
     assert not (root / "fresh").exists()
@@ -199,7 +199,6 @@ def test_bad_export_input_is_one_line_and_writes_nothing(runs, overrides, messag
     assert json.loads((folder / "export" / "model.json").read_text())["format"] == "starfish-export"
 
 
-@pytest.mark.skipif("structured" not in PRUNERS.names(), reason="no structured pruner in this starfish yet")
 def test_structured_model_exports_its_smaller_dense_tensors(reference_model, tmp_path):
     from starfish_cli.artifacts.checkpoint import save_checkpoint
 
@@ -233,7 +232,6 @@ def test_a_run_folder_healed_again_after_its_export_loads_the_newer_checkpoint(r
     assert model_file(folder / "export") == folder / "export" / "model.safetensors"
 
 
-@pytest.mark.skipif("structured" not in PRUNERS.names(), reason="no structured pruner in this starfish yet")
 def test_a_structured_model_in_onnxruntime_has_pytorch_top1(reference_model, test_images, tmp_path):
     pytest.importorskip("onnxruntime")
     from starfish_cli.artifacts.onnx import compare_with_pytorch, export_onnx
