@@ -130,3 +130,26 @@ def test_owl_allocation_keeps_the_overall_sparsity_and_varies_it_by_block(refere
 def test_bad_allocations_are_one_line(options, message):
     with pytest.raises(StarfishError, match=message.replace("(", r"\(").replace("[", r"\[")):
         PRUNERS.build({"name": "wanda", "sparsity": 0.5, **options})
+
+
+def test_calibration_statistics_stop_after_the_last_block():
+    """A causal LM's head (vocabulary-wide logits of every calibration token) feeds no pruned layer: it never runs."""
+    pytest.importorskip("transformers")
+    from starfish_cli.models.causal_lm import build_model
+
+    model = build_model("lm_reference")
+    layers = structure_of(model).prunable_layers()
+    calibration = [torch.randint(0, 2048, (4, 32), generator=torch.Generator().manual_seed(seed)) for seed in (0, 1)]
+    head_calls, captured = [], []
+    handles = [model.lm_head.register_forward_hook(lambda *_: head_calls.append(1))]
+    norms = input_norms(model, layers, calibration)
+    assert not head_calls and set(norms) == set(layers)
+    last = "model.layers.3.mlp.down_proj"  # the last block's last layer: its statistics are complete
+    handles.append(layers[last].register_forward_hook(lambda m, i, o: captured.append(i[0])))
+    with torch.no_grad():
+        for batch in calibration:
+            model(input_ids=batch)
+    for handle in handles:
+        handle.remove()
+    x = torch.cat([c.reshape(-1, c.shape[-1]) for c in captured]).double()
+    assert torch.allclose(norms[last].double(), x.pow(2).sum(0).sqrt(), rtol=1e-5)

@@ -129,6 +129,29 @@ def report_unseen(names: list[str]) -> None:
                  "weight magnitude; more calibration data reaches more experts", len(names), names[0])
 
 
+class _PastTheBlocks(Exception):
+    """Raised by a hook to end a forward pass after the last block."""
+
+
+def through_the_blocks(model: nn.Module | Callable, inputs: torch.Tensor) -> None:
+    """`model` on `inputs` up to the end of its last block, where the prunable layers end: what follows (a causal
+    LM's head, vocabulary-wide logits of every token of the batch) is not run. A callable (one block) runs whole."""
+    if not isinstance(model, nn.Module):
+        model(inputs)
+        return
+
+    def stop(*_):
+        raise _PastTheBlocks
+
+    handle = structure_of(model).blocks[-1].register_forward_hook(stop)
+    try:
+        model(inputs)
+    except _PastTheBlocks:
+        pass
+    finally:
+        handle.remove()
+
+
 @torch.no_grad()
 def input_statistics(
     model: nn.Module, layers: Mapping[str, nn.Linear], calibration: Iterable[torch.Tensor] | None,
@@ -150,7 +173,7 @@ def input_statistics(
     handles = [layer.register_forward_hook(accumulate(name)) for name, layer in layers.items()]
     try:
         for images in calibration:
-            model(images)
+            through_the_blocks(model, images)
     finally:
         for handle in handles:
             handle.remove()
