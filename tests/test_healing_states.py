@@ -51,3 +51,18 @@ def test_normalized_mse_by_hand():
     student = torch.tensor([[[1.0, 1.0]]])
     teacher = torch.tensor([[[2.0, 0.0]]])
     assert normalized_mse(student, teacher).item() == pytest.approx((1 + 1) / 4)
+
+
+def test_standardized_mse_weighs_every_dimension_alike():
+    """A massive dimension (≈1000 against ≈1) outweighs the rest in the normalized MSE, not in the standardized one."""
+    from starfish_cli.healing.states import standardized_mse
+    teacher = torch.randn(2, 16, 8)
+    teacher[..., 0] = 1000.0 + teacher[..., 0]  # a massive dimension, as in an LLM's residual stream
+    off_small = teacher.clone()
+    off_small[..., 1:] += 0.5 * teacher[..., 1:].pow(2).mean((0, 1)).sqrt()  # every small dim off by half its scale
+    off_massive = teacher.clone()
+    off_massive[..., 0] *= 1.1  # the massive dim off by 10%
+    assert normalized_mse(off_small, teacher) < normalized_mse(off_massive, teacher)
+    assert standardized_mse(off_small, teacher) > standardized_mse(off_massive, teacher)
+    assert torch.isclose(standardized_mse(off_small, teacher), torch.tensor(0.25 * 7 / 8), rtol=1e-4)
+    assert standardized_mse(teacher, teacher) == 0

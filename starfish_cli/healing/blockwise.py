@@ -33,13 +33,16 @@ class BlockwiseHealing:
     def heal_blockwise(self, student, teacher, masks, calibration, device, precision) -> HealResult:
         if distributed.current().active:
             raise StarfishError("healer.mode=blockwise runs in one process: launch it without torchrun")
-        teacher_inputs, teacher_outputs = block_io(teacher, calibration, self.batch_size, device)
         result = HealResult(trained_parameters=self.trainable_names(student))
-        structure = structure_of(student)
-        inputs = teacher_inputs  # embeddings are dense and frozen: block 0 sees the teacher's input
+        structure, dense_structure = structure_of(student), structure_of(teacher)  # each keeps its layer arguments
+        # the dense and the healed prefixes' states advance together, one block at a time: three calibration-sized
+        # tensors live at once, whatever the depth (embeddings are dense and frozen: block 0 sees the dense input)
+        dense = healed = first_block_inputs(dense_structure, calibration, self.batch_size, device)
         for number in range(len(structure.blocks)):
-            inputs = self.heal_block(structure, number, inputs, teacher_outputs[number], masks, device, precision,
-                                     result)
+            target = run_block(dense_structure, number, dense, self.batch_size, device)
+            healed = self.heal_block(structure, number, healed, target, block_masks(structure, number, masks),
+                                     device, precision, result)
+            dense = target
         return result
 
     def heal_block(self, structure, number: int, inputs: torch.Tensor, target: torch.Tensor, masks, device,
@@ -76,13 +79,20 @@ class BlockInputs(torch.utils.data.Dataset):
         return index, self.inputs[index]
 
 
+def block_masks(structure, number: int, masks):
+    """The masks of block `number`'s layers: a step re-masks the block it trains, not the whole model."""
+    prefix = f"{structure.block_name(number)}."
+    return {name: mask for name, mask in masks.items() if name.startswith(prefix)}
+
+
 @torch.no_grad()
-def block_io(model, calibration, batch_size, device) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The input of the first block and the output of every block, for every calibration image (host memory)."""
-    structure = structure_of(model)
-    inputs = structure.first_block_inputs(images.to(device) for _indices, images, *_ in loader(calibration, batch_size, device=device))
-    outputs, current = [], inputs
-    for number in range(len(structure.blocks)):
-        current = [structure.run_block(number, x) for x in current]
-        outputs.append(torch.cat([x.cpu() for x in current]))
-    return torch.cat([x.cpu() for x in inputs]), outputs
+def first_block_inputs(structure, calibration, batch_size, device) -> torch.Tensor:
+    """The first block's input for every calibration item, in the calibration's order (host memory)."""
+    batches = (inputs.to(device) for _indices, inputs, *_ in loader(calibration, batch_size, device=device))
+    return torch.cat([x.cpu() for x in structure.first_block_inputs(batches)])
+
+
+@torch.no_grad()
+def run_block(structure, number: int, inputs: torch.Tensor, batch_size: int, device) -> torch.Tensor:
+    """Block `number` of `structure` on every item of `inputs` (host memory), batch by batch."""
+    return torch.cat([structure.run_block(number, x.to(device)).cpu() for x in inputs.split(batch_size)])

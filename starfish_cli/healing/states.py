@@ -49,7 +49,17 @@ def normalized_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor
     return ((student - teacher).pow(2).sum(-1) / teacher.pow(2).sum(-1).clamp_min(1e-12)).mean()
 
 
-STATE_LOSSES = {"cosine": token_cosine_distance, "mse": normalized_mse}
+def standardized_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """(h_s − h_t)² per dimension in units of that dimension's mean square over the teacher's tokens in the batch,
+    averaged over dimensions, tokens and batch. A language model's residual stream carries a few massive
+    dimensions (Sun et al., 2024) that outweigh the rest in a token's norm, and so in `cosine` and `mse`; here
+    every dimension counts alike."""
+    student, teacher = student.float(), teacher.float()
+    scale = teacher.pow(2).mean(dim=tuple(range(teacher.dim() - 1)), keepdim=True).clamp_min(1e-12)
+    return ((student - teacher).pow(2) / scale).mean()
+
+
+STATE_LOSSES = {"cosine": token_cosine_distance, "mse": normalized_mse, "standardized": standardized_mse}
 
 
 def state_alignment_loss(
