@@ -51,3 +51,19 @@ def test_measure_speed_against_dense(reference_model):
 def test_semi_structured_needs_cuda(reference_model):
     model, why = semi_structured_copy(reference_model)
     assert model is None and "CUDA" in why
+
+
+def test_a_causal_lms_speed_runs_its_head_a_chunk_of_tokens_at_a_time(monkeypatch):
+    import pytest
+
+    pytest.importorskip("transformers")
+    from starfish_cli.models import outputs
+    from starfish_cli.models.causal_lm import build_model
+
+    model = build_model("lm_reference")
+    monkeypatch.setattr(outputs, "rows_per_chunk", lambda values: 50)
+    rows_seen = []
+    model.lm_head.register_forward_hook(lambda _m, args, _o: rows_seen.append(args[0].shape[0]))
+    tokens = torch.randint(0, 2048, (4, 64))
+    speeds = images_per_second({"dense": model}, tokens, [4], torch.device("cpu"), rounds=1, seconds_per_round=0.01)
+    assert speeds["dense"][4] > 0 and max(rows_seen) == 50 and sum(rows_seen) % (4 * 64) == 0  # every token, by 50s

@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from starfish_cli.models import structure_of
+from starfish_cli.models.outputs import outputs_by_chunks, per_token
 from starfish_cli.pruning.masks import fits_nm
 from starfish_cli.runtime.device import autocast
 from starfish_cli.runtime.errors import first_line
@@ -41,12 +42,24 @@ def _tile(images: torch.Tensor, count: int) -> torch.Tensor:
     return images.repeat(repeats, *([1] * (images.dim() - 1)))[:count]
 
 
-def _forward(model: nn.Module, inputs: torch.Tensor, device: torch.device, precision: torch.dtype):
+def _run(model: nn.Module, inputs: torch.Tensor) -> None:
+    """One forward pass; a causal LM's head over a chunk of tokens at a time, as evaluation runs it (the same
+    computation, without a batch of vocabulary-wide logits at once)."""
+    structure = structure_of(model)
+    if not per_token(structure):
+        model(inputs)
+        return
+    for _outputs in outputs_by_chunks(structure, inputs):
+        pass
+
+
+def _forward(model: nn.Module, inputs: torch.Tensor, device: torch.device, precision: torch.dtype) -> None:
     dtype = next(model.parameters()).dtype
     if dtype != torch.float32:  # a model held in half precision (2:4 kernels) takes inputs in it, no autocast
-        return model(inputs.to(dtype))
+        _run(model, inputs.to(dtype))
+        return
     with autocast(device, precision):
-        return model(inputs)
+        _run(model, inputs)
 
 
 def _synchronize(device: torch.device) -> None:

@@ -1,6 +1,9 @@
 """A model's outputs a chunk of rows at a time. A causal LM's logits are vocabulary-wide at every token
 (32 windows of 256 tokens over a 49,152-token vocabulary: 1.6 GB in fp32), so what reads them (perplexity,
-distillation) applies the head to a few hundred of the last block's rows at once, never to a whole batch."""
+distillation, speed) runs the model to the end of its last block and applies the head to a few hundred of
+that block's rows at once, never to a whole batch; what needs no outputs (calibration statistics) stops there."""
+
+from collections.abc import Iterator
 
 import torch
 
@@ -31,3 +34,33 @@ def values_per_row(structure: ModelStructure) -> int:
 def rows_per_chunk(values: int, budget: int = CHUNK_BYTES) -> int:
     """How many rows of `values` outputs each fit `budget` bytes in fp32; at least one."""
     return max(1, budget // (4 * values))
+
+
+class _PastTheBlocks(Exception):
+    """Raised by a hook to end a forward pass after the last block."""
+
+
+def last_block_output(structure: ModelStructure, inputs: torch.Tensor) -> torch.Tensor:
+    """The model on `inputs` up to the end of its last block (the head's input); what follows is not run."""
+    captured = []
+
+    def stop(_module, _inputs, output):
+        captured.append(output[0] if isinstance(output, tuple) else output)
+        raise _PastTheBlocks
+
+    handle = structure.blocks[-1].register_forward_hook(stop)
+    try:
+        structure.model(inputs)
+    except _PastTheBlocks:
+        pass
+    finally:
+        handle.remove()
+    return captured[0]
+
+
+def outputs_by_chunks(structure: ModelStructure, inputs: torch.Tensor) -> Iterator[torch.Tensor]:
+    """The model's outputs on `inputs` (the same computation as its forward), `rows_per_chunk` rows at a time."""
+    rows = head_rows(structure, last_block_output(structure, inputs))
+    chunk = rows_per_chunk(values_per_row(structure))
+    for start in range(0, rows.shape[0], chunk):
+        yield structure.head(rows[start:start + chunk])

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from starfish_cli.models import structure_of
+from starfish_cli.models.outputs import last_block_output
 from starfish_cli.runtime import distributed
 from starfish_cli.registry import Component
 from starfish_cli.runtime.progress import progress_bar
@@ -129,27 +130,13 @@ def report_unseen(names: list[str]) -> None:
                  "weight magnitude; more calibration data reaches more experts", len(names), names[0])
 
 
-class _PastTheBlocks(Exception):
-    """Raised by a hook to end a forward pass after the last block."""
-
-
 def through_the_blocks(model: nn.Module | Callable, inputs: torch.Tensor) -> None:
     """`model` on `inputs` up to the end of its last block, where the prunable layers end: what follows (a causal
     LM's head, vocabulary-wide logits of every token of the batch) is not run. A callable (one block) runs whole."""
-    if not isinstance(model, nn.Module):
+    if isinstance(model, nn.Module):
+        last_block_output(structure_of(model), inputs)
+    else:
         model(inputs)
-        return
-
-    def stop(*_):
-        raise _PastTheBlocks
-
-    handle = structure_of(model).blocks[-1].register_forward_hook(stop)
-    try:
-        model(inputs)
-    except _PastTheBlocks:
-        pass
-    finally:
-        handle.remove()
 
 
 @torch.no_grad()
