@@ -16,7 +16,7 @@ from starfish_cli.healing import HEALERS
 from starfish_cli.pruning import PRUNERS
 from starfish_cli.pruning.wanda import WandaPruner
 from starfish_cli.runtime.errors import StarfishError
-from conftest import read_json, run_cli
+from conftest import read_json, run_in_process
 
 DOC = Path(__file__).parents[1] / "docs" / "api.md"
 
@@ -48,7 +48,7 @@ def test_docs_example_runs_and_matches_starfish_run_with_the_same_settings(fmnis
 
     # the command the docs name, run as a user would: the same pruning, healing and top-1
     command = re.search(r"`starfish run ([^`]*)`", text).group(1).split()
-    run_cli("run", *command, "eval.speed=false", cwd=tmp_path)
+    run_in_process("run", *command, "eval.speed=false", cwd=tmp_path)
     report = read_json(next((tmp_path / "outputs").rglob("report.json")))
     healing = namespace["healing"]
     assert report["healing"]["loss_history"] == pytest.approx(healing.loss_history, rel=1e-6)

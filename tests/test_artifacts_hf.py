@@ -14,7 +14,7 @@ import torch
 from hydra import compose, initialize_config_module
 
 import starfish_cli
-from conftest import outputs_in_plain_python, parsed_card, read_json, run_cli
+from conftest import outputs_in_plain_python, parsed_card, read_json, run_cli, run_in_process
 from starfish_cli.artifacts.checkpoint import save_checkpoint
 from starfish_cli.artifacts.hf import check_folder
 from starfish_cli.models import build_model, structure_of
@@ -35,8 +35,8 @@ def test_a_language_model_run_exports_both_formats_loads_and_compiles(tmp_path):
     from starfish_cli.artifacts.checkpoint import load_checkpoint
     from starfish_cli.artifacts.load import rebuild
 
-    run_cli("run", *LM_RUN, cwd=tmp_path)
-    run_cli("export", *LM_RUN, cwd=tmp_path)
+    run_in_process("run", *LM_RUN, cwd=tmp_path)
+    run_in_process("export", *LM_RUN, cwd=tmp_path)
     assert (tmp_path / "run" / "export" / "model.safetensors").is_file()
     checkpoint = load_checkpoint(tmp_path / "run" / "healed.safetensors", "heal")
     exact = rebuild(checkpoint.metadata["model"])
@@ -44,7 +44,7 @@ def test_a_language_model_run_exports_both_formats_loads_and_compiles(tmp_path):
     windows = torch.randint(0, 2048, (4, 128), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():  # the compressed export loads the healed weights bit for bit
         assert torch.equal(starfish_cli.load(tmp_path / "run")(windows).logits, exact(windows).logits)
-    result = run_cli("export", *LM_RUN, "format=hf", cwd=tmp_path)
+    result = run_cli("export", *LM_RUN, "format=hf", cwd=tmp_path)  # the subprocess test of `starfish export`
     run, folder = tmp_path / "run", tmp_path / "run" / "hf"
     assert f"exported {folder}" in result.stderr + result.stdout
     assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= {p.name for p in folder.iterdir()}
@@ -66,7 +66,7 @@ def test_a_language_model_run_exports_both_formats_loads_and_compiles(tmp_path):
     assert hub["folder"] == "hf" and hub["library"] == "transformers" and hub["check"]["max_output_difference"] <= 1e-5
     assert "accuracy" in report and "## Export for transformers (hf/" in (run / "report.md").read_text()
 
-    run_cli("run", *LM_RUN[:-1], "compile=true", "hydra.run.dir=compiled", cwd=tmp_path)
+    run_in_process("run", *LM_RUN[:-1], "compile=true", "hydra.run.dir=compiled", cwd=tmp_path)
     eager, compiled = (read_json(tmp_path / name / "report.json")["accuracy"] for name in ("run", "compiled"))
     for model in ("dense", "pruned", "healed"):
         assert compiled[model]["perplexity"] == pytest.approx(eager[model]["perplexity"], rel=1e-3), model

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import read_json, run_cli
+from conftest import read_json, run_in_process
 
 pytest.importorskip("transformers")
 lm_eval = pytest.importorskip("lm_eval")
@@ -54,9 +54,9 @@ def test_a_local_task_scores_as_lm_eval_by_hand_for_dense_pruned_and_healed(task
     from starfish_cli.models.causal_lm import load_tokenizer
 
     run = tmp_path / "run"
-    result = run_cli("run", "model=lm_reference", "calib.count=8", "healer.epochs=1", "eval.max_images=4",
-                     "eval.speed=false", f"eval.tasks=[{TASK}]", f"eval.include_path={task_folder}",
-                     f"hydra.run.dir={run}", cwd=tmp_path)
+    result = run_in_process("run", "model=lm_reference", "calib.count=8", "healer.epochs=1", "eval.max_images=4",
+                            "eval.speed=false", f"eval.tasks=[{TASK}]", f"eval.include_path={task_folder}",
+                            f"hydra.run.dir={run}", cwd=tmp_path)
     report = read_json(run / "report.json")
     scores = report["zero_shot"]["models"]
     assert report["zero_shot"]["samples"] == {TASK: 24} and report["zero_shot"]["num_fewshot"] == 0
@@ -71,7 +71,7 @@ def test_a_local_task_scores_as_lm_eval_by_hand_for_dense_pruned_and_healed(task
     assert "## Zero-shot tasks (lm-evaluation-harness" in markdown
     assert f"| {TASK} | acc_norm | 24 | {100 * scores['dense'][TASK]['acc_norm']:.2f} |" in markdown
     assert "zero-shot tasks" in result.stdout  # the run's own summary shows them
-    summary = run_cli("report", str(tmp_path), cwd=tmp_path)
+    summary = run_in_process("report", str(tmp_path), cwd=tmp_path)
     assert f"{TASK} acc_norm" in (tmp_path / "summary.md").read_text() and "zero-shot tasks" in summary.stdout
 
 

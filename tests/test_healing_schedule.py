@@ -146,11 +146,12 @@ def test_report_says_how_the_steps_were_split():
 
 @pytest.mark.parametrize("args,message", [
     (["healer.schedule=[0.75,0.5]"], "strictly ascending"),
-    (["healer.schedule=[0.95]"],  # the default pruner: Wanda 75%
-     "healer.schedule=[0.95]: every sparsity must be below the pruner's final one, and pruner.sparsity=0.75 prunes to 0.75"),
+    (["healer.schedule=[0.95]"], "healer.schedule=[0.95]: every sparsity must be below the pruner's final one, "
+                                 "and pruner.sparsity=0.75 prunes to 0.75"),  # the default pruner: Wanda 75%
     (["healer.schedule=[0.5,0.75]"], "and pruner.sparsity=0.75 prunes to 0.75"),
     (["pruner.pattern=2:4", "healer.schedule=[0.5]"], "and pruner.pattern=2:4 prunes to 0.5"),
-    (["-m", "pruner.sparsity=0.9,0.5", "healer.schedule=[0.6]"], "and pruner.sparsity=0.5 prunes to 0.5"),  # the sweep's 2nd run
+    # a sweep: its second run's pruner, before the first run starts
+    (["-m", "pruner.sparsity=0.9,0.5", "healer.schedule=[0.6]"], "and pruner.sparsity=0.5 prunes to 0.5"),
 ])
 def test_bad_schedule_on_the_command_line_is_one_line_exit_2_before_pruning(tmp_path, args, message):
     result = run_in_process("run", *args, cwd=tmp_path, check=False)

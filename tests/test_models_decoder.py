@@ -5,7 +5,7 @@ layer, routers dense) and written back in transformers' own layout; a Mamba fold
 import pytest
 import torch
 
-from conftest import read_json, run_cli
+from conftest import read_json, run_in_process
 
 transformers = pytest.importorskip("transformers")
 
@@ -135,9 +135,9 @@ def test_an_unknown_fused_layout_is_refused_not_left_dense(folders, monkeypatch)
 @pytest.mark.slow
 def test_every_architecture_runs_through_the_cli(folders, tmp_path):
     names = ",".join(str(folders[kind]) for kind in ("opt", "gpt_neox", "bloom", "mixtral"))
-    run_cli("run", "-m", "model=hf_causal_lm", f"model.name={names}", "calib.count=4", "calib.seq_len=32",
-            "healer.epochs=1", "healer.batch_size=2", "eval.max_images=4", "eval.seq_len=48", "eval.speed=false",
-            "pruner.sparsity=0.75", cwd=tmp_path)
+    run_in_process("run", "-m", "model=hf_causal_lm", f"model.name={names}", "calib.count=4", "calib.seq_len=32",
+                   "healer.epochs=1", "healer.batch_size=2", "eval.max_images=4", "eval.seq_len=48", "eval.speed=false",
+                   "pruner.sparsity=0.75", cwd=tmp_path)
     reports = {read_json(path)["model"]["name"]: read_json(path) for path in tmp_path.rglob("report.json")}
     assert len(reports) == 4
     for report in reports.values():
