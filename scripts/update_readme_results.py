@@ -1,5 +1,5 @@
-"""Copy a sweep's summary table and plots into the results pages between a section's markers: `results`
-(the vision comparison, scripts/compare_healers.sh: docs/results.md and the README's headline), `lm`
+"""Copy a sweep's summary table and plots into docs/results.md between a section's markers: `results`
+(the vision comparison, scripts/compare_healers.sh; the README links it), `lm`
 (scripts/compare_lm.sh), `lm_medium` (scripts/compare_lm_medium.sh) or `extreme` (scripts/extreme_sparsity.sh),
 all in docs/results.md; the figures
 of a section other than `results` get its name as a prefix.
@@ -17,7 +17,7 @@ from pathlib import Path
 FIGURES = ("accuracy_vs_sparsity.png", "recovery_vs_time.png", "recovery_vs_heal_time.png")
 DOCS = Path("docs")
 # the pages a section lives in, and how each links the figures in docs/
-PAGES = {"results": [(Path("README.md"), "docs/"), (DOCS / "results.md", "")]}
+PAGES = {"results": [(DOCS / "results.md", "")]}
 
 
 def main(sweep: Path, section: str = "results") -> None:
