@@ -16,6 +16,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs one worker per core: one torch thread each (and in the CLIs they start), not
     # two threads per worker contending for the same cores
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+# No test reaches for the hub: tests that need Fashion-MNIST use the Debian package's files or skip. Set before
+# huggingface_hub and datasets are imported (by timm below): they read these once, and runs in process use them.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import timm  # noqa: E402
 import torch  # noqa: E402
@@ -28,9 +32,6 @@ from starfish_cli.stages.resolvers import register as register_resolvers
 
 register_resolvers()  # configs composed in process resolve as the CLI's do (the healer's recipe)
 
-# No test reaches for the hub: tests that need Fashion-MNIST use the Debian package's files or skip.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 FMNIST_AVAILABLE = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").exists()
 needs_fmnist = pytest.mark.skipif(not FMNIST_AVAILABLE,
                                   reason="Fashion-MNIST IDX files not installed (apt-get install dataset-fashion-mnist)")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_in_process
 from starfish_cli.data.dictionary import SYSTEM_DIR, definition_items, definition_of, read_index, read_synsets
 
 HEADER = "  1 This software and database is being provided to you, the LICENSEE, by  \n"
@@ -159,13 +159,12 @@ def test_a_missing_dictionary_is_one_line_naming_the_debian_package(caches, tmp_
     assert not (caches / "starfish" / "tasks" / "wordnet_definitions").exists()
 
 
-@pytest.mark.slow
 def test_the_cli_refuses_before_any_work_without_the_dictionary(caches, tmp_path, monkeypatch):
     pytest.importorskip("lm_eval")
     pytest.importorskip("transformers")
     monkeypatch.setenv("WNSEARCHDIR", str(tmp_path / "empty"))
-    result = run_cli("run", "model=lm_reference", "eval.tasks=[wordnet_definitions]", "hydra.run.dir=run",
-                     cwd=tmp_path, check=False)
+    result = run_in_process("run", "model=lm_reference", "eval.tasks=[wordnet_definitions]", "hydra.run.dir=run",
+                            cwd=tmp_path, check=False)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
     assert "eval.tasks=[wordnet_definitions] needs Debian's wordnet-base: apt-get install wordnet-base" in lines[0]

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from conftest import read_json, run_cli
+from conftest import read_json, run_in_process
 
 transformers = pytest.importorskip("transformers")
 
@@ -83,10 +83,10 @@ def test_perplexity_is_exp_of_mean_next_token_nll():
 @pytest.mark.slow
 def test_run_on_a_save_pretrained_folder(tiny_folder, text_files, tmp_path):
     run_dir = tmp_path / "run"
-    run_cli("run", "model=hf_causal_lm", f"model.name={tiny_folder}", "data=text_files",
-            f"data.train={text_files / 'train.txt'}", f"data.test={text_files / 'test.txt'}",
-            "calib.count=4", "calib.seq_len=8", "healer.epochs=2", "healer.batch_size=2", "eval.speed=false",
-            "pruner.sparsity=0.5", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    run_in_process("run", "model=hf_causal_lm", f"model.name={tiny_folder}", "data=text_files",
+                   f"data.train={text_files / 'train.txt'}", f"data.test={text_files / 'test.txt'}",
+                   "calib.count=4", "calib.seq_len=8", "healer.epochs=2", "healer.batch_size=2", "eval.speed=false",
+                   "pruner.sparsity=0.5", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     report = read_json(run_dir / "report.json")
     accuracy = report["accuracy"]
     assert accuracy["images"] > 0
@@ -104,11 +104,10 @@ def test_run_on_a_save_pretrained_folder(tiny_folder, text_files, tmp_path):
     (["calib.seq_len=4096"], "longer than the model's context"),
     (["data=text_files", "data.train=EMPTY", "data.test=EMPTY"], "has no text"),
 ])
-@pytest.mark.slow
 def test_bad_input_is_one_line_and_exit_2(overrides, message, text_files, tmp_path):
     overrides = [item.replace("EMPTY", str(text_files / "empty.txt")) for item in overrides]
-    result = run_cli("run", "model=lm_reference", *overrides, "eval.speed=false", f"hydra.run.dir={tmp_path / 'run'}",
-                     cwd=tmp_path, check=False)
+    result = run_in_process("run", "model=lm_reference", *overrides, "eval.speed=false",
+                            f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, check=False)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr[-2000:]
     assert not (tmp_path / "run" / "pruned.safetensors").exists()

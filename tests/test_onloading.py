@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from conftest import read_json, run_cli
+from conftest import read_json, run_in_process
 from starfish_cli.evaluation.metrics import Perplexity
 from starfish_cli.healing import HEALERS
 from starfish_cli.models import structure_of
@@ -120,15 +120,16 @@ def test_a_model_over_the_memory_budget_goes_layer_by_layer_with_the_whole_model
 
     options = ["model=hf_causal_lm", f"model.name={REFERENCE_DIR}", "data=fortunes", "healer.mode=blockwise",
                "calib.count=32", "healer.epochs=1", "eval.max_images=8", "eval.speed=false", "device=cpu"]
-    run_cli("run", *options, "hydra.run.dir=whole", cwd=tmp_path)
-    onloaded = run_cli("run", *options, "memory_budget=0.01", "onload_states=disk", "hydra.run.dir=layers",
-                       cwd=tmp_path)
+    run_in_process("run", *options, "hydra.run.dir=whole", cwd=tmp_path)
+    onloaded = run_in_process("run", *options, "memory_budget=0.01", "onload_states=disk", "hydra.run.dir=layers",
+                              cwd=tmp_path)
     assert "one decoder layer at a time" in onloaded.stdout + onloaded.stderr
     whole, layers = read_json(tmp_path / "whole" / "report.json"), read_json(tmp_path / "layers" / "report.json")
     assert "onloading" in layers and "onloading" not in whole and layers["onloading"]["layers"] == 4
     assert layers["onloading"]["hidden_states"] == "disk" and not (tmp_path / "layers" / "hidden_states").exists()
     stamp = (tmp_path / "layers" / "report.json").stat().st_mtime_ns
-    again = run_cli("run", *options, "memory_budget=0.01", "onload_states=disk", "hydra.run.dir=layers", cwd=tmp_path)
+    again = run_in_process("run", *options, "memory_budget=0.01", "onload_states=disk", "hydra.run.dir=layers",
+                           cwd=tmp_path)
     assert "skipping" in again.stdout + again.stderr  # a finished onloaded run is not run again
     assert (tmp_path / "layers" / "report.json").stat().st_mtime_ns == stamp
     assert layers["sparsity"] == whole["sparsity"]
@@ -161,7 +162,8 @@ def test_when_a_run_goes_layer_by_layer():
     assert decide("model=lm_reference", "data=fortunes", "healer=none", "memory_budget=0.001") == REFERENCE_DIR
     assert decide("model=lm_reference", "data=fortunes", "healer.mode=blockwise", "memory_budget=0.001") \
         == REFERENCE_DIR
-    assert decide("model=lm_reference", "data=fortunes", "memory_budget=0.001") is None  # end to end
+    assert decide("model=lm_reference", "data=fortunes", "memory_budget=0.001") == REFERENCE_DIR  # the lm recipe
+    assert decide("model=lm_reference", "data=fortunes", "healer.mode=end_to_end", "memory_budget=0.001") is None
     assert decide("model=lm_reference", "data=fortunes", "healer=none", "onload=true") == REFERENCE_DIR
     assert decide("model=lm_reference", "healer=none", "memory_budget=0.001", "onload=false") is None
     with pytest.raises(StarfishError, match="it serves causal LMs"):
