@@ -2,11 +2,9 @@
 
 import datasets
 import pytest
-from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
-from conftest import read_json
-from starfish_cli import cli
+from conftest import read_json, run_in_process
 from starfish_cli.data.calibration import CalibrationSampler
 from starfish_cli.data import DATASETS
 from starfish_cli.runtime.errors import StarfishError
@@ -14,7 +12,8 @@ from starfish_cli.runtime.errors import StarfishError
 pytestmark = pytest.mark.slow  # whole stages, in process
 
 TINY_DEIT = ["model=deit_tiny", "model.pretrained=false", "+model.kwargs.img_size=64", "+model.kwargs.num_classes=4",
-             "calib.count=8", "healer.epochs=1", "healer.batch_size=4", "eval.batch_size=4", "device=cpu"]
+             "calib.count=8", "healer.epochs=1", "healer.batch_size=4", "eval.batch_size=4", "eval.speed=false",
+             "device=cpu"]
 
 
 def write_image_folders(root, splits=("train", "val"), classes=4, per_class=3):
@@ -25,11 +24,6 @@ def write_image_folders(root, splits=("train", "val"), classes=4, per_class=3):
             for i in range(per_class):
                 Image.new("RGB", (72, 80), (40 * label, 20 * i, 100)).save(folder / f"{i}.JPEG")
     return root
-
-
-def run_in_process(*args):
-    GlobalHydra.instance().clear()
-    return cli.main(list(args))
 
 
 @pytest.fixture()
@@ -60,9 +54,8 @@ def test_streamed_calibration_is_unlabeled_and_seeded(hub_stand_in):
     assert ("ILSVRC/imagenet-1k", "test", True) in hub_stand_in
 
 
-def test_imagenet_hf_config_end_to_end(tmp_path, hub_stand_in, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    assert run_in_process("run", "data=imagenet_hf", *TINY_DEIT, "eval.max_images=6", "hydra.run.dir=hf") == 0
+def test_imagenet_hf_config_end_to_end(tmp_path, hub_stand_in):
+    run_in_process("run", "data=imagenet_hf", *TINY_DEIT, "eval.max_images=6", "hydra.run.dir=hf", cwd=tmp_path)
     report = read_json(tmp_path / "hf" / "report.json")
     assert report["calibration"]["count"] == 8 and report["calibration"]["source"] == "imagenet_hf/test"
     assert report["accuracy"]["images"] == 6 and report["accuracy"]["split"] == "imagenet_hf/validation"
@@ -78,10 +71,9 @@ def test_gated_dataset_says_log_in(monkeypatch):
         DATASETS.build({"name": "imagenet_hf"}).load("validation")
 
 
-def test_deit_tiny_on_a_local_image_folder(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def test_deit_tiny_on_a_local_image_folder(tmp_path):
     root = write_image_folders(tmp_path / "imagenet")
-    assert run_in_process("run", "data=imagenet_folder", f"data.path={root}", *TINY_DEIT, "hydra.run.dir=folder") == 0
+    run_in_process("run", "data=imagenet_folder", f"data.path={root}", *TINY_DEIT, "hydra.run.dir=folder", cwd=tmp_path)
     report = read_json(tmp_path / "folder" / "report.json")
     assert report["model"]["name"] == "deit_tiny_patch16_224" and report["accuracy"]["images"] == 12
     assert report["sparsity"]["prunable"] == pytest.approx(0.75, abs=1e-3) and report["healing"]["steps"] == 2

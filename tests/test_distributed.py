@@ -1,4 +1,5 @@
-"""torchrun with 2 CPU processes (gloo) gives the same masks and, within a small tolerance, the same accuracy."""
+"""torchrun with 2 CPU processes (gloo) gives the same masks and, within a small tolerance, the same accuracy.
+The one-process runs they are compared with run in process, on one thread as each rank does."""
 
 import os
 import re
@@ -10,10 +11,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import SHRUNK, needs_fmnist, read_json, run_cli
+from conftest import SHRUNK, needs_fmnist, read_json, run_in_process
 from starfish_cli.artifacts.checkpoint import load_checkpoint
 
-pytestmark = [needs_fmnist, pytest.mark.slow]  # the installed `starfish` in subprocesses
+pytestmark = [needs_fmnist, pytest.mark.slow]  # torchrun's processes
+
+
+def one_process(*args, cwd):
+    """`starfish ARGS` in this process on one thread, as each torchrun rank (OMP_NUM_THREADS=1) computes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run_in_process(*args, cwd=cwd)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def torchrun(*args, cwd, port, stage="run"):
@@ -72,14 +83,13 @@ def close_weights(first, second) -> bool:
                for name, weight in first.weights.items())
 
 
-def test_two_gloo_processes_match_one_with_ddp_and_with_fsdp(tmp_path, monkeypatch):
+def test_two_gloo_processes_match_one_with_ddp_and_with_fsdp(tmp_path):
     """Wanda's norms from half the calibration batches on each rank, summed; one global batch of 16 a step
     (DDP: 8 per rank, gradients averaged; FSDP2: every block sharded, each rank holding half of the trained
     parameters and of Adam's state); sharded evaluation; progress from rank 0 only. Then the FSDP2 run killed
     once its first sharded checkpoint is complete, and resumed."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as each torchrun rank: the same arithmetic
     options = ["calib.count=64", "healer.batch_size=16", "healer.epochs=2", "healer.save_every=4"]
-    alone = run_cli("run", *SHRUNK, *options, "device=cpu", "hydra.run.dir=single", cwd=tmp_path)
+    alone = one_process("run", *SHRUNK, *options, "device=cpu", "hydra.run.dir=single", cwd=tmp_path)
     result = torchrun(*options, "hydra.run.dir=ddp", cwd=tmp_path, port=29517)
     assert result.returncode == 0, result.stderr[-3000:]
     sharded = torchrun(*options, "dist_strategy=fsdp", "hydra.run.dir=fsdp", cwd=tmp_path, port=29521)
@@ -149,15 +159,15 @@ def check_half_the_state(single, output: str) -> None:
         assert held == pytest.approx(trained / 2, rel=0.02) and state == pytest.approx(trained, rel=0.02)
 
 
-def test_sparsegpt_and_fsdp_over_two_ranks_on_the_language_model(tmp_path, monkeypatch):
+def test_sparsegpt_and_fsdp_over_two_ranks_on_the_language_model(tmp_path):
     """SparseGPT with each rank reading half the calibration batches, the Hessians summed over ranks: the
     one-process masks and weights, bit for bit (the same thread count). Then FSDP2 healing of the causal LM
     (decoder layers sharded, the forward stopped after the last one): within 1e-4, half the state per rank."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as each torchrun rank: the same per-batch arithmetic
-    options = ["model=lm_reference", "pruner=sparsegpt", "calib.count=64", "healer.epochs=2", "healer.batch_size=64",
+    options = ["model=lm_reference", "pruner=sparsegpt", "healer.recipe=reference", "calib.count=64", "healer.epochs=2",
+               "healer.batch_size=64",
                "eval.max_images=8", "eval.speed=false", "device=cpu"]  # two calibration batches of 32: one per rank
-    run_cli("run", *options, "hydra.run.dir=single", cwd=tmp_path)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    one_process("run", *options, "hydra.run.dir=single", cwd=tmp_path)  # the same per-batch arithmetic as a rank
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29523",
          "-m", "starfish_cli", "run", *options, "dist_strategy=fsdp", "hydra.run.dir=fsdp"],
