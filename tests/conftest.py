@@ -125,6 +125,20 @@ def run_in_process(*args: str, cwd: Path, check: bool = True) -> subprocess.Comp
     return result
 
 
+@pytest.fixture(autouse=True)
+def no_log_handlers_left_behind():
+    """A test that calls the CLI's `main` itself (not through `run_in_process`) leaves Hydra's handlers on the root
+    logger: run.log in a folder that is deleted, a console stream that is closed. Every later test in the worker
+    that logs would fail on them, so they go when the test ends (pytest's own capture handlers stay)."""
+    root = logging.getLogger()
+    before, level = set(root.handlers), root.level
+    yield
+    for handler in [h for h in root.handlers if h not in before and not type(h).__module__.startswith("_pytest")]:
+        root.removeHandler(handler)
+        handler.close()
+    root.setLevel(level)
+
+
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
