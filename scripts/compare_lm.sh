@@ -8,11 +8,16 @@ set -euo pipefail
 root=${1:-outputs/lm}
 shift || true
 starfish=${STARFISH:-starfish}
-common=(output_root="$root" model=lm_reference healer=none,kd,norm,starfish seed=0,1,2 eval.speed=false)
-
-"$starfish" run -m "${common[@]}" pruner=wanda pruner.sparsity=0.5,0.7 "$@"
-"$starfish" run -m "${common[@]}" pruner=wanda pruner.pattern=2:4 "$@"
-"$starfish" run -m "${common[@]}" pruner=magnitude,sparsegpt pruner.sparsity=0.5,0.7 "$@"
+common=(output_root="$root" model=lm_reference seed=0,1,2 eval.speed=false)
+# STARFISH end to end with the reference recipe, as published (language models now default to the block-wise lm recipe)
+for healers in "healer=none,kd,norm" "healer=starfish healer.recipe=reference"; do
+    # shellcheck disable=SC2086
+    "$starfish" run -m "${common[@]}" $healers pruner=wanda pruner.sparsity=0.5,0.7 "$@"
+    # shellcheck disable=SC2086
+    "$starfish" run -m "${common[@]}" $healers pruner=wanda pruner.pattern=2:4 "$@"
+    # shellcheck disable=SC2086
+    "$starfish" run -m "${common[@]}" $healers pruner=magnitude,sparsegpt pruner.sparsity=0.5,0.7 "$@"
+done
 
 "$starfish" report "$root/default"
 "${PYTHON:-python}" "$(dirname "$0")/update_readme_results.py" "$root/default" lm

@@ -19,9 +19,11 @@ if [ "${TASKS:-0}" = 1 ]; then
     common+=("eval.tasks=[fortune_ending,jargon_gloss]" eval.include_path="$(cd "$root/tasks" && pwd)")
 fi
 
-setting() {  # every healer on one pruning setting
-    "$starfish" run -m "${common[@]}" healer=none,norm,kd,starfish "$@"
-    "$starfish" run -m "${common[@]}" healer=starfish healer.mode=blockwise "$@"
+setting() {  # every healer on one pruning setting; STARFISH with the reference recipe, as published (language
+    # models now default to the block-wise lm recipe)
+    "$starfish" run -m "${common[@]}" healer=none,norm,kd "$@"
+    "$starfish" run -m "${common[@]}" healer=starfish healer.recipe=reference "$@"
+    "$starfish" run -m "${common[@]}" healer=starfish healer.recipe=reference healer.mode=blockwise "$@"
 }
 first_half() {
     setting pruner=magnitude pruner.sparsity=0.5,0.7 "$@"

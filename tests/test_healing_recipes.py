@@ -22,7 +22,8 @@ def healer_node(*overrides: str) -> dict:
     ({"name": "sparsegpt", "sparsity": 0.98, "pattern": "unstructured"}, "images", "extreme"),
     ({"name": "wanda", "sparsity": 0.95, "pattern": "2:4"}, "images", "reference"),  # N:M fixes the sparsity at 1/2
     ({"name": "structured", "heads": 0.25, "mlp": 0.25}, "images", "structured"),
-    ({"name": "wanda", "sparsity": 0.95, "pattern": "unstructured"}, "text", "reference"),  # measured on images only
+    ({"name": "wanda", "sparsity": 0.95, "pattern": "unstructured"}, "text", "lm"),  # language models: block-wise
+    ({"name": "wanda", "sparsity": 0.5, "pattern": "2:4"}, "text", "lm"),
 ])
 def test_the_recipe_follows_the_pattern(pruner, modality, expected):
     assert recipe_for(pruner, modality) == expected
@@ -56,14 +57,15 @@ def test_a_label_names_a_recipe_other_than_the_pruners_and_what_differs_from_it(
     (["pruner=magnitude", "pruner.sparsity=0.9"], "extreme"),
     (["pruner=structured"], "structured"),
     (["pruner.pattern=2:4"], "reference"),
-    (["model=lm_reference", "pruner.sparsity=0.95"], "reference"),
+    (["model=lm_reference", "pruner.sparsity=0.95"], "lm"),
+    (["model=lm_reference", "healer.recipe=reference"], "reference"),
     (["pruner=structured", "healer.recipe=reference"], "reference"),  # named, it wins
     (["experiment=extreme_90", "pruner.sparsity=0.5"], "extreme"),    # so does an experiment's
 ])
 def test_the_config_picks_the_recipe_from_the_pruner(overrides, recipe):
     node = healer_node(*overrides)
     assert node["recipe"] == recipe
-    assert (node["epochs"], node["batch_size"], node["lr"]) == tuple(vars(RECIPES[recipe]).values())
+    assert {key: node[key] for key in vars(RECIPES[recipe])} == vars(RECIPES[recipe])
     HEALERS.build(node)
 
 

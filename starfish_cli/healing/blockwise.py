@@ -32,7 +32,8 @@ class BlockwiseHealing:
 
     def heal_blockwise(self, student, teacher, masks, calibration, device, precision) -> HealResult:
         if distributed.current().active:
-            raise StarfishError("healer.mode=blockwise runs in one process: launch it without torchrun")
+            raise StarfishError("healer.mode=blockwise runs in one process: launch it without torchrun, or heal with "
+                                "healer.mode=end_to_end")
         result = HealResult(trained_parameters=self.trainable_names(student))
         structure, dense_structure = structure_of(student), structure_of(teacher)  # each keeps its layer arguments
         # the dense and the healed prefixes' states advance together, one block at a time: three calibration-sized

@@ -24,7 +24,7 @@ from starfish_cli.healing.registry import HEALERS
 from starfish_cli.healing.states import STATE_KINDS, STATE_LOSSES, state_alignment_loss
 from starfish_cli.healing.teacher import TEACHER_MODES, TeacherTargets, logit_kd_loss
 from starfish_cli.healing.views import AUGMENTATIONS, CalibrationViews
-from starfish_cli.healing.blockwise import BlockwiseHealing
+from starfish_cli.healing.blockwise import MODES, BlockwiseHealing
 from starfish_cli.registry import Range
 
 PARAMETER_GROUP_NAMES = tuple(PARAMETER_GROUPS)
@@ -33,13 +33,14 @@ PARAMETER_GROUP_NAMES = tuple(PARAMETER_GROUPS)
 @HEALERS.register("starfish")
 @dataclass(eq=False)
 class StarfishHealer(BlockwiseHealing, GradientHealer, GradualOptions):
-    # the budget, batch and learning rate left unset (None) come from the recipe (healing/recipes.py)
+    # the budget, batch, learning rate, mode and loss left unset (None) come from the recipe (healing/recipes.py)
     recipe: Literal[tuple(RECIPES)] = "reference"
     epochs: Annotated[int, Range(0)] | None = None
     batch_size: Annotated[int, Range(1)] | None = None
     lr: Annotated[float, Range(0, low_open=True)] | None = None
+    mode: Literal[MODES] | None = None
     states: Literal[STATE_KINDS] | Sequence[Literal[STATE_KINDS]] = ("blocks",)  # the states aligned
-    loss: Literal[tuple(STATE_LOSSES)] = "cosine"  # the distance between a student and a teacher state
+    loss: Literal[tuple(STATE_LOSSES)] | None = None  # the distance between a student and a teacher state
     kd_weight: Annotated[float, Range(0)] = 0.0  # > 0 adds a logit-KD term
     kd_temperature: Annotated[float, Range(0, low_open=True)] = 1.0
     teacher: Literal[TEACHER_MODES] = "auto"
@@ -72,15 +73,19 @@ class StarfishHealer(BlockwiseHealing, GradientHealer, GradualOptions):
         return vars(RECIPES[described.get("recipe", "reference")])
 
     def _check_blockwise(self) -> None:
+        """What block-wise healing cannot do; the way out named (the `lm` recipe heals language models block-wise)."""
+        end_to_end = "healer.mode=end_to_end"
         if self.states != ["blocks"] or self.kd_weight:
-            raise StarfishError("healer.mode=blockwise aligns block outputs only: use states=[blocks] and kd_weight=0")
+            raise StarfishError("healer.mode=blockwise aligns block outputs only: use states=[blocks] and kd_weight=0, "
+                                f"or {end_to_end}")
         if self.schedule:
-            raise StarfishError("healer.mode=blockwise heals at the final masks only: use mode=end_to_end or schedule=[]")
+            raise StarfishError(f"healer.mode=blockwise heals at the final masks only: use {end_to_end} or schedule=[]")
         if self.train != ["pruned_weights"]:
-            raise StarfishError("healer.mode=blockwise trains the pruned weights only: use train=[pruned_weights]")
+            raise StarfishError("healer.mode=blockwise trains the pruned weights only: use train=[pruned_weights], "
+                                f"or {end_to_end}")
         if self.augment:
             raise StarfishError("healer.mode=blockwise heals on cached block inputs, which have no views: "
-                                "use mode=end_to_end or augment=[]")
+                                f"use {end_to_end} or augment=[]")
 
     def trainable_names(self, student):
         return parameter_names(student, self.train)
