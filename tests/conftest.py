@@ -143,7 +143,7 @@ def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
-SLOW_FIXTURES = {"runs"}  # fixtures that run the installed `starfish`: every test using one is slow
+SLOW_FIXTURES = {"runs"}  # fixtures that run whole stages (test_export.py): every test using one is slow
 
 
 def pytest_collection_modifyitems(items):
