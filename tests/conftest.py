@@ -103,8 +103,8 @@ def run_in_process(*args: str, cwd: Path, check: bool = True) -> subprocess.Comp
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
             try:
                 code = main(list(args))
-            except SystemExit as exit:  # Hydra exits by itself on some errors
-                code = exit.code if isinstance(exit.code, int) else 1
+            except SystemExit as exited:  # Hydra exits by itself on some errors
+                code = exited.code if isinstance(exited.code, int) else 1
     finally:
         GlobalHydra.instance().clear()
         os.chdir(saved[0])
