@@ -45,11 +45,19 @@ def test_without_meminfo_or_vm_stat_posix_sysconf_answers(monkeypatch):
 
 
 def test_peak_rss_follows_an_allocation_and_its_fallback_is_in_bytes(monkeypatch):
+    import gc
+    import mmap
+
+    # an earlier test in this worker (a run in process) may leave garbage that, collected between the reset
+    # and the allocation, would lower the resident size by more than the allocation raises it
+    gc.collect()
     memory.reset_peak_rss()
     before = memory.peak_rss_bytes()
-    block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+    block = mmap.mmap(-1, 64 * 2**20)  # 64 MiB of pages new to the process, not ones malloc kept: touched
+    for offset in range(0, len(block), mmap.PAGESIZE):
+        block[offset] = 1
     assert memory.peak_rss_bytes() >= before + 48 * 2**20
-    del block
+    block.close()
     # getrusage's ru_maxrss (kilobytes on Linux, bytes on macOS) where /proc/self/status is missing
     monkeypatch.setattr(memory, "PROCESS_STATUS", Path("/nonexistent/status"))
     assert 64 * 2**20 < memory.peak_rss_bytes() < 2**40
