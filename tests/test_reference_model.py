@@ -25,6 +25,7 @@ def test_data_config_comes_from_the_model():
     assert config["input_size"] == (1, 28, 28) and len(config["mean"]) == 1
 
 
+@pytest.mark.slow  # the evaluation stage over the whole test split
 def test_the_medium_lm_loads_offline_and_starfish_measures_the_perplexity_it_was_shipped_with():
     """lm_medium (issue 23's reference LM where pruning hurts): its folder loads by name, stays within the
     25 MB the package allows, and starfish's evaluation of data=fortunes_jargon's test split gives the test
