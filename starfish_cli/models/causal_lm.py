@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from starfish_cli.runtime.errors import StarfishError, first_line
+from starfish_cli.models.transformers_library import import_transformers
 from starfish_cli.models.base import ModelStructure, register_family
 from starfish_cli.models.decoder import branch, context_length, final_norm, find_decoder, has_attention
 from starfish_cli.models.experts import fused_state_dict, keep_routers_dense, unfuse_experts
@@ -21,14 +22,6 @@ EMBEDDED = {"lm_reference": ASSETS / "lm_reference", "lm_medium": ASSETS / "lm_m
 REFERENCE_NAME = "lm_reference"
 REFERENCE_DIR = EMBEDDED[REFERENCE_NAME]
 DEFAULT_WINDOW = 2048  # tokens per window where the user gives none (WikiText-2 and C4 papers use 2,048)
-
-
-def _transformers():
-    try:
-        import transformers
-    except ImportError as error:
-        raise StarfishError("the causal_lm family needs transformers: pip install 'starfish-cli[lm]'") from error
-    return transformers
 
 
 def model_source(name: str) -> str:
@@ -50,7 +43,7 @@ def build_model(name: str = REFERENCE_NAME, pretrained: bool = True, revision: s
     architecture, randomly initialized), with GPT-2's Conv1D layers turned into nn.Linear (the same
     function, weight transposed) and fused MoE experts into one nn.Linear per expert matrix, so every
     pruner sees (out × in) matrices; MoE routers stay dense unless `prune_router`."""
-    transformers = _transformers()
+    transformers = import_transformers()
     transformers.utils.logging.disable_progress_bar()  # loading bars are noise on the console
     source = model_source(name)
     path = Path(source)
@@ -82,7 +75,7 @@ def _check_decoder(model: nn.Module, name: str) -> None:
 
 
 def load_tokenizer(model: nn.Module):
-    transformers = _transformers()
+    transformers = import_transformers()
     source = model.config.name_or_path  # the folder or hub id it was loaded from: its tokenizer is there
     try:
         return transformers.AutoTokenizer.from_pretrained(source)
@@ -252,7 +245,7 @@ class CausalLMStructure(ModelStructure):
         """`save_pretrained` of the architecture built afresh from the model's config, holding these weights
         (GPT-2's Conv1D layers, which `build_model` turned into nn.Linear, get their (in × out) weights
         back), and the tokenizer beside it: `AutoModelForCausalLM.from_pretrained(folder)` needs nothing else."""
-        transformers = _transformers()
+        transformers = import_transformers()
         fresh = transformers.AutoModelForCausalLM.from_config(copy.deepcopy(self.model.config), dtype=torch.float32)
         conv1d = {name for name, module in fresh.named_modules() if isinstance(module, transformers.pytorch_utils.Conv1D)}
         weights = {name: tensor.T if name.removesuffix(".weight") in conv1d else tensor
@@ -263,7 +256,7 @@ class CausalLMStructure(ModelStructure):
 
     @classmethod
     def load_from_hub(cls, folder):
-        return _transformers().AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        return import_transformers().AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
 
     def hub_base_model(self, model_config):
         name = str(model_config.get("name", REFERENCE_NAME))

@@ -18,6 +18,7 @@ import torch
 
 from starfish_cli.runtime.atomic import write_folder_atomically
 from starfish_cli.runtime.errors import StarfishError, first_line
+from starfish_cli.models.transformers_library import import_transformers
 
 log = logging.getLogger("starfish")
 
@@ -67,14 +68,6 @@ def sha256_of(path: Path) -> str:
     return _DIGESTS[key]
 
 
-def _transformers():
-    try:
-        import transformers
-    except ImportError as error:
-        raise StarfishError("GGUF files load through transformers: pip install 'starfish-cli[lm]'") from error
-    return transformers
-
-
 def check_magic(path: Path) -> None:
     if not path.is_file():
         raise StarfishError(f"model.name={str(path)!r}: no such GGUF file")
@@ -89,7 +82,7 @@ def read_config(path: Path):
     large vocabulary): a file that is not GGUF, or whose architecture transformers cannot load as a causal LM,
     is refused in one line."""
     check_magic(path)
-    transformers = _transformers()
+    transformers = import_transformers()
     try:
         import gguf  # noqa: F401  (transformers reads GGUF through it)
     except ImportError as error:
@@ -110,7 +103,7 @@ def convert(gguf_path: Path, folder: Path, source: dict | None = None) -> None:
     """`folder` (written atomically): the GGUF's model, dequantized to float32, and its tokenizer, as
     save_pretrained writes them. A gguf-loaded model refuses save_pretrained, so the same class is built
     from its config without the quantization config and given its weights."""
-    transformers = _transformers()
+    transformers = import_transformers()
     transformers.utils.logging.disable_progress_bar()
 
     def fill(tmp: Path) -> None:
