@@ -94,3 +94,22 @@ def test_an_unknown_task_is_one_line_naming_where_tasks_come_from(task_folder, m
     ZeroShot([TASK, "boolq"], str(task_folder)).check()
     with pytest.raises(StarfishError, match=f"unknown lm-eval task 'no_such_task'.*under eval.include_path={task_folder}"):
         ZeroShot([TASK, "no_such_task"], str(task_folder)).check()
+
+
+def test_a_task_batch_holds_a_bounded_number_of_logits_whatever_the_evaluation_batch():
+    from torch import nn
+
+    from starfish_cli.evaluation.zero_shot import REQUEST_TOKENS, TASK_LOGITS_BYTES, ZeroShot
+
+    class WithHead(nn.Module):
+        def __init__(self, vocabulary):
+            super().__init__()
+            self.head = nn.Linear(2, vocabulary, bias=False)
+
+        def get_output_embeddings(self):
+            return self.head
+
+    large = ZeroShot(["task"], batch_size=256).requests_per_batch(WithHead(49_152))  # SmolLM2's vocabulary
+    assert large == 21 and large * REQUEST_TOKENS * 49_152 * 4 <= TASK_LOGITS_BYTES
+    assert ZeroShot(["task"], batch_size=8).requests_per_batch(WithHead(100)) == 8  # a small vocabulary: as asked
+    assert ZeroShot(["task"], batch_size=8).requests_per_batch(WithHead(10**8)) == 1

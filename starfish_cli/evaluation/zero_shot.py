@@ -17,6 +17,11 @@ from starfish_cli.runtime.errors import StarfishError, first_line
 
 log = logging.getLogger("starfish")
 
+# lm-eval runs a batch of requests through the model whole and log-softmaxes its vocabulary-wide logits: the batch
+# is bounded so that each takes about this much (multiple-choice requests are tens of tokens; lm-eval pads to the longest)
+TASK_LOGITS_BYTES = 256 * 2**20
+REQUEST_TOKENS = 64
+
 
 def _lm_eval():
     try:
@@ -68,7 +73,7 @@ class ZeroShot:
         results, samples = {}, {}
         for name, model in models.items():
             wrapped = lm_eval.models.huggingface.HFLM(pretrained=model, tokenizer=tokenizer,
-                                                      batch_size=self.batch_size)
+                                                      batch_size=self.requests_per_batch(model))
             autocast = torch.autocast(device.type, dtype=precision) if precision != torch.float32 \
                 else contextlib.nullcontext()
             with autocast:
@@ -86,6 +91,13 @@ class ZeroShot:
                 f"{task} {metrics.get('acc', float('nan')):.4f}" for task, metrics in results[name].items()))
         return {"models": results, "samples": samples, "num_fewshot": self.num_fewshot,
                 "task_limit": self.task_limit, "lm_eval": lm_eval.__version__}
+
+
+    def requests_per_batch(self, model: nn.Module) -> int:
+        """`batch_size`, at most what keeps a batch's logits near TASK_LOGITS_BYTES (SmolLM2's 49,152-way
+        vocabulary: 21 requests, where the evaluation's 256 windows took 9.5 GB)."""
+        vocabulary = model.get_output_embeddings().weight.shape[0]
+        return max(1, min(self.batch_size, TASK_LOGITS_BYTES // (4 * vocabulary * REQUEST_TOKENS)))
 
 
 def task_metrics(results: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, float]]:

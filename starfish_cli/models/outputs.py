@@ -50,7 +50,7 @@ def last_block_output(structure: ModelStructure, inputs: torch.Tensor) -> torch.
 
     handle = structure.blocks[-1].register_forward_hook(stop)
     try:
-        structure.model(inputs)
+        structure.outputs(inputs)  # a causal LM's without its KV cache (two copies of every layer's keys and values)
     except _PastTheBlocks:
         pass
     finally:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from starfish_cli.runtime.errors import StarfishError
-from starfish_cli.runtime.memory import peak_rss_mb, reset_peak_rss
+from starfish_cli.runtime.memory import peak_rss_mb, release_freed_memory, reset_peak_rss
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -56,6 +56,7 @@ def measure(stage: str, device: torch.device, into: dict[str, Any]) -> Iterator[
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
+    release_freed_memory()  # what earlier stages freed is not this one's peak
     per_stage = reset_peak_rss()
     started = time.perf_counter()
     yield

@@ -1,6 +1,8 @@
 """The host's memory, asked portably: how much is available now (Linux, other POSIX systems, macOS), and
 the most this process has held (its peak resident set size), resettable per stage where Linux allows."""
 
+import ctypes
+import ctypes.util
 import os
 import re
 import subprocess
@@ -57,6 +59,25 @@ def _sysconf_available() -> int | None:
     except (AttributeError, ValueError, OSError):  # no sysconf (Windows), or no such name (macOS)
         return None
     return pages * page_size if pages > 0 and page_size > 0 else None
+
+
+def release_freed_memory() -> bool:
+    """Return to the OS the pages that glibc's allocator keeps after frees (malloc_trim): the temporaries a stage
+    freed (pruning statistics, activations) otherwise stay resident under the next stage's peak. False where the C
+    library has no malloc_trim (macOS, musl): nothing to do there."""
+    trim = getattr(_libc(), "malloc_trim", None)
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
+def _libc():
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
 
 
 def reset_peak_rss() -> bool:
