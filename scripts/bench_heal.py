@@ -24,7 +24,8 @@ from _bench_common import arguments, best_of_interleaved, peak_memory_mb, setup
 from starfish_cli.data.loader import loader
 from starfish_cli.models import structure_of
 from starfish_cli.healing import HEALERS
-from starfish_cli.healing.base import pruned_weight_names, train_only
+from starfish_cli.healing.base import pruned_weight_names
+from starfish_cli.healing.loop import train_only
 from starfish_cli.healing.states import state_alignment_loss
 from starfish_cli.pruning import PRUNERS
 from starfish_cli.runtime.device import autocast, resolve_precision

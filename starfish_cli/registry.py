@@ -141,6 +141,11 @@ def _is_kind(value: Any, types_: tuple[type, ...]) -> bool:
     return isinstance(value, types_) and not (isinstance(value, bool) and bool not in types_)
 
 
+def _yaml(choice: Any) -> str:
+    """A choice as a YAML config spells it (true, not True)."""
+    return str(choice).lower() if isinstance(choice, bool) else str(choice)
+
+
 def _describe(annotation) -> str:
     """How an annotation reads in an error: "a whole number ≥ 0", "one of row, layer", …"""
     origin = typing.get_origin(annotation)
@@ -148,7 +153,7 @@ def _describe(annotation) -> str:
         base, *extras = typing.get_args(annotation)
         return " ".join([_describe(base), *(str(extra) for extra in extras if isinstance(extra, Range))])
     if origin is Literal:
-        return "one of " + ", ".join(str(choice) for choice in typing.get_args(annotation))
+        return "one of " + ", ".join(_yaml(choice) for choice in typing.get_args(annotation))
     if origin in (typing.Union, types.UnionType):
         return " or ".join(dict.fromkeys(_describe(arg) for arg in typing.get_args(annotation)))
     kind = _plain_kind(annotation)
@@ -172,7 +177,7 @@ def problem(annotation, value: Any) -> str | None:
     if origin is Literal:
         choices = typing.get_args(annotation)
         fits = any(value == choice and type(value) is type(choice) for choice in choices)
-        return None if fits else ": choose one of " + ", ".join(str(choice) for choice in choices)
+        return None if fits else ": choose one of " + ", ".join(_yaml(choice) for choice in choices)
     if origin in (typing.Union, types.UnionType):
         members = typing.get_args(annotation)
         found = [problem(member, value) for member in members]

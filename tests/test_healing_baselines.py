@@ -66,7 +66,7 @@ def test_blockwise_requires_block_states():
 
 
 def test_a_fixed_order_epoch_is_collated_once_and_replayed():
-    from starfish_cli.healing.base import ReplayedBatches
+    from starfish_cli.healing.loop import ReplayedBatches
 
     collated = []
 

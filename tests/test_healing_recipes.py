@@ -65,13 +65,14 @@ def test_a_label_names_a_recipe_other_than_the_pruners_and_what_differs_from_it(
 def test_the_config_picks_the_recipe_from_the_pruner(overrides, recipe):
     node = healer_node(*overrides)
     assert node["recipe"] == recipe
-    assert {key: node[key] for key in vars(RECIPES[recipe])} == vars(RECIPES[recipe])
-    HEALERS.build(node)
+    assert all(node[key] is None for key in vars(RECIPES[recipe]))  # the config names the recipe; the healer fills in
+    healer = HEALERS.build(node)
+    assert {key: getattr(healer, key) for key in vars(RECIPES[recipe])} == vars(RECIPES[recipe])
 
 
 def test_a_set_value_overrides_only_itself():
-    node = healer_node("pruner.sparsity=0.95", "healer.lr=1e-3")
-    assert (node["recipe"], node["epochs"], node["batch_size"], node["lr"]) == ("extreme", 20, 8, 1e-3)
+    healer = HEALERS.build(healer_node("pruner.sparsity=0.95", "healer.lr=1e-3"))
+    assert (healer.recipe, healer.epochs, healer.batch_size, healer.lr) == ("extreme", 20, 8, 1e-3)
 
 
 @needs_fmnist

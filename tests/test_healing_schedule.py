@@ -64,13 +64,15 @@ def test_scheduled_heal_ends_at_the_final_masks_on_the_same_budget(reference_mod
     dense = structure_of(reference_model).prunable_layers()
     before = {name: layer.weight.clone() for name, layer in layers.items()}
     healer = HEALERS.build({"name": "starfish", "epochs": 2, "batch_size": 16, "schedule": [0.4, 0.6]})
-    starts, optimize = [], healer.optimize
+    import starfish_cli.healing.gradual as gradual
 
-    def spy(model, names, stage, *args, **kwargs):  # each stage's masks and weights as it starts
-        starts.append((stage, {name: layer.weight.clone() for name, layer in layers.items()}, kwargs["steps"]))
-        return optimize(model, names, stage, *args, **kwargs)
+    starts, train = [], gradual.train
 
-    monkeypatch.setattr(healer, "optimize", spy)
+    def spy(job, *args, **kwargs):  # each stage's masks and weights as it starts
+        starts.append((job.masks, {name: layer.weight.clone() for name, layer in layers.items()}, job.steps))
+        return train(job, *args, **kwargs)
+
+    monkeypatch.setattr(gradual, "train", spy)
     result = healer.heal(model, reference_model, masks, calibration_images, CPU)
     # 64 images in batches of 16: 4 per epoch, 8 in all; half to the two intermediate stages
     assert result.steps == 8 == len(result.loss_history)

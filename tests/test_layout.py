@@ -7,12 +7,12 @@ from pathlib import Path
 import starfish_cli
 
 PACKAGE = Path(starfish_cli.__file__).parent
-# a package may import only packages of a lower rank; data and models know nothing of each other. The API
-# (a model in hand) sits just below the stages, which run its pruning and healing on the model they load. The
+# a package may import only packages of a lower rank; data and models know nothing of each other. The core
+# steps (a copy pruned or healed) sit below both the API (a model in hand) and the stages (a model they load). The
 # package's own __init__ (its version, and `load` and the API on first use) stands above everything and may be
 # read by all.
 RANKS = {"configs": 0, "runtime": 0, "registry": 1, "data": 2, "models": 2, "pruning": 3, "healing": 4,
-         "artifacts": 5, "evaluation": 5, "reporting": 5, "api": 6, "onloading": 6, "tracking": 6, "stages": 7, "cli": 8,
+         "artifacts": 5, "core": 5, "evaluation": 5, "reporting": 5, "api": 6, "onloading": 6, "tracking": 6, "stages": 7, "cli": 8,
          "__init__": 9, "__main__": 9}
 
 

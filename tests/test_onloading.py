@@ -141,6 +141,26 @@ def test_a_model_over_the_memory_budget_goes_layer_by_layer_with_the_whole_model
     zeros = sum(int((module.weight == 0).sum()) for name, module in healed.named_modules()
                 if isinstance(module, torch.nn.Linear) and ".layers." in name)
     assert zeros == round(layers["sparsity"]["prunable"] * layers["sparsity"]["prunable_weights"])
+    for model in ("pruned", "healed"):  # the alignment section, as the whole-model evaluation gives it
+        assert layers["accuracy"][model]["block_cosine"] == pytest.approx(whole["accuracy"][model]["block_cosine"],
+                                                                          abs=1e-4)
+    assert "## Per-block alignment with dense" in (tmp_path / "layers" / "report.md").read_text()
+    assert (tmp_path / "layers" / "calibration_indices.json").is_file()
+
+    import starfish_cli  # load, eval and export read the onloaded run like any other
+
+    loaded = starfish_cli.load(tmp_path / "layers")
+    tokens = torch.randint(0, 512, (1, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=tokens).logits, healed(input_ids=tokens).logits)
+    run_in_process("eval", *options, "hydra.run.dir=layers", cwd=tmp_path)
+    evaluated = read_json(tmp_path / "layers" / "report.json")
+    assert evaluated["accuracy"]["healed"]["perplexity"] == pytest.approx(layers["accuracy"]["healed"]["perplexity"],
+                                                                          rel=1e-5)
+    run_in_process("export", *options, "export.format=hf", "hydra.run.dir=layers", cwd=tmp_path)
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "layers" / "hf", dtype=torch.float32)
+    with torch.no_grad():
+        assert torch.equal(exported(input_ids=tokens).logits, healed(input_ids=tokens).logits)
 
 
 def test_when_a_run_goes_layer_by_layer():

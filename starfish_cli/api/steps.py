@@ -1,17 +1,15 @@
-"""Pruning, healing and evaluating a model in hand: what `starfish prune` and `starfish heal` run on their
-loaded model (`pruned_copy`, `healed_copy`), and the functions a notebook calls (`prune`, `heal`, `evaluate`)."""
+"""Pruning, healing and evaluating a model in hand from a notebook (`prune`, `heal`, `evaluate`), on the core
+steps the command line's stages run too (`starfish_cli.core`)."""
 
-import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from starfish_cli.api.items import calibration_items, evaluation_items
-from starfish_cli.data import loader
+from starfish_cli.core.steps import calibration_batches, healed_copy, pruned_copy
 from starfish_cli.evaluation import compare
 from starfish_cli.healing import HEALERS, Healer, HealResult
 from starfish_cli.models import structure_of
@@ -40,35 +38,6 @@ class Healing:
     loss_history: list[float]
     healer: Healer
     result: HealResult  # also the trained parameters' names and a gradual heal's stages
-
-
-CALIBRATION_BATCH = 32  # items per batch when a pruner reads its calibration statistics
-
-
-def calibration_batches(items: torch.utils.data.Dataset, device: torch.device, batch_size: int = CALIBRATION_BATCH
-                        ) -> list[torch.Tensor]:
-    """The calibration inputs in batches on the device: what a pruner reads its input statistics from."""
-    return [batch[1].to(device) for batch in loader(items, batch_size, device=device)]
-
-
-def pruned_copy(dense: nn.Module, pruner: Pruner, batches: list[torch.Tensor] | None
-                ) -> tuple[nn.Module, dict[str, torch.Tensor]]:
-    """A copy of `dense` pruned by `pruner` (on `batches` when it reads calibration inputs), and its masks."""
-    model = copy.deepcopy(dense)
-    masks = pruner.prune(model, batches if pruner.needs_calibration else None)
-    return model, masks
-
-
-def healed_copy(pruned: nn.Module, teacher: nn.Module, masks: Mapping[str, torch.Tensor], healer: Healer,
-                items: torch.utils.data.Dataset, device: torch.device, precision: torch.dtype = torch.float32,
-                state_file: Path | None = None, compile_blocks: bool = False) -> tuple[nn.Module, HealResult]:
-    """A copy of `pruned` healed towards `teacher` on the calibration `items`, masks fixed, in eval mode."""
-    student = copy.deepcopy(pruned)
-    if compile_blocks:
-        structure_of(student).compile_blocks()
-        structure_of(teacher).compile_blocks()
-    result = healer.heal(student, teacher, masks, items, device, precision, state_file)
-    return student.eval(), result
 
 
 def prune(model: nn.Module, pruner: str | Pruner = "wanda", calibration: Any = None,

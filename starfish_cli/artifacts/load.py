@@ -7,7 +7,9 @@ from typing import Any
 
 from torch import nn
 
-from starfish_cli.artifacts.checkpoint import HEALED_FILE, PRUNED_FILE, Checkpoint, load_checkpoint, read_header, restore
+from starfish_cli.artifacts.checkpoint import (
+    HEALED_FILE, HEALED_FOLDER, PRUNED_FILE, Checkpoint, is_checkpoint_folder, load_checkpoint, read_header, restore,
+)
 from starfish_cli.runtime.errors import StarfishError
 from starfish_cli.artifacts.export import EXPORT_DIR, FORMAT as EXPORT_FORMAT, MODEL_FILE, read_export
 from starfish_cli.models import build_model, family_of, structure_of
@@ -32,6 +34,9 @@ def load(path: str | Path) -> nn.Module:
 def model_file(path: Path) -> Path:
     """The file `load` reads for `path`."""
     if path.is_dir():
+        for folder in (path, path / HEALED_FOLDER):  # a layer-by-layer run's healed model is a checkpoint folder
+            if is_checkpoint_folder(folder, "heal"):
+                return folder
         export, healed = path / EXPORT_DIR / MODEL_FILE, path / HEALED_FILE
         if export.is_file() and healed.is_file() and healed.stat().st_mtime_ns > export.stat().st_mtime_ns:
             warnings.warn(f"{healed} is newer than its export: loading it (rerun `starfish export` to update "
@@ -52,7 +57,7 @@ def model_file(path: Path) -> Path:
 
 def read_weights(file: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Dense weights and metadata of a checkpoint or an export file."""
-    header = read_header(file)
+    header = read_header(file) if file.is_file() else None
     if header is not None and header.get("format") == EXPORT_FORMAT:
         return read_export(file)
     checkpoint = load_checkpoint(file, "heal")  # not starfish's: a clear error

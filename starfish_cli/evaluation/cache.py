@@ -68,7 +68,3 @@ class ReferenceRecording:
         if self.batches is not None:
             self.cache.store_reference(self.key, self.batches, seconds)
 
-
-# One per process on purpose: a Hydra multirun (a sweep) runs every run in the same process, so
-# this is what carries the reference's outputs and shared results from one run to the next.
-SWEEP_CACHE = SweepCache()

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from starfish_cli.data.loader import loader
-from starfish_cli.evaluation.cache import SWEEP_CACHE, ReferenceRecording, SweepCache
+from starfish_cli.evaluation.cache import ReferenceRecording, SweepCache
 from starfish_cli.evaluation.metrics import METRICS
 from starfish_cli.evaluation.side_by_side import Clock, SideBySide
 from starfish_cli.evaluation.totals import Totals, reduce_across_ranks
@@ -50,19 +50,11 @@ def plan(models: Mapping[str, nn.Module], reference: str, cache_keys: Mapping[st
 
 
 @torch.no_grad()
-def evaluate(
-    models: Mapping[str, nn.Module],
-    dataset: torch.utils.data.Dataset,
-    device: torch.device,
-    batch_size: int = 256,
-    reference: str = "dense",
-    num_workers: int = 0,
-    precision: torch.dtype = torch.float32,
-    cache_keys: Mapping[str, str] | None = None,
-    cache: SweepCache = SWEEP_CACHE,
-    record_reference: bool = False,
-    finish: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> dict:
+def evaluate(models: Mapping[str, nn.Module], dataset: torch.utils.data.Dataset, device: torch.device,
+             batch_size: int = 256, reference: str = "dense", num_workers: int = 0,
+             precision: torch.dtype = torch.float32, cache_keys: Mapping[str, str] | None = None,
+             cache: SweepCache | None = None, record_reference: bool = False,
+             finish: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict:
     """Run every model on the same labelled batches; alignment and agreement are against `reference`.
 
     Under torchrun each rank evaluates its shard and the counts are summed. `cache_keys` name what
@@ -78,6 +70,7 @@ def evaluate(
     (classifiers: top1, top5, agreement in percent; causal LMs: perplexity, top1, agreement,
     tokens), block_cosine (per block), images_per_second (items per second).
     """
+    cache = cache if cache is not None else SweepCache()  # none given: nothing shared with another call
     chosen = plan(models, reference, cache_keys, cache)
     structure = structure_of(models[reference])
     clock = Clock(device, precision, chosen.to_run)

@@ -64,7 +64,7 @@ class SideBySide:
             if kept is not None:
                 kept.append(reference_state.float().cpu())
         hidden[self.reference] = reference_state
-        counts = self._count(hidden, labels)
+        counts = self.count(hidden, labels)
         return BatchOutputs(counts, cosines, kept)
 
     def _block(self, block: int, running: Mapping[str, ModelStructure], hidden: dict[str, torch.Tensor],
@@ -78,7 +78,7 @@ class SideBySide:
             cosines[name].append(block_cosine(state, reference_state))
         return reference_state
 
-    def _count(self, last_states: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, tuple[list, int]]:
+    def count(self, last_states: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, tuple[list, int]]:
         """Each model's metric sums, its head run on `chunk` rows of its last state at a time."""
         rows = {name: self.metric.rows(state) for name, state in last_states.items()}
         targets = self.metric.targets(labels)

@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 
 import torch
 
-from starfish_cli.healing.base import GradientHealer, GradualOptions
+from starfish_cli.healing.base import GradualHealer
 from starfish_cli.healing.registry import HEALERS
 from starfish_cli.healing.teacher import TEACHER_MODES, TeacherTargets, chunked_logit_kd_loss, logit_kd_loss
 from starfish_cli.models import structure_of
@@ -15,7 +15,7 @@ from starfish_cli.registry import Range
 
 @HEALERS.register("kd")
 @dataclass(eq=False)
-class LogitKDHealer(GradientHealer, GradualOptions):
+class LogitKDHealer(GradualHealer):
     """Trains the same pruned matrices as STARFISH, on the same images and budget; only the loss differs.
 
     A causal LM's logits are vocabulary-wide at every token: its student stops at the last block, and the
@@ -35,9 +35,10 @@ class LogitKDHealer(GradientHealer, GradualOptions):
     def student_outputs(self) -> bool:
         return not self._by_tokens
 
-    def heal(self, student, teacher, masks, calibration, device, precision=torch.float32, state_file=None):
+    def heal(self, student, teacher, masks, calibration, device, precision=torch.float32, state_file=None,
+             world=None):
         self._by_tokens = per_token(structure_of(student))
-        return super().heal(student, teacher, masks, calibration, device, precision, state_file)
+        return super().heal(student, teacher, masks, calibration, device, precision, state_file, world)
 
     def teacher_targets(self, teacher, calibration, device):
         return TeacherTargets(teacher, (), self.teacher, calibration, self.batch_size, device)

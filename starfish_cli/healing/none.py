@@ -11,5 +11,5 @@ from starfish_cli.healing.registry import HEALERS
 class NoHealer(Healer):
     changes_weights = False
 
-    def heal(self, student, teacher, masks, calibration, device, precision=None, state_file=None):
+    def heal(self, student, teacher, masks, calibration, device, precision=None, state_file=None, world=None):
         return HealResult()

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from starfish_cli.healing.base import GradientHealer, norm_and_bias_names
-from starfish_cli.healing.blockwise import BlockwiseHealing
+from starfish_cli.healing.blockwise import MODES
 from starfish_cli.healing.registry import HEALERS
 from starfish_cli.healing.states import state_alignment_loss
 from starfish_cli.healing.teacher import TEACHER_MODES, TeacherTargets
@@ -14,9 +14,11 @@ from starfish_cli.healing.teacher import TEACHER_MODES, TeacherTargets
 
 @HEALERS.register("norm")
 @dataclass(eq=False)
-class NormBiasHealer(BlockwiseHealing, GradientHealer):
+class NormBiasHealer(GradientHealer):
     student_states = ("blocks",)
     student_outputs = False
+    loss = "cosine"
+    mode: Literal[MODES] = "end_to_end"
     teacher: Literal[TEACHER_MODES] = "auto"
 
     def trainable_names(self, student):

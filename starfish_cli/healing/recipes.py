@@ -3,7 +3,7 @@ and map found best for each pattern on the embedded ViT (docs/results.md "Recipe
 one a pruner's settings call for when the user names none."""
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 
@@ -34,6 +34,16 @@ RECIPES = {
     "lm": Recipe(epochs=7, batch_size=8, lr=2.4e-3, mode="blockwise"),
 }
 HIGH_FROM, EXTREME_FROM = 0.75, 0.9  # the unstructured sparsities from which the high and extreme recipes heal
+
+
+RECIPE_KEYS = tuple(field.name for field in fields(Recipe))
+
+
+def with_recipe(name: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """`settings` (a healer's RECIPE_KEYS) with those left unset (None) taken from recipe `name`: the one place a
+    recipe's settings are filled in (the config leaves them null; a STARFISH healer calls it as it is built)."""
+    recipe = vars(RECIPES[name])
+    return {key: recipe[key] if settings.get(key) is None else settings[key] for key in RECIPE_KEYS}
 
 
 def recipe_for(pruner: Mapping[str, Any], modality: str) -> str:

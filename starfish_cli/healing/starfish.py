@@ -16,15 +16,13 @@ import torch
 
 from starfish_cli.runtime import distributed
 from starfish_cli.runtime.errors import StarfishError
-from starfish_cli.healing.base import (
-    PARAMETER_GROUPS, GradientHealer, GradualOptions, check_parameter_groups, parameter_names,
-)
-from starfish_cli.healing.recipes import RECIPES
+from starfish_cli.healing.base import PARAMETER_GROUPS, GradualHealer, check_parameter_groups, parameter_names
+from starfish_cli.healing.recipes import RECIPE_KEYS, RECIPES, with_recipe
 from starfish_cli.healing.registry import HEALERS
 from starfish_cli.healing.states import STATE_KINDS, STATE_LOSSES, state_alignment_loss
 from starfish_cli.healing.teacher import TEACHER_MODES, TeacherTargets, logit_kd_loss
 from starfish_cli.healing.views import AUGMENTATIONS, CalibrationViews
-from starfish_cli.healing.blockwise import MODES, BlockwiseHealing
+from starfish_cli.healing.blockwise import MODES
 from starfish_cli.registry import Range
 
 PARAMETER_GROUP_NAMES = tuple(PARAMETER_GROUPS)
@@ -32,8 +30,8 @@ PARAMETER_GROUP_NAMES = tuple(PARAMETER_GROUPS)
 
 @HEALERS.register("starfish")
 @dataclass(eq=False)
-class StarfishHealer(BlockwiseHealing, GradientHealer, GradualOptions):
-    # the budget, batch, learning rate, mode and loss left unset (None) come from the recipe (healing/recipes.py)
+class StarfishHealer(GradualHealer):
+    # the budget, batch, learning rate, mode and loss left unset (None) are the recipe's (healing/recipes.py)
     recipe: Literal[tuple(RECIPES)] = "reference"
     epochs: Annotated[int, Range(0)] | None = None
     batch_size: Annotated[int, Range(1)] | None = None
@@ -50,9 +48,8 @@ class StarfishHealer(BlockwiseHealing, GradientHealer, GradualOptions):
     train: Literal[PARAMETER_GROUP_NAMES] | Sequence[Literal[PARAMETER_GROUP_NAMES]] = ("pruned_weights",)
 
     def check(self):
-        for key, value in vars(RECIPES[self.recipe]).items():
-            if getattr(self, key) is None:
-                setattr(self, key, value)
+        for key, value in with_recipe(self.recipe, {key: getattr(self, key) for key in RECIPE_KEYS}).items():
+            setattr(self, key, value)  # once, as the healer is built: the config leaves them null
         super().check()
         self.states = [self.states] if isinstance(self.states, str) else list(self.states)
         self.augment = [self.augment] if isinstance(self.augment, str) else list(self.augment)
@@ -115,8 +112,10 @@ class StarfishHealer(BlockwiseHealing, GradientHealer, GradualOptions):
             loss = loss + self.kd_weight * logit_kd_loss(logits, teacher_logits, self.kd_temperature)
         return loss
 
-    def heal(self, student, teacher, masks, calibration, device, precision=torch.float32, state_file=None):
+    def heal(self, student, teacher, masks, calibration, device, precision=torch.float32, state_file=None,
+             world=None):
+        world = world or distributed.current()
         # every heal draws the same views for a seed; ranks of a torchrun draw different ones (block-wise: none)
-        self._views = (CalibrationViews(self.augment, self.shift, self.mix_alpha,
-                                        self.seed + distributed.current().rank) if self.augment else None)
-        return super().heal(student, teacher, masks, calibration, device, precision, state_file)  # mode: the mixin's
+        self._views = (CalibrationViews(self.augment, self.shift, self.mix_alpha, self.seed + world.rank)
+                       if self.augment else None)
+        return super().heal(student, teacher, masks, calibration, device, precision, state_file, world)

@@ -35,11 +35,20 @@ def build_model(model_config: Mapping[str, Any]) -> nn.Module:
     return family_of(model_config).build(**options)
 
 
+STRUCTURE_ATTRIBUTE = "_starfish_structure"
+
+
 def structure_of(model: nn.Module) -> "ModelStructure":
-    """The structure of `model`, from the first registered family that recognises it."""
+    """The structure of `model`, from the first registered family that recognises it: made once and kept on the
+    model (a deep copy of the model carries a copy that points to the copy)."""
+    kept = model.__dict__.get(STRUCTURE_ATTRIBUTE)
+    if kept is not None and kept.model is model:
+        return kept
     for family in FAMILIES.values():
         if family.fits(model):
-            return family(model)
+            structure = family(model)
+            model.__dict__[STRUCTURE_ATTRIBUTE] = structure
+            return structure
     names = ", ".join(family.description for family in FAMILIES.values())
     raise StarfishError(f"{type(model).__name__} is not a model starfish can prune: choose a {names}")
 

@@ -12,10 +12,13 @@ from typing import Any
 
 import torch
 
-from starfish_cli.evaluation.metrics import Perplexity
+from starfish_cli.evaluation.metrics import METRICS
+from starfish_cli.evaluation.side_by_side import BatchOutputs, Clock, SideBySide
+from starfish_cli.evaluation.totals import Totals, reduce_across_ranks
 from starfish_cli.healing.base import HealResult, pruned_weight_names
+from starfish_cli.healing.blockwise import heal_block
 from starfish_cli.models import structure_of
-from starfish_cli.models.outputs import rows_per_chunk, values_per_row
+from starfish_cli.healing.states import block_cosine
 from starfish_cli.pruning.masks import measure_sparsity
 from starfish_cli.onloading.states import HiddenStates
 from starfish_cli.onloading.weights import RunWriters, ShardedWeights, offload, onload, outside_layers, skeleton
@@ -103,16 +106,44 @@ def _run(structure, number: int, inputs: torch.Tensor, sizes: list[int], device:
     return outputs
 
 
-def _first_states(structure, calibration: Sequence[torch.Tensor], evaluation: Sequence[torch.Tensor],
-                  device: torch.device, states: HiddenStates) -> list[tuple[torch.Tensor, list[int]]]:
-    """The first layer's inputs of the calibration and evaluation windows, each as one tensor where `states` keep
-    them (placed from their size) and its batch sizes."""
-    with torch.no_grad():
-        first = [[x.cpu() for x in structure.first_block_inputs(b.to(device) for b in batches)]
-                 for batches in (calibration, evaluation)]
-    states.place(CALIBRATION_STREAMS * sum(x.nbytes for x in first[0])
-                 + EVALUATION_STREAMS * sum(x.nbytes for x in first[1]))
-    return [(states.hold(batches), [len(x) for x in batches]) for batches in first]
+@dataclass
+class Streams:
+    """The hidden states passed from layer to layer: the calibration windows' as the dense, pruned and healed
+    prefixes make them (each a tensor where `states` keep it, split by `calib_sizes`), the evaluation windows' of
+    each model, and each model's block cosine with the dense model per evaluation batch and block."""
+
+    dense_calib: torch.Tensor
+    calib_sizes: list[int]
+    evaluated: dict[str, torch.Tensor]
+    eval_sizes: list[int]
+    pruned_calib: torch.Tensor | None = None
+    healed_calib: torch.Tensor | None = None
+    cosines: dict[str, list[list[torch.Tensor]]] = field(default_factory=dict)
+
+    @classmethod
+    def first(cls, structure, calibration: Sequence[torch.Tensor], evaluation: Sequence[torch.Tensor],
+              device: torch.device, states: HiddenStates) -> "Streams":
+        """The first layer's inputs of the calibration and evaluation windows, placed from their size."""
+        with torch.no_grad():
+            first = [[x.cpu() for x in structure.first_block_inputs(b.to(device) for b in batches)]
+                     for batches in (calibration, evaluation)]
+        states.place(CALIBRATION_STREAMS * sum(x.nbytes for x in first[0])
+                     + EVALUATION_STREAMS * sum(x.nbytes for x in first[1]))
+        calib, evaluated = (states.hold(batches) for batches in first)
+        return cls(calib, [len(x) for x in first[0]], dict.fromkeys(MODELS, evaluated), [len(x) for x in first[1]],
+                   calib, calib, {name: [[] for _ in first[1]] for name in MODELS})
+
+    def evaluate(self, structure, number: int, name: str, device: torch.device, states: HiddenStates) -> None:
+        """Model `name`'s evaluation windows through block `number` (its weights in the block now)."""
+        self.evaluated[name] = _run(structure, number, self.evaluated[name], self.eval_sizes, device, states)
+
+    @torch.no_grad()
+    def compare(self) -> None:
+        """Each model's cosine with the dense model on the block just run, per evaluation batch."""
+        dense = self.evaluated["dense"].split(self.eval_sizes)
+        for name in MODELS:
+            for batch, (state, reference) in enumerate(zip(self.evaluated[name].split(self.eval_sizes), dense)):
+                self.cosines[name][batch].append(block_cosine(state, reference))
 
 
 def _load_outside(model: torch.nn.Module, layers_name: str, weights: ShardedWeights,
@@ -131,6 +162,51 @@ def _load_outside(model: torch.nn.Module, layers_name: str, weights: ShardedWeig
             if not name.startswith(f"{layers_name}.") and name in weights}
 
 
+@dataclass
+class Pass:
+    """One pass over the layers: what it reads and writes, and the pruner and healer it applies to each layer."""
+
+    structure: Any
+    weights: ShardedWeights
+    writers: RunWriters
+    pruner: Any
+    healer: Any
+    device: torch.device
+    precision: torch.dtype
+    states: HiddenStates
+
+    @property
+    def heals(self) -> bool:
+        return self.healer is not None and self.healer.changes_weights
+
+    def layer(self, number: int, streams: Streams, run: "OnloadedRun") -> None:
+        """Read layer `number`, prune it, heal it and write it out; every stream advanced through it."""
+        structure, device, states = self.structure, self.device, self.states
+        block, prefix = structure.blocks[number], f"{structure.block_name(number)}."
+        onload(block, prefix, self.weights, device)
+        dense_next = _run(structure, number, streams.dense_calib, streams.calib_sizes, device, states)
+        streams.evaluate(structure, number, "dense", device, states)
+        pruner_inputs = streams.pruned_calib if self.pruner.reads_pruned_prefix else streams.dense_calib
+        masks = self.pruner.prune_block(structure, number, list(pruner_inputs.split(streams.calib_sizes)))
+        run.sparsity.add(measure_sparsity(block, structure.block_layers(number), None, {
+            name: weight for name, weight in structure.block_weights().items() if name.startswith(prefix)}))
+        self.writers.pruned(number, _layer_tensors(block, prefix))
+        streams.evaluate(structure, number, "pruned", device, states)
+        if self.pruner.reads_pruned_prefix:
+            streams.pruned_calib = _run(structure, number, streams.pruned_calib, streams.calib_sizes, device, states)
+        if self.heals:
+            streams.healed_calib = heal_block(self.healer, structure, number, streams.healed_calib, dense_next, masks,
+                                              device, self.precision, run.healing,
+                                              outputs=states.empty_like(streams.healed_calib))
+            streams.evaluate(structure, number, "healed", device, states)
+        else:
+            streams.evaluated["healed"] = streams.evaluated["pruned"]
+        streams.compare()
+        streams.dense_calib = dense_next
+        self.writers.healed(number, _layer_tensors(block, prefix), masks)
+        offload(block)
+
+
 def prune_heal_evaluate(folder: Path, pruner, healer, calibration: Sequence[torch.Tensor],
                         evaluation: Sequence[torch.Tensor], device: torch.device, output: Path,
                         precision: torch.dtype = torch.float32, states: HiddenStates | None = None,
@@ -141,52 +217,26 @@ def prune_heal_evaluate(folder: Path, pruner, healer, calibration: Sequence[torc
     what the pass measured."""
     check_onloadable(pruner, healer)
     states = states or HiddenStates()
-    weights = ShardedWeights(folder)
-    model = skeleton(folder)
+    weights, model = ShardedWeights(folder), skeleton(folder)
     structure = structure_of(model)  # one instance: the layer arguments it captures serve every layer
-    layers_name = structure.block_name(0).rsplit(".", 1)[0]
-    blocks = len(structure.blocks)
     heals = healer is not None and healer.changes_weights
-    writers = RunWriters(folder, blocks, output, pruned_output if heals else None)
-    outside = _load_outside(model, layers_name, weights, device)
+    writers = RunWriters(folder, len(structure.blocks), output, pruned_output if heals else None)
+    outside = _load_outside(model, structure.block_name(0).rsplit(".", 1)[0], weights, device)
     writers.outside(outside)
-    (dense_calib, calib_sizes), (first, eval_sizes) = _first_states(structure, calibration, evaluation, device,
-                                                                    states)
-    pruned_calib = healed_calib = dense_calib
-    evaluated = dict.fromkeys(MODELS, first)
+    streams = Streams.first(structure, calibration, evaluation, device, states)
     trained = healer.trainable_names(model) if heals else pruned_weight_names(model)
     run = OnloadedRun(Path(output), Path(pruned_output) if "pruned" in writers.folders else Path(output),
                       healing=HealResult(trained_parameters=trained))
     run.sparsity.parameters = sum(tensor.numel() for tensor in outside.values())
     run.sparsity.zero = sum(int((tensor == 0).sum()) for tensor in outside.values())
-    with progress_bar("onloading: prune, heal, evaluate", blocks) as advance:
-        for number, block in enumerate(structure.blocks):
+    layers = Pass(structure, weights, writers, pruner, healer, device, precision, states)
+    with progress_bar("onloading: prune, heal, evaluate", len(structure.blocks)) as advance:
+        for number in range(len(structure.blocks)):
             started = time.perf_counter()
-            prefix = f"{structure.block_name(number)}."
-            onload(block, prefix, weights, device)
-            dense_next = _run(structure, number, dense_calib, calib_sizes, device, states)
-            evaluated["dense"] = _run(structure, number, evaluated["dense"], eval_sizes, device, states)
-            pruner_inputs = pruned_calib if pruner.reads_pruned_prefix else dense_calib
-            masks = pruner.prune_block(structure, number, list(pruner_inputs.split(calib_sizes)))
-            run.sparsity.add(measure_sparsity(block, structure.block_layers(number), None, {
-                name: weight for name, weight in structure.block_weights().items() if name.startswith(prefix)}))
-            writers.pruned(number, _layer_tensors(block, prefix))
-            evaluated["pruned"] = _run(structure, number, evaluated["pruned"], eval_sizes, device, states)
-            if pruner.reads_pruned_prefix:
-                pruned_calib = _run(structure, number, pruned_calib, calib_sizes, device, states)
-            if heals:
-                healed_calib = healer.heal_block(structure, number, healed_calib, dense_next, masks, device,
-                                                 precision, run.healing, outputs=states.empty_like(healed_calib))
-                evaluated["healed"] = _run(structure, number, evaluated["healed"], eval_sizes, device, states)
-            else:
-                evaluated["healed"] = evaluated["pruned"]
-            dense_calib = dense_next
-            writers.healed(number, _layer_tensors(block, prefix), masks)
-            offload(block)
+            layers.layer(number, streams, run)
             run.seconds_per_layer.append(time.perf_counter() - started)
             advance()
-    run.evaluation = _perplexities(structure, {name: list(value.split(eval_sizes)) for name, value in evaluated.items()},
-                                   evaluation, device)
+    run.evaluation = _totals(structure, streams, evaluation, device, precision)
     run.bytes_read, run.bytes_written = weights.bytes_read, writers.finish()
     return run
 
@@ -196,21 +246,19 @@ def _layer_tensors(block: torch.nn.Module, prefix: str) -> dict[str, torch.Tenso
 
 
 @torch.no_grad()
-def _perplexities(structure, states: dict[str, list[torch.Tensor]], evaluation: Sequence[torch.Tensor],
-                  device: torch.device) -> dict[str, dict[str, Any]]:
-    """Each model's perplexity, next-token top-1 and agreement with the dense model, from its last hidden states."""
-    metric = Perplexity()
-    sums = {name: [0.0] * metric.size for name in MODELS}
-    count = 0
-    chunk = rows_per_chunk(values_per_row(structure))  # the logits of a chunk of tokens at a time, not a batch's
+def _totals(structure, streams: Streams, evaluation: Sequence[torch.Tensor], device: torch.device,
+            precision: torch.dtype) -> dict[str, dict[str, Any]]:
+    """Each model's results as the whole-model evaluation gives them (perplexity, next-token top-1, agreement with
+    the dense model, block cosines), its head run on the last hidden states a chunk of rows at a time. Their
+    speed is the pass's, not each model's: no `images_per_second`."""
+    metric = METRICS[structure.metric]()
+    side_by_side = SideBySide(dict.fromkeys(MODELS, structure), "dense", len(structure.blocks),
+                              Clock(device, precision, MODELS), metric)
+    totals = Totals(MODELS, metric, len(structure.blocks))
+    last = {name: value.split(streams.eval_sizes) for name, value in streams.evaluated.items()}
     for number, tokens in enumerate(evaluation):
-        targets = metric.targets(tokens.to(device))
-        rows = {name: metric.rows(states[name][number].to(device)) for name in MODELS}
-        for start in range(0, len(targets), chunk):
-            piece = slice(start, start + chunk)
-            reference = structure.head(rows["dense"][piece]).argmax(-1)
-            for name in MODELS:
-                batch, count_here = metric.count(structure.head(rows[name][piece]), reference, targets[piece])
-                sums[name] = [total + value for total, value in zip(sums[name], batch)]
-            count += count_here
-    return {name: metric.results(sums[name], count) for name in MODELS}
+        counts = side_by_side.count({name: last[name][number].to(device) for name in MODELS}, tokens.to(device))
+        totals.add(BatchOutputs(counts, {name: streams.cosines[name][number] for name in MODELS}, None), len(tokens))
+    _seen, results = reduce_across_ranks(totals, dict.fromkeys(MODELS, 0.0))
+    return {name: {key: value for key, value in values.items() if key != "images_per_second"}
+            for name, values in results.items()}

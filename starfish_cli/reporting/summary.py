@@ -229,7 +229,15 @@ def write_summary(root: Path, console: Console | None = None) -> dict[str, Path]
                      *("| " + " | ".join(line) + " |" for line in tasks_body), ""]
     write_text_atomically(written["summary.md"], "\n".join(markdown))
     _write_csv(written["summary.csv"], rows, headline)
-    plot_accuracy_vs_sparsity(rows, written["accuracy_vs_sparsity.png"], headline)
+    written |= _write_plots(root, rows, headline, written["accuracy_vs_sparsity.png"])
+    _print_tables(console, root, len(reports), headline, header, body, tasks_header, tasks_body)
+    return written
+
+
+def _write_plots(root: Path, rows, headline, accuracy_plot: Path) -> dict[str, Path]:
+    """The plots the rows have data for; the files written, by name."""
+    plot_accuracy_vs_sparsity(rows, accuracy_plot, headline)
+    written = {}
     if any(cell.speedup for row in rows.values() for cell in row.cells.values()):
         written["accuracy_vs_speed.png"] = root / "accuracy_vs_speed.png"
         plot_accuracy_vs_speed(rows, written["accuracy_vs_speed.png"], headline)
@@ -242,7 +250,12 @@ def write_summary(root: Path, console: Console | None = None) -> dict[str, Path]
     if any(cell.loss_curve for row in rows.values() for cell in row.cells.values()):
         written["healing_curves.png"] = root / "healing_curves.png"
         plot_healing_curves(rows, written["healing_curves.png"])
-    table = Table(title=f"starfish sweep: {root} ({len(reports)} runs) — healed {headline.title} mean ± std "
+    return written
+
+
+def _print_tables(console: Console | None, root: Path, runs: int, headline, header, body, tasks_header,
+                  tasks_body) -> None:
+    table = Table(title=f"starfish sweep: {root} ({runs} runs) — healed {headline.title} mean ± std "
                         f"({headline.ratio.replace('_', ' ')})")
     for column in header:  # escape: `starfish[epochs=30]` is not rich markup
         table.add_column(escape(column), justify="left" if column in ("pruner", "pattern") else "right")
@@ -260,7 +273,6 @@ def write_summary(root: Path, console: Console | None = None) -> dict[str, Path]
         for line in tasks_body:
             tasks.add_row(*map(escape, line))
         console.print(tasks)
-    return written
 
 
 def _write_csv(path: Path, rows: Rows, headline: Headline = TOP1) -> None:

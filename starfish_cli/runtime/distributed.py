@@ -45,13 +45,11 @@ def backend_for(use_cuda: bool, requested: str = "auto") -> str:
 
 
 STRATEGIES = ("ddp", "fsdp")
-_strategy = "ddp"
 
 
 def setup(device_name: str, backend: str = "auto", strategy: str = "ddp") -> World:
-    """Join the process group torchrun describes (see `backend_for`); `strategy`: how healing spreads the student."""
-    global _strategy
-    _strategy = strategy
+    """Join the process group torchrun describes (see `backend_for`); `strategy`: how healing spreads the student
+    (the World returned carries it: the run passes it on, nothing here keeps it)."""
     world = launched_world()
     if world.active and not dist.is_initialized():
         use_cuda = device_name != "cpu" and torch.cuda.is_available()
@@ -67,8 +65,9 @@ def processes_per_machine() -> int:
 
 
 def current() -> World:
+    """This process's rank and the world's size, as torch's process group knows them (strategy: ddp's default)."""
     if dist.is_available() and dist.is_initialized():
-        return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), _strategy)
+        return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
     return World()
 
 

@@ -41,12 +41,14 @@ def launch(name: str) -> int:
 
     stage = STAGES[name]
     failures: list[str] = []
+    shared = {}  # what the runs of a sweep in this process reuse (evaluation.cache), made with the first
 
     def task(cfg) -> None:
         if stage.steps:
+            from starfish_cli.evaluation.cache import SweepCache
             from starfish_cli.stages.run import run_stage
 
-            error = run_stage(cfg, stage.steps)
+            error = run_stage(cfg, stage.steps, shared.setdefault("sweep_cache", SweepCache()))
         else:
             from starfish_cli.stages.report import report_folder
 

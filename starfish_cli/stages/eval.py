@@ -26,7 +26,7 @@ def evaluate_models(context: Context, pruned: Pruned, healed: Healed, data: Eval
     with measure("eval", context.device, timing):
         results = evaluate(models, data.images, context.device, batch_size=int(cfg.eval.batch_size),
                            num_workers=workers, precision=context.precision,
-                           cache_keys=cache_keys(context, pruned, healed, data), record_reference=context.sweep,
+                           cache_keys=cache_keys(context, pruned, healed, data), cache=context.sweep_cache, record_reference=context.sweep_cache is not None,
                            finish=data.finish)
         zero_shot = None
         if data.zero_shot is not None and context.world.is_main:  # one process runs the tasks: rank 0 reports

@@ -11,7 +11,7 @@ import timm
 from omegaconf import DictConfig
 
 from starfish_cli.runtime.atomic import write_folder_atomically, write_text_atomically
-from starfish_cli.artifacts.checkpoint import HEALED_FILE, Checkpoint, load_checkpoint, restore
+from starfish_cli.artifacts.checkpoint import Checkpoint, load_checkpoint, restore
 from starfish_cli.data import DATASETS
 from starfish_cli.data.images import evaluation_tensors
 from starfish_cli.artifacts.export import (
@@ -23,7 +23,7 @@ from starfish_cli.artifacts.load import rebuild
 from starfish_cli.models import family_of, structure_of
 from starfish_cli.runtime.errors import StarfishError
 from starfish_cli.reporting.report import read_report, write_report
-from starfish_cli.stages.layout import RunFolders
+from starfish_cli.stages.layout import RunFolders, healed_checkpoint
 from starfish_cli.stages.settings import check_settings, plain
 
 log = logging.getLogger("starfish")
@@ -35,11 +35,21 @@ def export_run(cfg: DictConfig, folders: RunFolders) -> dict[str, Any]:
     """Write the run folder's export (export/, or hf/ for export.format=hf); bad input is a StarfishError
     before anything is written."""
     check_settings(cfg)
-    path = Path(cfg.healed) if cfg.healed else folders.run_dir / HEALED_FILE
+    path = Path(cfg.healed) if cfg.healed else healed_checkpoint(folders.run_dir)
     checkpoint = load_checkpoint(path, "heal")
     if cfg.export.format == "hf":
         return export_hub_folder(cfg, folders, checkpoint, path)
     return export_compressed(cfg, folders, checkpoint, path)
+
+
+def _check_onnx(metadata: dict[str, Any]) -> None:
+    from starfish_cli.artifacts.onnx import require_onnx
+
+    family = family_of(metadata["model"])
+    if not family.exports_onnx:
+        raise StarfishError(f"export.format=onnx traces image classifiers; this is a {family.family} model: "
+                            "use export.format=safetensors")
+    require_onnx()
 
 
 def export_compressed(cfg: DictConfig, folders: RunFolders, checkpoint: Checkpoint, path: Path) -> dict[str, Any]:
@@ -47,13 +57,7 @@ def export_compressed(cfg: DictConfig, folders: RunFolders, checkpoint: Checkpoi
     in onnxruntime on the evaluation images)."""
     dtype, onnx, metadata = str(cfg.export.dtype), cfg.export.format == "onnx", checkpoint.metadata
     if onnx:
-        from starfish_cli.artifacts.onnx import require_onnx
-
-        family = family_of(metadata["model"])
-        if not family.exports_onnx:
-            raise StarfishError(f"export.format=onnx traces image classifiers; this is a {family.family} model: "
-                                "use export.format=safetensors")
-        require_onnx()
+        _check_onnx(metadata)
     structure = metadata.get("structure")
     full_size = rebuild(metadata["model"])
     dense_bytes = safetensors_bytes(full_size.state_dict())  # the dense model's own file
@@ -91,6 +95,11 @@ def export_compressed(cfg: DictConfig, folders: RunFolders, checkpoint: Checkpoi
     write_folder_atomically(folders.run_dir / EXPORT_DIR, fill)
     hub = {"hf": report["export"]["hf"]} if "hf" in report.get("export", {}) else {}  # hf/ stays as it was
     write_report(folders.run_dir, {**report, "export": {**section, **hub}})
+    _log_export(folders, section, dense_bytes)
+    return section
+
+
+def _log_export(folders: RunFolders, section: dict[str, Any], dense_bytes: int) -> None:
     log.info("exported %s: %s of %d bytes = %.3f × the dense model's %d bytes", folders.run_dir / EXPORT_DIR,
              MODEL_FILE, section["export_bytes"], section["ratio"], dense_bytes)
     if "onnx" in section:
@@ -98,7 +107,6 @@ def export_compressed(cfg: DictConfig, folders: RunFolders, checkpoint: Checkpoi
         log.info("%s: top-1 %.2f%% in onnxruntime vs %.2f%% in PyTorch on %d images; %.0f vs %.0f images/s",
                  ONNX_FILE, result["top1_onnxruntime"], result["top1_pytorch"], result["images"],
                  result["images_per_second_onnxruntime"], result["images_per_second_pytorch"])
-    return section
 
 
 def _accuracy(report: dict[str, Any]) -> dict[str, Any] | None:

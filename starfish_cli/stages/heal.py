@@ -1,17 +1,16 @@
 """The heal step: a copy of the pruned model optimized towards the dense one by the healer, masks
 fixed, saved with what it was healed from and how."""
 
-import json
 import logging
 from typing import Any
 
-from starfish_cli.api.steps import healed_copy
+from starfish_cli.core.steps import healed_copy
 from starfish_cli.artifacts.checkpoint import HEALED_FILE, save_checkpoint
 from starfish_cli.healing import Healer
 from starfish_cli.healing.sharded_resume import shards_folder
 from starfish_cli.runtime.device import measure
 from starfish_cli.stages.layout import HEAL_STATE_FILE
-from starfish_cli.stages.settings import plain
+from starfish_cli.stages.results import healed_metadata
 from starfish_cli.stages.values import Calibration, Context, Healed, Pruned
 
 log = logging.getLogger("starfish")
@@ -24,25 +23,10 @@ def heal(context: Context, healer: Healer, pruned: Pruned, calibration: Calibrat
     with measure("heal", context.device, timing):
         student, result = healed_copy(pruned.model, context.dense, pruned.masks, healer, calibration.images,
                                       context.device, context.precision,
-                                      state_file, bool(context.cfg.compile))
+                                      state_file, bool(context.cfg.compile), context.world)
     log.info("healed with %s: %d steps, final loss %s", healer.registered_name, result.steps,
              f"{result.loss_history[-1]:.5f}" if result.loss_history else "–")
-    metadata = json.loads(json.dumps({
-        "model": plain(context.cfg.model), "seed": int(context.cfg.seed),
-        "pruner": pruned.metadata["pruner"], "sparsity": pruned.metadata["sparsity"],
-        **({"structure": pruned.metadata["structure"]} if "structure" in pruned.metadata else {}),
-        "calibration": {**calibration.info, "labels_used": healer.labels_used},
-        "healer": healer.describe(), "labels_used": healer.labels_used, "changes_weights": healer.changes_weights,
-        "pruned_masks_digest": pruned.metadata["masks_digest"],
-        "healing": {
-            "steps": result.steps,
-            "trained_parameters": len(result.trained_parameters),
-            "final_loss": result.loss_history[-1] if result.loss_history else None,
-            "loss_history": result.loss_history,
-            **({"stages": result.stages} if result.stages else {}),  # gradual healing's sparsity and steps per stage
-        },
-        "timing": timing["heal"],
-    }))
+    metadata = healed_metadata(context.cfg, healer, result, pruned.metadata, calibration, timing["heal"])
     if context.world.is_main:
         save_checkpoint(context.folders.record(context.folders.run_dir / HEALED_FILE), student, pruned.masks,
                         metadata)

@@ -12,9 +12,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from torch import nn
 
-from starfish_cli.artifacts.checkpoint import HEALED_FILE, PRUNED_FILE, Checkpoint, load_checkpoint, read_metadata, restore
+from starfish_cli.artifacts.checkpoint import PRUNED_FILE, Checkpoint, load_checkpoint, read_metadata, restore
 from starfish_cli.data import DATASETS
 from starfish_cli.data.calibration import CalibrationSampler
+from starfish_cli.evaluation.cache import SweepCache
 from starfish_cli.evaluation.zero_shot import ZeroShot
 from starfish_cli.healing import HEALERS
 from starfish_cli.healing.base import GradientHealer
@@ -25,7 +26,7 @@ from starfish_cli.runtime import distributed
 from starfish_cli.runtime.device import measure, resolve_device, resolve_precision, seed_everything
 from starfish_cli.runtime.errors import StarfishError
 from starfish_cli.onloading.weights import skeleton
-from starfish_cli.stages.layout import INDICES_FILE, RunFolders
+from starfish_cli.stages.layout import INDICES_FILE, RunFolders, healed_checkpoint, pruned_checkpoint
 from starfish_cli.stages.onloaded import budget_bytes, onload_folder
 from starfish_cli.stages.settings import calibration_sampler, check_settings, eval_workers, plain, pruning_config
 from starfish_cli.stages.values import Calibration, Context, EvaluationData, Healed, Inputs, Pruned
@@ -33,7 +34,8 @@ from starfish_cli.stages.values import Calibration, Context, EvaluationData, Hea
 log = logging.getLogger("starfish")
 
 
-def prepare(cfg: DictConfig, folders: RunFolders, steps: tuple[str, ...]) -> tuple[Context, Inputs]:
+def prepare(cfg: DictConfig, folders: RunFolders, steps: tuple[str, ...],
+            sweep_cache: SweepCache | None = None) -> tuple[Context, Inputs]:
     """Check everything, then load what the steps read; bad input is a StarfishError before anything is written."""
     check_settings(cfg)
     seed = int(cfg.seed)
@@ -48,19 +50,19 @@ def prepare(cfg: DictConfig, folders: RunFolders, steps: tuple[str, ...]) -> tup
     workers = eval_workers(cfg.eval.num_workers)
     zero_shot = zero_shot_of(cfg) if "eval" in steps else None  # task names and offline tasks' data, before any model
     # checkpoints first: a missing or foreign file is found before any model or data is loaded
-    pruned_path = Path(cfg.pruned) if cfg.pruned else folders.prune_dir / PRUNED_FILE
-    pruned_checkpoint = load_checkpoint(pruned_path, "prune") if "prune" not in steps else None
-    healed_path = Path(cfg.healed) if cfg.healed else folders.run_dir / HEALED_FILE
-    healed_checkpoint = load_checkpoint(healed_path, "heal") if "eval" in steps and "heal" not in steps else None
+    pruned_path = Path(cfg.pruned) if cfg.pruned else pruned_checkpoint(folders)
+    pruned_saved = load_checkpoint(pruned_path, "prune") if "prune" not in steps else None
+    healed_path = Path(cfg.healed) if cfg.healed else healed_checkpoint(folders.run_dir)
+    healed_saved = load_checkpoint(healed_path, "heal") if "eval" in steps and "heal" not in steps else None
     data = DATASETS.build(plain(cfg.data))
-    context = make_context(cfg, folders, steps, pruner, healer)
+    context = make_context(cfg, folders, steps, pruner, healer, sweep_cache)
     check_pairing(structure_of(context.dense), data)
 
     if "prune" in steps:
         pruned = reusable_pruning(context) if cfg.skip_finished and context.onloaded is None else None
     else:
-        pruned = pruned_from(context, pruned_checkpoint, pruned_path)
-    healed = healed_from(context, healed_checkpoint, healed_path, pruned) if healed_checkpoint is not None else None
+        pruned = pruned_from(context, pruned_saved, pruned_path)
+    healed = healed_from(context, healed_saved, healed_path, pruned) if healed_saved is not None else None
     calibration = eval_data = None
     if "prune" in steps or "heal" in steps:
         labels_for = healer.registered_name if healer and healer.labels_used else None
@@ -111,7 +113,7 @@ def check_pairing(structure, data) -> None:
 
 
 def make_context(cfg: DictConfig, folders: RunFolders, steps: tuple[str, ...] = (), pruner=None,
-                 healer=None) -> Context:
+                 healer=None, sweep_cache: SweepCache | None = None) -> Context:
     """The process group (under torchrun), the device and precision, and the dense model on the device (or, for
     layer-by-layer onloading, its skeleton: weights on the meta device, read one layer at a time later)."""
     world = distributed.setup(str(cfg.device), str(cfg.dist_backend), str(cfg.get("dist_strategy", "ddp")))
@@ -124,8 +126,8 @@ def make_context(cfg: DictConfig, folders: RunFolders, steps: tuple[str, ...] = 
     # frozen: nothing trains the reference, and with compile=true the models evaluated after healing (whose
     # parameters end frozen) then share its compiled graphs instead of recompiling on requires_grad
     dense.requires_grad_(False)
-    return Context(cfg, folders, world, device, precision, dense, sweep=HydraConfig.get().mode == RunMode.MULTIRUN,
-                   onloaded=onloaded)
+    sweep = HydraConfig.get().mode == RunMode.MULTIRUN
+    return Context(cfg, folders, world, device, precision, dense, sweep_cache if sweep else None, onloaded=onloaded)
 
 
 def calibration_of(context: Context, data, sampler: CalibrationSampler, labels_for: str | None) -> Calibration:

@@ -14,8 +14,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from starfish_cli.artifacts.checkpoint import HEALED_FILE, PRUNED_FILE, read_metadata
-from starfish_cli.onloading.weights import INDEX
+from starfish_cli.artifacts.checkpoint import (
+    HEALED_FILE, HEALED_FOLDER, PRUNED_FILE, PRUNED_FOLDER, is_checkpoint_folder, read_metadata,
+)
 from starfish_cli.reporting.report import read_report
 
 INDICES_FILE = "calibration_indices.json"
@@ -88,12 +89,22 @@ def finished(folders: RunFolders, cfg: DictConfig) -> bool:
     except OSError:
         return False
     report = read_report(folders.run_dir)
-    if "onloading" in report:  # one pass over the layers: folders, no checkpoints; each index is written last
-        healed = report["onloading"]["folder"]
-        written = {healed, f"{healed}/masks", report["onloading"].get("pruned_folder", healed)}
-        return same_config and "accuracy" in report and all((folders.run_dir / folder / INDEX).is_file()
-                                                             for folder in written)
-    pruned = read_metadata(folders.prune_dir / PRUNED_FILE)
-    return (same_config and "accuracy" in report and (folders.run_dir / HEALED_FILE).is_file()
-            and pruned is not None
+    pruned = read_metadata(pruned_checkpoint(folders), "prune")  # a folder's header is written after its shards
+    return (same_config and "accuracy" in report and read_metadata(healed_checkpoint(folders.run_dir), "heal")
+            is not None and pruned is not None
             and report.get("checkpoints", {}).get("pruned_masks_digest") == pruned.get("masks_digest"))
+
+
+def healed_checkpoint(run_dir: Path) -> Path:
+    """A healer's run folder's healed model: healed.safetensors, or the healed/ folder a layer-by-layer run wrote."""
+    folder = Path(run_dir) / HEALED_FOLDER
+    return folder if is_checkpoint_folder(folder, "heal") else Path(run_dir) / HEALED_FILE
+
+
+def pruned_checkpoint(folders: RunFolders) -> Path:
+    """The pruned model a run reads: the pruning folder's pruned.safetensors, or the folder a layer-by-layer run
+    wrote into its run folder (pruned/, or healed/ when healing changed nothing)."""
+    for name in (PRUNED_FOLDER, HEALED_FOLDER):
+        if is_checkpoint_folder(folders.run_dir / name, "prune"):
+            return folders.run_dir / name
+    return folders.prune_dir / PRUNED_FILE

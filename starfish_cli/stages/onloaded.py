@@ -2,7 +2,6 @@
 heal and eval steps as one pass over the layers (onloading.sequential), handing back the values the report
 is assembled from."""
 
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from starfish_cli.api.steps import CALIBRATION_BATCH, calibration_batches
+from starfish_cli.core.steps import CALIBRATION_BATCH, calibration_batches
 from starfish_cli.data import loader
 from starfish_cli.models import family_of
 from starfish_cli.models.causal_lm import model_source
@@ -20,18 +19,16 @@ from starfish_cli.onloading.states import HiddenStates
 from starfish_cli.onloading.weights import ShardedWeights
 from starfish_cli.pruning.masks import masks_digest
 from starfish_cli.runtime import distributed
-from starfish_cli.runtime.atomic import write_text_atomically
 from starfish_cli.runtime.device import measure
 from starfish_cli.runtime.errors import StarfishError
 from starfish_cli.runtime.memory import available_host_bytes
-from starfish_cli.stages.layout import INDICES_FILE
-from starfish_cli.stages.settings import plain, pruning_config
+from starfish_cli.artifacts.checkpoint import HEALED_FOLDER, MASKS_FOLDER, PRUNED_FOLDER, save_folder_header
+from starfish_cli.stages.results import healed_metadata, pruned_metadata, write_calibration_indices
+from starfish_cli.stages.settings import plain
 from starfish_cli.stages.values import Context, Evaluation, Healed, Inputs, Pruned
 
 log = logging.getLogger("starfish")
 
-HEALED_FOLDER = "healed"  # the healed model as a save_pretrained folder (its masks in healed/masks)
-PRUNED_FOLDER = "pruned"  # the pruned one, when healing changes the weights (else it is healed/)
 SPILL_FOLDER = "hidden_states"  # onload_states on disk: the files the states are mapped from, while the run lasts
 WHOLE_MODEL_COPIES = 3  # the whole-model path holds the dense, pruned and healed models at once (fp32)
 FP32 = 4
@@ -139,24 +136,26 @@ def run_onloaded(context: Context, inputs: Inputs) -> tuple[Pruned, Healed, Eval
              "%.3g GB read, %.3g GB written", inputs.pruner.registered_name, sparsity["prunable"],
              len(run.seconds_per_layer), sum(run.seconds_per_layer) / max(len(run.seconds_per_layer), 1),
              run.bytes_read / 1e9, run.bytes_written / 1e9)
+    return step_results(context, inputs, run, sparsity, timing["onload"], states.on_disk)
+
+
+def step_results(context: Context, inputs: Inputs, run, sparsity: dict[str, Any], timing: dict[str, Any],
+                 on_disk: bool) -> tuple[Pruned, Healed, Evaluation]:
+    """What the pass made, as the whole-model steps record it: the same metadata (also the headers that make the
+    healed and pruned folders checkpoints `load`, `eval` and `export` read), the calibration indices next to the
+    pruned model, and the evaluation totals."""
+    cfg, folders, calibration, healer = context.cfg, context.folders, inputs.calibration, inputs.healer
+    masks = StoredMasks(run.folder / MASKS_FOLDER)
+    pruned = Pruned(context.dense, {}, pruned_metadata(cfg, inputs.pruner, sparsity, calibration, timing,
+                                                       masks_digest(masks)))
     onloading = {"layers": len(run.seconds_per_layer), "seconds_per_layer": run.seconds_per_layer,
-                 "bytes_read": run.bytes_read, "bytes_written": run.bytes_written, "folder": HEALED_FOLDER,
-                 "pruned_folder": run.pruned_folder.name,
-                 "hidden_states": "disk" if states.on_disk else "host"}
-    pruned = Pruned(context.dense, {}, json.loads(json.dumps({
-        "model": plain(cfg.model), "pruner": inputs.pruner.describe(), "sparsity": sparsity,
-        "calibration": calibration.info, "seed": int(cfg.seed), "pruning_config": pruning_config(cfg),
-        "masks_digest": masks_digest(StoredMasks(output / "masks")), "timing": timing["onload"]})))
-    healer = inputs.healer
-    healing = {"steps": run.healing.steps, "trained_parameters": len(run.healing.trained_parameters),
-               "final_loss": run.healing.loss_history[-1] if run.healing.loss_history else None,
-               "loss_history": run.healing.loss_history}
-    healed = Healed(context.dense, json.loads(json.dumps({
-        "healer": healer.describe(), "labels_used": healer.labels_used, "changes_weights": healer.changes_weights,
-        "calibration": {**calibration.info, "labels_used": healer.labels_used}, "healing": healing,
-        "onloading": onloading})))
-    evaluation = Evaluation({"images": len(eval_data.images), "models": run.evaluation}, eval_data.source,
-                            {}, None)  # timed with the pass (stages.prune)
-    write_text_atomically(folders.record(folders.run_dir / INDICES_FILE), json.dumps(
-        {"source": calibration.info["source"], "seed": int(cfg.seed), "indices": calibration.indices}) + "\n")
+                 "bytes_read": run.bytes_read, "bytes_written": run.bytes_written, "folder": run.folder.name,
+                 "pruned_folder": run.pruned_folder.name, "hidden_states": "disk" if on_disk else "host"}
+    healed = Healed(context.dense, healed_metadata(cfg, healer, run.healing, pruned.metadata, calibration, {},
+                                                   onloading=onloading))
+    save_folder_header(run.pruned_folder, "prune", masks, pruned.metadata)
+    save_folder_header(run.folder, "heal", masks, healed.metadata)
+    write_calibration_indices(folders, folders.prune_dir, calibration, int(cfg.seed))
+    evaluation = Evaluation({"images": len(inputs.eval_data.images), "models": run.evaluation},
+                            inputs.eval_data.source, {}, None)  # timed with the pass (stages.prune)
     return pruned, healed, evaluation

@@ -1,21 +1,18 @@
 """The prune step: the dense model → a pruned copy with its masks, measured, saved with the
 calibration indices it was pruned on."""
 
-import json
 import logging
 from typing import Any
 
-from starfish_cli.api.steps import CALIBRATION_BATCH, calibration_batches, pruned_copy
+from starfish_cli.core.steps import CALIBRATION_BATCH, calibration_batches, pruned_copy
 from starfish_cli.artifacts.checkpoint import PRUNED_FILE, save_checkpoint
 from starfish_cli.pruning.masks import masks_digest
 from starfish_cli.models import structure_of
 from starfish_cli.pruning import Pruner
 from starfish_cli.pruning.masks import measure_sparsity
 from starfish_cli.runtime import distributed
-from starfish_cli.runtime.atomic import write_text_atomically
 from starfish_cli.runtime.device import measure
-from starfish_cli.stages.layout import INDICES_FILE
-from starfish_cli.stages.settings import plain, pruning_config
+from starfish_cli.stages.results import pruned_metadata, write_calibration_indices
 from starfish_cli.stages.values import Calibration, Context, Pruned
 
 log = logging.getLogger("starfish")
@@ -40,16 +37,10 @@ def prune(context: Context, pruner: Pruner, calibration: Calibration) -> Pruned:
     log.info("pruned with %s: %.4f of prunable weights are zero or removed (the blocks' weight matrices: %.4f "
              "prunable, %.4f zero); %d of %d parameters remain", pruner.registered_name, sparsity["prunable"],
              blocks["prunable"], blocks["zero"], sparsity["remaining_parameters"], sparsity["total_parameters"])
-    metadata = json.loads(json.dumps({  # plain JSON values: equal to what a reload gives
-        "model": plain(cfg.model), "pruner": pruner.describe(), "sparsity": sparsity,
-        **({"structure": sizes} if sizes else {}),
-        "calibration": calibration.info, "seed": int(cfg.seed), "pruning_config": pruning_config(cfg),
-        "timing": timing["prune"], "masks_digest": masks_digest(masks, model if sizes else None),
-    }))
+    metadata = pruned_metadata(cfg, pruner, sparsity, calibration, timing["prune"],
+                               masks_digest(masks, model if sizes else None), sizes)
     if context.world.is_main:
         folders = context.folders
         save_checkpoint(folders.record(folders.prune_dir / PRUNED_FILE), model, masks, metadata)
-        text = json.dumps({"source": calibration.info["source"], "seed": int(cfg.seed),
-                           "indices": calibration.indices}) + "\n"
-        write_text_atomically(folders.record(folders.prune_dir / INDICES_FILE), text)
+        write_calibration_indices(folders, folders.prune_dir, calibration, int(cfg.seed))
     return Pruned(model, masks, metadata)

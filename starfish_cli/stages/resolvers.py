@@ -7,11 +7,11 @@ from omegaconf import OmegaConf
 # Overrides that change what `starfish prune` makes: they name the pruned checkpoint's folder.
 PRUNING_KEYS = ("model", "data", "calib", "pruner")
 # Keys already in the folder path, or that do not change results: they stay out of its suffix.
-IN_PATH_OR_NEUTRAL = {"experiment", "model", "model.name", "pruner", "pruner.name", "pruner.sparsity",
-                      "pruner.heads", "pruner.mlp",  # structured pruning's folder name has them
-                      "pruner.pattern", "healer", "healer.name", "seed", "device", "output_root", "pruned",
-                      "healed", "skip_finished", "eval.batch_size", "eval.num_workers", "eval.speed", "dist_backend", "healer.save_every",
-                      "export.format", "export.dtype", "logger"}
+# (the top-level and eval keys that change no result are declared so in stages.schema)
+IN_PATH = {"experiment", "model", "model.name", "pruner", "pruner.name", "pruner.sparsity",
+           "pruner.heads", "pruner.mlp",  # structured pruning's folder name has them
+           "pruner.pattern", "healer", "healer.name", "seed", "healer.save_every", "export.format", "export.dtype",
+           "logger"}
 # Groups none of whose keys change results (where metrics are also sent): `logger.mlflow.tracking_uri=…`.
 NEUTRAL_GROUPS = ("logger",)
 
@@ -38,11 +38,14 @@ def is_pruning_key(key: str) -> bool:
 def overrides_suffix(part: str, overrides) -> str:
     """`+key=value,…` for the command-line overrides that belong to `part` (`prune`: model, data,
     calibration and pruner; `heal`: everything else) and are not in the path already; "" if none."""
+    from starfish_cli.stages.schema import neutral_keys  # here: composing a config imports it, `--help` does not
+
+    skipped = IN_PATH | neutral_keys()
     chosen = []
     for override in overrides or ():
         key, _, value = str(override).partition("=")
         key = key.lstrip("+~")
-        neutral = key in IN_PATH_OR_NEUTRAL or key.split(".")[0] in NEUTRAL_GROUPS or key.startswith("hydra.")
+        neutral = key in skipped or key.split(".")[0] in NEUTRAL_GROUPS or key.startswith("hydra.")
         if neutral or is_pruning_key(key) != (part == "prune"):
             continue
         chosen.append(f"{key}={value}")
@@ -60,12 +63,6 @@ def healing_recipe(pruner, model) -> str:
     return recipe_for(pruner, family_of(model).modality)
 
 
-def recipe_setting(recipe: str, key: str):
-    """One of a named recipe's settings; an unknown name is left for the healer's own one-line error."""
-    from starfish_cli.healing.recipes import RECIPES
-    return getattr(RECIPES[recipe], key) if recipe in RECIPES else None
-
-
 def register() -> None:
     for name, function in {
         "starfish.safe": path_safe,
@@ -73,6 +70,5 @@ def register() -> None:
         "starfish.overrides": overrides_suffix,
         "starfish.experiment_dir": experiment_dir,
         "starfish.recipe": healing_recipe,
-        "starfish.recipe_setting": recipe_setting,
     }.items():
         OmegaConf.register_new_resolver(name, function, replace=True)

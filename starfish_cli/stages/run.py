@@ -11,6 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from starfish_cli.evaluation.cache import SweepCache
 from starfish_cli.reporting.report import PLOT_FILES, REPORT_FILES, print_summary, write_report
 from starfish_cli.runtime import distributed
 from starfish_cli.runtime.atomic import write_text_atomically
@@ -23,7 +24,7 @@ from starfish_cli.stages.onloaded import run_onloaded
 from starfish_cli.stages.layout import CONFIG_FILE, RunFolders, finished, has_results
 from starfish_cli.stages.prune import prune
 from starfish_cli.stages.record import assemble_report
-from starfish_cli.stages.values import Context, Inputs
+from starfish_cli.stages.values import Context, Evaluation, Healed, Inputs, Pruned
 from starfish_cli.tracking import MetricLoggers, eval_metrics, flatten, heal_losses, sparsity_metrics
 
 log = logging.getLogger("starfish")
@@ -45,20 +46,31 @@ def execute(context: Context, inputs: Inputs, steps: tuple[str, ...]) -> dict[st
     return report
 
 
+def whole_model(context: Context, inputs: Inputs, steps: tuple[str, ...]) -> tuple[Pruned, Healed | None,
+                                                                                   Evaluation | None]:
+    """The steps asked for, one after the other, on models held whole (or the checkpoints earlier stages wrote)."""
+    pruned = inputs.pruned if inputs.pruned is not None else prune(context, inputs.pruner, inputs.calibration)
+    healed = heal(context, inputs.healer, pruned, inputs.calibration) if "heal" in steps else inputs.healed
+    evaluation = (evaluate_models(context, pruned, healed, inputs.eval_data, inputs.eval_workers)
+                  if "eval" in steps else None)
+    return pruned, healed, evaluation
+
+
+def layer_by_layer(context: Context, inputs: Inputs, steps: tuple[str, ...]) -> tuple[Pruned, Healed, Evaluation]:
+    """Prune, heal and evaluate in one pass over the decoder layers (`onload`): the same step results."""
+    return run_onloaded(context, inputs)
+
+
+PIPELINES = {"whole_model": whole_model, "layer_by_layer": layer_by_layer}  # chosen once, by `Context.onloaded`
+
+
 def run_steps(context: Context, inputs: Inputs, steps: tuple[str, ...], loggers: MetricLoggers) -> dict[str, Any]:
-    if context.onloaded is not None:  # one pass over the layers does the three steps
-        pruned, healed, evaluation = run_onloaded(context, inputs)
-        loggers.log_metrics(sparsity_metrics(pruned.metadata["sparsity"]))
-    else:
-        pruned = inputs.pruned if inputs.pruned is not None else prune(context, inputs.pruner, inputs.calibration)
-        loggers.log_metrics(sparsity_metrics(pruned.metadata["sparsity"]))
-        healed = heal(context, inputs.healer, pruned, inputs.calibration) if "heal" in steps else inputs.healed
+    pipeline = PIPELINES["layer_by_layer" if context.onloaded is not None else "whole_model"]
+    pruned, healed, evaluation = pipeline(context, inputs, steps)
+    loggers.log_metrics(sparsity_metrics(pruned.metadata["sparsity"]))
     if "heal" in steps:
         for step, metrics in heal_losses(healed.metadata.get("healing", {}).get("loss_history")):
             loggers.log_metrics(metrics, step)
-    if context.onloaded is None:
-        evaluation = (evaluate_models(context, pruned, healed, inputs.eval_data, inputs.eval_workers)
-                      if "eval" in steps else None)
     if evaluation is not None:
         loggers.log_metrics(eval_metrics(evaluation.results["models"]))
     report = assemble_report(context, pruned, healed, evaluation, inputs.calibration)
@@ -92,9 +104,9 @@ def open_loggers(context: Context) -> MetricLoggers:
     return loggers
 
 
-def run_stage(cfg: DictConfig, steps: tuple[str, ...]) -> str | None:
+def run_stage(cfg: DictConfig, steps: tuple[str, ...], sweep_cache: SweepCache | None = None) -> str | None:
     """The body of every stage's @hydra.main. Bad input: one line on stderr, nothing left behind,
-    and the message returned (the CLI then exits with code 2)."""
+    and the message returned (the CLI then exits with code 2). `sweep_cache`: what the runs of one process share."""
     folders = RunFolders.of(cfg, steps)
     earlier_results = has_results(folders.run_dir)
     if steps == RUN and cfg.skip_finished and finished(folders, cfg):
@@ -105,7 +117,7 @@ def run_stage(cfg: DictConfig, steps: tuple[str, ...]) -> str | None:
         if steps == ("export",):  # reads a finished run: no dense model, calibration or pruning
             export_run(cfg, folders)
         else:
-            context, inputs = prepare(cfg, folders, steps)
+            context, inputs = prepare(cfg, folders, steps, sweep_cache)
             execute(context, inputs, steps)
     except StarfishError as error:
         if distributed.launched_world().is_main:

@@ -10,12 +10,11 @@ from starfish_cli.artifacts.export import check_options as check_export_options
 from starfish_cli.data.calibration import CalibrationSampler
 from starfish_cli.healing import HEALERS
 from starfish_cli.models import family_of
-from starfish_cli.onloading.states import PLACEMENTS
 from starfish_cli.pruning import PRUNERS
 from starfish_cli.pruning.base import WeightPruner
 from starfish_cli.registry import check_arguments, check_types
-from starfish_cli.runtime import distributed
 from starfish_cli.runtime.errors import StarfishError
+from starfish_cli.stages.schema import EvalSettings, RunSettings, checked
 
 PRUNING_CONFIG = ("model", "data", "calib", "pruner", "seed")  # everything that determines a pruned checkpoint
 
@@ -30,31 +29,8 @@ def pruning_config(cfg: DictConfig) -> dict[str, Any]:
 
 def check_settings(cfg: DictConfig) -> None:
     """The top-level keys, `eval.*`, `model`, `calib` and `export`: one line for a value of the wrong kind or range."""
-    def whole(value, minimum: int) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-
-    problems = {
-        "seed": (whole(cfg.seed, 0), "a whole number ≥ 0"),
-        "eval.batch_size": (whole(cfg.eval.batch_size, 1), "a whole number ≥ 1"),
-        "eval.max_images": (cfg.eval.max_images is None or whole(cfg.eval.max_images, 1), "a whole number ≥ 1 or null"),
-        "eval.seq_len": (cfg.eval.get("seq_len") is None or whole(cfg.eval.seq_len, 2), "a whole number ≥ 2 or null"),
-        "eval.tasks": (OmegaConf.is_list(cfg.eval.get("tasks", [])) and all(isinstance(t, str) for t in cfg.eval.get("tasks", [])),
-                       "a list of lm-eval task names, e.g. [boolq,rte]"),
-        "eval.task_limit": (cfg.eval.get("task_limit") is None or whole(cfg.eval.task_limit, 1), "a whole number ≥ 1 or null"),
-        "eval.num_fewshot": (whole(cfg.eval.get("num_fewshot", 0), 0), "a whole number ≥ 0"),
-        "skip_finished": (isinstance(cfg.skip_finished, bool), "true or false"),
-        "compile": (isinstance(cfg.compile, bool), "true or false"),
-        "memory_budget": (cfg.get("memory_budget", "auto") == "auto" or (isinstance(cfg.memory_budget, int | float)
-                          and not isinstance(cfg.memory_budget, bool) and cfg.memory_budget > 0), "auto or a number of GB > 0"),
-        "onload": (cfg.get("onload", "auto") in ("auto", True, False), "auto, true or false"),
-        "onload_states": (cfg.get("onload_states", "auto") in PLACEMENTS, ", ".join(PLACEMENTS)),
-        "dist_strategy": (cfg.get("dist_strategy", "ddp") in distributed.STRATEGIES, " or ".join(distributed.STRATEGIES)),
-        "eval.speed": (isinstance(cfg.eval.speed, bool), "true or false"),
-    }
-    for key, (fine, allowed) in problems.items():
-        if not fine:
-            raise StarfishError(f"{key}={OmegaConf.select(cfg, key)!r} must be {allowed}")
-    eval_workers(cfg.eval.num_workers)
+    checked(RunSettings, cfg)
+    checked(EvalSettings, cfg.eval, prefix="eval.")
     model = plain(cfg.model)
     check_types(family_of(model).build, model, prefix="model")
     for key, empty in (("seq_len", None), ("tasks", [])):

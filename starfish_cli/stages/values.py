@@ -9,6 +9,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from starfish_cli.evaluation.cache import SweepCache
 from starfish_cli.evaluation.zero_shot import ZeroShot
 from starfish_cli.healing import Healer
 from starfish_cli.pruning import Pruner
@@ -26,7 +27,7 @@ class Context:
     device: torch.device
     precision: torch.dtype
     dense: nn.Module
-    sweep: bool  # one of several runs in this process (Hydra multirun): worth caching what they share
+    sweep_cache: SweepCache | None  # one of several runs in this process (Hydra multirun): what they share
     onloaded: Path | None = None  # the model's folder when it is read one decoder layer at a time (`onload`)
 
 
