@@ -194,4 +194,4 @@ def test_the_smollm2_config_names_a_fetchable_model():
     with initialize_config_module(config_module="starfish_cli.configs", version_base="1.3"):
         cfg = compose(config_name="starfish", overrides=["model=smollm2_135m"])
     assert cfg.model.family == "causal_lm" and cfg.model.name in gguf_files.FETCHABLE
-    assert cfg.data.name == "fortunes_jargon" and cfg.calib.seq_len == 128
+    assert cfg.data.name == "fortunes_jargon" and (cfg.calib.count, cfg.calib.seq_len) == (128, 128)
