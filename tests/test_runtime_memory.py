@@ -73,3 +73,23 @@ def test_a_stage_records_the_process_peak_rss_during_it():
     entry = into["eval"]
     assert entry["peak_rss_mb"] == entry["peak_memory_mb"] and entry["memory_kind"].startswith("host RSS")
     assert entry["peak_rss_mb"] >= 64
+
+
+def test_large_frees_go_back_to_the_os_unless_the_user_chose_a_threshold(monkeypatch):
+    from starfish_cli.runtime import memory
+
+    calls = []
+
+    class Libc:
+        def mallopt(self, parameter, value):
+            calls.append((parameter, value))
+            return 1
+
+    monkeypatch.setattr(memory, "_libc", Libc)
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    assert memory.return_large_frees() and calls == [(memory.M_MMAP_THRESHOLD, 16 * 2**20)]
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1048576")
+    assert not memory.return_large_frees() and len(calls) == 1
+    monkeypatch.setattr(memory, "_libc", lambda: None)  # not glibc (macOS, musl): nothing to set
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    assert not memory.return_large_frees()

@@ -39,6 +39,9 @@ def launch(name: str) -> int:
     """Run stage `name` through its @hydra.main (argv already rewritten by the CLI); the exit code."""
     import hydra
 
+    from starfish_cli.runtime.memory import return_large_frees
+
+    return_large_frees()  # before any model or data: what a stage frees does not stay resident
     stage = STAGES[name]
     failures: list[str] = []
     shared = {}  # what the runs of a sweep in this process reuse (evaluation.cache), made with the first
