@@ -14,12 +14,13 @@ from torch import nn
 
 from starfish_cli.evaluation.offline_tasks import OFFLINE_TASKS, write_task
 from starfish_cli.runtime.errors import StarfishError, first_line
+from starfish_cli.runtime.memory import release_freed_memory
 
 log = logging.getLogger("starfish")
 
 # lm-eval runs a batch of requests through the model whole and log-softmaxes its vocabulary-wide logits: the batch
 # is bounded so that each takes about this much (multiple-choice requests are tens of tokens; lm-eval pads to the longest)
-TASK_LOGITS_BYTES = 256 * 2**20
+TASK_LOGITS_BYTES = 128 * 2**20
 REQUEST_TOKENS = 64
 
 
@@ -87,6 +88,8 @@ class ZeroShot:
                                         "its datasets need the hub, or a local task YAML") from error
             results[name] = task_metrics(output["results"])
             samples = {task: int(count["effective"]) for task, count in output.get("n-samples", {}).items()}
+            del wrapped, output
+            release_freed_memory()  # the next model's batches start from what this one freed
             log.info("zero-shot %s: %s", name, ", ".join(
                 f"{task} {metrics.get('acc', float('nan')):.4f}" for task, metrics in results[name].items()))
         return {"models": results, "samples": samples, "num_fewshot": self.num_fewshot,
@@ -95,7 +98,7 @@ class ZeroShot:
 
     def requests_per_batch(self, model: nn.Module) -> int:
         """`batch_size`, at most what keeps a batch's logits near TASK_LOGITS_BYTES (SmolLM2's 49,152-way
-        vocabulary: 21 requests, where the evaluation's 256 windows took 9.5 GB)."""
+        vocabulary: 10 requests, where the evaluation's 256 windows took 9.5 GB)."""
         vocabulary = model.get_output_embeddings().weight.shape[0]
         return max(1, min(self.batch_size, TASK_LOGITS_BYTES // (4 * vocabulary * REQUEST_TOKENS)))
 
