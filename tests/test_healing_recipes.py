@@ -59,6 +59,7 @@ def test_a_label_names_a_recipe_other_than_the_pruners_and_what_differs_from_it(
     (["pruner.pattern=2:4"], "reference"),
     (["model=lm_reference", "pruner.sparsity=0.95"], "lm"),
     (["model=lm_reference", "healer.recipe=reference"], "reference"),
+    (["model=lm_reference", "healer.recipe=lm_end_to_end"], "lm_end_to_end"),  # a language model end to end
     (["pruner=structured", "healer.recipe=reference"], "reference"),  # named, it wins
     (["experiment=extreme_90", "pruner.sparsity=0.5"], "extreme"),    # so does an experiment's
 ])

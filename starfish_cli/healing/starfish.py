@@ -71,7 +71,7 @@ class StarfishHealer(GradualHealer):
 
     def _check_blockwise(self) -> None:
         """What block-wise healing cannot do; the way out named (the `lm` recipe heals language models block-wise)."""
-        end_to_end = "healer.mode=end_to_end"
+        end_to_end = "healer.mode=end_to_end (language models: healer.recipe=lm_end_to_end)"
         if self.states != ["blocks"] or self.kd_weight:
             raise StarfishError("healer.mode=blockwise aligns block outputs only: use states=[blocks] and kd_weight=0, "
                                 f"or {end_to_end}")
