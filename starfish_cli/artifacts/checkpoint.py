@@ -46,9 +46,10 @@ def save_checkpoint(path: Path, model: nn.Module, masks: dict[str, torch.Tensor]
     write_atomically(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata={"starfish": json.dumps(header)}))
 
 
-def save_folder_header(folder: Path, stage: str, masks: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
-    """The header that makes a save_pretrained folder with its masks/ a checkpoint of `stage` (prune or heal)."""
-    header = {"format": FORMAT, "version": VERSION, "masks_digest": masks_digest(masks), **metadata}
+def save_folder_header(folder: Path, stage: str, digest: str, metadata: dict[str, Any]) -> None:
+    """The header that makes a save_pretrained folder with its masks/ a checkpoint of `stage` (prune or heal);
+    `digest`: its masks' (`masks_digest`, computed once by the caller: the masks are read from disk for it)."""
+    header = {"format": FORMAT, "version": VERSION, "masks_digest": digest, **metadata}
     write_atomically(Path(folder) / FOLDER_HEADERS[stage],
                      lambda tmp: Path(tmp).write_text(json.dumps(header, indent=1) + "\n"))
 
@@ -60,7 +61,7 @@ def is_checkpoint_folder(path: Path, stage: str) -> bool:
 def _load_folder(folder: Path, stage_hint: str) -> Checkpoint:
     """A checkpoint folder's weights (every shard), masks and header."""
     try:
-        metadata = json.loads((folder / FOLDER_HEADERS[stage_hint]).read_text())
+        metadata = _folder_header(folder, stage_hint)
         weights = {name: tensor for shard in sorted(folder.glob("*.safetensors"))
                    for name, tensor in load_file(str(shard)).items()}
         masks = {name.removesuffix(".weight"): mask for shard in sorted((folder / MASKS_FOLDER).glob("*.safetensors"))
@@ -88,12 +89,16 @@ def read_metadata(path: Path, stage: str = "prune") -> dict[str, Any] | None:
     """The starfish metadata of a checkpoint (a file, or a folder holding `stage`'s header); None if it is not one."""
     if Path(path).is_dir():
         try:
-            metadata = json.loads((Path(path) / FOLDER_HEADERS[stage]).read_text())
+            metadata = _folder_header(Path(path), stage)
         except (OSError, ValueError):
             return None
     else:
         metadata = read_header(path)
-    return metadata if metadata is not None and metadata.get("format") == FORMAT else None
+    return metadata if isinstance(metadata, dict) and metadata.get("format") == FORMAT else None
+
+
+def _folder_header(folder: Path, stage: str) -> Any:
+    return json.loads((folder / FOLDER_HEADERS[stage]).read_text())
 
 
 def load_checkpoint(path: Path, stage_hint: str) -> Checkpoint:

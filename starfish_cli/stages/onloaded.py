@@ -145,16 +145,15 @@ def step_results(context: Context, inputs: Inputs, run, sparsity: dict[str, Any]
     healed and pruned folders checkpoints `load`, `eval` and `export` read), the calibration indices next to the
     pruned model, and the evaluation totals."""
     cfg, folders, calibration, healer = context.cfg, context.folders, inputs.calibration, inputs.healer
-    masks = StoredMasks(run.folder / MASKS_FOLDER)
-    pruned = Pruned(context.dense, {}, pruned_metadata(cfg, inputs.pruner, sparsity, calibration, timing,
-                                                       masks_digest(masks)))
+    digest = masks_digest(StoredMasks(run.folder / MASKS_FOLDER))  # once: each mask is read from disk for it
+    pruned = Pruned(context.dense, {}, pruned_metadata(cfg, inputs.pruner, sparsity, calibration, timing, digest))
     onloading = {"layers": len(run.seconds_per_layer), "seconds_per_layer": run.seconds_per_layer,
                  "bytes_read": run.bytes_read, "bytes_written": run.bytes_written, "folder": run.folder.name,
                  "pruned_folder": run.pruned_folder.name, "hidden_states": "disk" if on_disk else "host"}
     healed = Healed(context.dense, healed_metadata(cfg, healer, run.healing, pruned.metadata, calibration, {},
                                                    onloading=onloading))
-    save_folder_header(run.pruned_folder, "prune", masks, pruned.metadata)
-    save_folder_header(run.folder, "heal", masks, healed.metadata)
+    save_folder_header(run.pruned_folder, "prune", digest, pruned.metadata)
+    save_folder_header(run.folder, "heal", digest, healed.metadata)
     write_calibration_indices(folders, folders.prune_dir, calibration, int(cfg.seed))
     evaluation = Evaluation({"images": len(inputs.eval_data.images), "models": run.evaluation},
                             inputs.eval_data.source, {}, None)  # timed with the pass (stages.prune)
