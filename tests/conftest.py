@@ -17,18 +17,14 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # two threads per worker contending for the same cores
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 # No test reaches for the hub: tests that need Fashion-MNIST use the Debian package's files or skip. Set before
-# huggingface_hub and datasets are imported (by timm below): they read these once, and runs in process use them.
+# huggingface_hub and datasets are imported (by the tests, through timm): they read these once, and runs in
+# process use them.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-import timm  # noqa: E402
-import torch  # noqa: E402
-
-import starfish_cli.models  # noqa: F401  (registers vit_fmnist with timm)
-from starfish_cli.data import DATASETS
-from starfish_cli.data.images import ImageTensors
-from starfish_cli.models.vision import model_transform
-from starfish_cli.stages.resolvers import register as register_resolvers
+# torch, timm and the package are imported by the fixtures that use them, not here: xdist's controller, which
+# runs no test, then starts in a fraction of a second instead of importing them too
+from starfish_cli.stages.resolvers import register as register_resolvers  # noqa: E402
 
 register_resolvers()  # configs composed in process resolve as the CLI's do (the healer's recipe)
 
@@ -39,6 +35,10 @@ needs_fmnist = pytest.mark.skipif(not FMNIST_AVAILABLE,
 
 @pytest.fixture(scope="session")
 def reference_model():
+    import timm
+
+    import starfish_cli.models  # noqa: F401  (registers vit_fmnist with timm)
+
     return timm.create_model("vit_fmnist", pretrained=True).eval()
 
 
@@ -46,24 +46,34 @@ def reference_model():
 def fmnist():
     if not FMNIST_AVAILABLE:
         pytest.skip("Fashion-MNIST IDX files not installed (apt-get install dataset-fashion-mnist)")
+    from starfish_cli.data import DATASETS
+
     return DATASETS.build({"name": "fashion_mnist", "hub_id": None})
 
 
 @pytest.fixture(scope="session")
 def calibration_images(reference_model, fmnist):
     """64 unlabeled training images as an (index, image) dataset."""
+    from starfish_cli.data.images import ImageTensors
+    from starfish_cli.models.vision import model_transform
+
     split = fmnist.load("train").select(range(64)).remove_columns("label")
     return ImageTensors(split, model_transform(reference_model), channels=1)
 
 
 @pytest.fixture(scope="session")
 def test_images(reference_model, fmnist):
+    from starfish_cli.data.images import ImageTensors
+    from starfish_cli.models.vision import model_transform
+
     split = fmnist.load("test").select(range(256))
     return ImageTensors(split, model_transform(reference_model), channels=1, with_labels=True)
 
 
 @pytest.fixture(scope="session")
 def calibration_batches(calibration_images):
+    import torch
+
     return [torch.stack([calibration_images[i][1] for i in range(j, j + 32)]) for j in (0, 32)]
 
 
@@ -169,6 +179,8 @@ print(float((got - expected["outputs"]).abs().max()))
 def outputs_in_plain_python(load: str, outputs: str, folder, inputs, expected, tmp_path) -> float:
     """The largest difference between `expected` and what the folder's model, loaded without starfish,
     gives for `inputs`."""
+    import torch
+
     torch.save({"inputs": inputs, "outputs": expected}, tmp_path / "expected.pt")
     script = PLAIN.format(load=load, outputs=outputs)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}

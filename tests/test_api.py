@@ -57,6 +57,7 @@ def test_docs_example_runs_and_matches_starfish_run_with_the_same_settings(fmnis
         assert report["accuracy"][name]["top1"] == pytest.approx(results[name]["top1"], abs=1e-6), name
 
 
+@pytest.mark.slow
 def test_api_prune_and_heal_give_the_weights_of_the_stages_pruner_and_healer(reference_model, calibration_images,
                                                                              calibration_batches):
     pruning = starfish_cli.prune(reference_model, "wanda", calibration_images, sparsity=0.75)

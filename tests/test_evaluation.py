@@ -16,6 +16,7 @@ def test_topk_correct_by_hand():
     assert topk_correct(logits, labels, 5) == 3  # k beyond the class count means every class
 
 
+@pytest.mark.slow
 def test_evaluate_reference_against_itself_and_a_pruned_copy(reference_model, test_images):
     pruned = copy.deepcopy(reference_model)
     PRUNERS.build({"name": "magnitude", "sparsity": 0.9}).prune(pruned)
@@ -29,6 +30,7 @@ def test_evaluate_reference_against_itself_and_a_pruned_copy(reference_model, te
     assert models["pruned"]["agreement"] < 100.0 and min(models["pruned"]["block_cosine"]) < 0.99
 
 
+@pytest.mark.slow
 def test_sweep_cache_gives_identical_numbers(reference_model, test_images):
     from starfish_cli.evaluation.cache import SweepCache
 
@@ -51,6 +53,7 @@ def test_sweep_cache_gives_identical_numbers(reference_model, test_images):
                 assert results["models"][name][metric] == fresh["models"][name][metric], (name, metric)
 
 
+@pytest.mark.slow
 def test_models_under_one_key_run_once_and_share_results(reference_model, test_images):
     from starfish_cli.evaluation.cache import SweepCache
 
@@ -91,6 +94,7 @@ def test_a_sweep_stops_recording_when_the_cap_would_be_exceeded(reference_model,
     assert roomy.key == "k" and len(roomy.batches) == 4
 
 
+@pytest.mark.slow
 def test_side_by_side_evaluation_equals_each_model_run_whole(reference_model, test_images):
     """The models go through the blocks together (one block's states held at a time): the numbers are
     those of running each model whole and comparing all its states at once."""

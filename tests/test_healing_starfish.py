@@ -74,6 +74,7 @@ def test_train_option_adds_block_norms_and_biases(reference_model, pruned, calib
         assert torch.all(layer.weight[~masks[name]] == 0), name
 
 
+@pytest.mark.slow
 def test_starfish_improves_alignment(reference_model, pruned, calibration_images, test_images):
     model, masks = pruned
     images = torch.stack([test_images[i][1] for i in range(64)])
@@ -156,6 +157,7 @@ def test_estimate_and_choice_are_logged(reference_model, pruned, calibration_ima
     assert any("teacher cache would take" in r.message and "cached in host memory" in r.message for r in caplog.records)
 
 
+@pytest.mark.slow
 def test_bf16_autocast_healing_agrees_with_fp32(reference_model, pruned, calibration_images, test_images):
     """bf16 autocast (fp32 master weights) on the CPU heals as fp32 does: final loss within 3% and
     block alignment on held-out test images within 0.002; masks stay exact in both."""

@@ -136,6 +136,7 @@ def test_pruners_cut_every_decoder_linear(tiny_folder, pruner, pattern):
         assert torch.isfinite(model(calibration[0]).logits).all()
 
 
+@pytest.mark.slow
 def test_windows_default_to_the_context_at_most_2048_and_follow_seq_len():
     from starfish_cli.data import DATASETS
     from starfish_cli.data.calibration import CalibrationSampler

@@ -233,6 +233,7 @@ def test_output_order_removes_first_what_the_other_units_can_replace():
         == [0.0, 1.0, 2.0]
 
 
+@pytest.mark.slow
 def test_output_criterion_keeps_block_outputs_closer_than_fluctuation(reference_model, calibration_batches):
     """With the same least-squares compensation, choosing neurons by the output leaves block 0's MLP output
     nearer the dense one on the calibration images than FLAP's fluctuation does (both keep the same heads)."""

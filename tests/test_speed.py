@@ -1,5 +1,6 @@
 import copy
 
+import pytest
 import torch
 from torch import nn
 
@@ -35,6 +36,7 @@ def test_images_per_second_for_every_model_and_batch(reference_model):
     assert set(speeds) == {"a", "b"} and all(set(v) == {1, 4} and min(v.values()) > 0 for v in speeds.values())
 
 
+@pytest.mark.slow
 def test_measure_speed_against_dense(reference_model):
     pruned = copy.deepcopy(reference_model)
     PRUNERS.build({"name": "magnitude", "pattern": "2:4"}).prune(pruned)
