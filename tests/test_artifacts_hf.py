@@ -72,6 +72,38 @@ def test_a_language_model_run_exports_both_formats_loads_and_compiles(tmp_path):
         assert compiled[model]["perplexity"] == pytest.approx(eager[model]["perplexity"], rel=1e-3), model
 
 
+
+@pytest.mark.slow
+def test_a_structurally_pruned_language_model_is_smaller_faster_and_loads_in_plain_transformers(tmp_path):
+    """pruner=structured on lm_reference: a run whose report has prefill and decode speed against dense, the smaller
+    model through `starfish_cli.load`, and an hf folder whose config has the new sizes and whose logits, in plain
+    transformers, are the healed model's."""
+    pytest.importorskip("transformers")
+    structured = [*LM_RUN[:4], "eval.speed=true", "pruner=structured", "pruner.heads=0.5", "pruner.mlp=0.5",
+                  "pruner.layers=1", "hydra.run.dir=run"]
+    run_in_process("run", *structured, cwd=tmp_path)
+    run_in_process("export", *structured, "format=hf", cwd=tmp_path)
+    run, folder = tmp_path / "run", tmp_path / "run" / "hf"
+    report = read_json(run / "report.json")
+    generation = report["speed"]["generation"]
+    assert generation["prompt_tokens"] == 64 and generation["new_tokens"] == 64  # within lm_reference's 128 tokens
+    assert generation["models"]["dense"]["prefill_vs_dense"] == 1.0
+    assert all(entry["prefill_tokens_per_second"] > 0 and entry["decode_tokens_per_second"] > 0
+               for entry in generation["models"].values())
+    sizes = {name: entry["weight_bytes"] for name, entry in report["speed"]["models"].items()}
+    assert sizes["healed"] == sizes["pruned"] < 0.7 * sizes["dense"]
+    assert "| model | weights MB | prefill tokens/s" in (run / "report.md").read_text()
+    config = json.loads((folder / "config.json").read_text())
+    assert (config["num_hidden_layers"], config["num_attention_heads"], config["intermediate_size"]) == (3, 2, 192)
+    healed = starfish_cli.load(run)
+    tokens = torch.randint(0, 2048, (3, 32), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = healed(input_ids=tokens).logits
+    load = "from transformers import AutoModelForCausalLM\nmodel = AutoModelForCausalLM.from_pretrained(folder).eval()"
+    difference = outputs_in_plain_python(load, 'model(input_ids=expected["inputs"]).logits', folder, tokens, expected,
+                                         tmp_path)
+    assert difference <= 1e-5
+
 @pytest.fixture
 def hand_made_run(reference_model, tmp_path):
     """A magnitude-pruned reference ViT as a healed checkpoint, and the export stage run in process on it."""

@@ -16,11 +16,14 @@ def test_macs_of_a_linear_layer_by_hand():
     assert macs_per_image(layer, torch.randn(5, 3, 8)) == 3 * 8 * 4  # one input of 3 tokens
 
 
-def test_parameter_counts_see_zeros():
+def test_parameter_counts_see_zeros_and_count_a_shared_tensor_once():
     layer = nn.Linear(4, 2, bias=False)
     with torch.no_grad():
         layer.weight[0] = 0
-    assert parameter_counts(layer) == {"parameters": 8, "nonzero_parameters": 4}
+    assert parameter_counts(layer) == {"parameters": 8, "nonzero_parameters": 4, "weight_bytes": 32}
+    tied = nn.Sequential(nn.Embedding(2, 4), nn.Linear(4, 2, bias=False))
+    tied[1].weight = tied[0].weight  # a head tied to the embeddings: saved once
+    assert parameter_counts(tied)["weight_bytes"] == 32
 
 
 def test_two_of_four_by_hand():

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from starfish_cli.models import ModelStructure
+from starfish_cli.models import ModelStructure, family_of
 from starfish_cli.runtime.errors import StarfishError, first_line
 
 HF_DIR = "hf"  # inside the healer's run folder, beside export/ (starfish's own format, which starfish_cli.load reads)
@@ -26,9 +26,9 @@ LOADING = {
 
 
 def refuse_structured(metadata: dict[str, Any]) -> None:
-    """A structurally pruned model has smaller shapes than its architecture's config says: plain
-    timm/transformers would build the full size and fail to load it."""
-    if metadata.get("structure"):
+    """A structurally pruned model has smaller shapes than its architecture's config says: plain timm would
+    build the full size and fail to load it (a causal LM's config is rewritten to its new sizes: it loads)."""
+    if metadata.get("structure") and not family_of(metadata["model"]).hub_config_has_sizes:
         raise StarfishError("export.format=hf: this model was pruned structurally (heads or neurons removed), and "
                             "plain timm/transformers cannot rebuild its smaller shapes: it needs starfish_cli.load "
                             "(use export.format=safetensors)")

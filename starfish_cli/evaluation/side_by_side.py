@@ -47,6 +47,9 @@ class SideBySide:
 
     def __init__(self, structures: Mapping[str, ModelStructure], reference: str, blocks: int, clock: Clock, metric):
         self.structures, self.reference, self.blocks, self.clock = dict(structures), reference, blocks, clock
+        # each model's block for each of the reference's: none where that block was removed (its input goes on)
+        self.own_block = {name: {source: index for index, source in enumerate(structure.block_sources())}
+                          for name, structure in self.structures.items()}
         self.metric = metric
         self.chunk = rows_per_chunk(values_per_row(self.structures[reference]))
 
@@ -71,7 +74,9 @@ class SideBySide:
                cached: list | None, cosines: dict[str, list[torch.Tensor]]) -> torch.Tensor:
         """Advances `hidden` through one block and appends each model's cosine; gives the reference's state."""
         for name, structure in running.items():
-            hidden[name] = self.clock.run(name, structure.run_block, block, hidden[name])
+            own = self.own_block[name].get(block)
+            if own is not None:
+                hidden[name] = self.clock.run(name, structure.run_block, own, hidden[name])
         reference_state = cached[block].to(self.clock.device) if cached is not None else hidden[self.reference]
         for name in self.structures:
             state = reference_state if name == self.reference and cached is not None else hidden[name]

@@ -31,9 +31,13 @@ def macs_per_image(model: nn.Module, example: torch.Tensor) -> int:
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:
+    """Parameters, those not zero, and the bytes of its weights as a checkpoint holds them (every tensor of the
+    state dict once: a tied head is one)."""
     parameters = list(model.parameters())
+    tensors = {tensor.data_ptr(): tensor for tensor in model.state_dict().values()}.values()
     return {"parameters": sum(p.numel() for p in parameters),
-            "nonzero_parameters": sum(int(torch.count_nonzero(p)) for p in parameters)}
+            "nonzero_parameters": sum(int(torch.count_nonzero(p)) for p in parameters),
+            "weight_bytes": sum(tensor.numel() * tensor.element_size() for tensor in tensors)}
 
 
 def _tile(images: torch.Tensor, count: int) -> torch.Tensor:

@@ -129,7 +129,7 @@ class GradientHealer(Healer):
     def trainable_names(self, student: nn.Module) -> list[str]:
         return pruned_weight_names(student)
 
-    def teacher_targets(self, teacher: nn.Module, calibration, device: torch.device) -> Any:
+    def teacher_targets(self, teacher: nn.Module, calibration, device: torch.device, blocks: list[int]) -> Any:
         """What `loss` compares against (e.g. cached teacher states); None when the loss needs no teacher."""
         return None
 
@@ -159,7 +159,8 @@ class GradientHealer(Healer):
             check_targets(self.schedule, masks, {name: layer.weight.shape
                                                  for name, layer in structure_of(teacher).prunable_layers().items()})
         with autocast(device, precision):
-            targets = self.teacher_targets(teacher, calibration, device)
+            # a student without some of the dense blocks is aligned with the ones it kept
+            targets = self.teacher_targets(teacher, calibration, device, structure_of(student).block_sources())
         job = Job(student, result.trained_parameters, masks, calibration, self.loss_of(targets, device),
                   StudentForward(student, self.student_states, self.student_outputs),
                   description=f"healing ({self.registered_name})")

@@ -24,11 +24,12 @@ def heal_blockwise(healer, student, teacher, masks, calibration, device, precisi
     # the dense and the healed prefixes' states advance together, one block at a time: three calibration-sized
     # tensors live at once, whatever the depth (embeddings are dense and frozen: block 0 sees the dense input)
     dense = healed = first_block_inputs(dense_structure, calibration, healer.batch_size, device)
-    for number in range(len(structure.blocks)):
-        target = run_block(dense_structure, number, dense, healer.batch_size, device)
-        healed = heal_block(healer, structure, number, healed, target, block_masks(structure, number, masks),
+    done = -1  # the dense blocks run so far: a block of the student targets the dense block it was
+    for number, source in enumerate(structure.block_sources()):
+        for done in range(done + 1, source + 1):
+            dense = run_block(dense_structure, done, dense, healer.batch_size, device)
+        healed = heal_block(healer, structure, number, healed, dense, block_masks(structure, number, masks),
                             device, precision, result)
-        dense = target
 
 
 def heal_block(healer, structure, number: int, inputs: torch.Tensor, target: torch.Tensor, masks, device,

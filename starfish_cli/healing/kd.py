@@ -40,7 +40,7 @@ class LogitKDHealer(GradualHealer):
         self._by_tokens = per_token(structure_of(student))
         return super().heal(student, teacher, masks, calibration, device, precision, state_file, world)
 
-    def teacher_targets(self, teacher, calibration, device):
+    def teacher_targets(self, teacher, calibration, device, blocks):
         return TeacherTargets(teacher, (), self.teacher, calibration, self.batch_size, device)
 
     def objective(self, outputs, batch, targets, device):

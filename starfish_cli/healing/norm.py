@@ -24,9 +24,9 @@ class NormBiasHealer(GradientHealer):
     def trainable_names(self, student):
         return norm_and_bias_names(student)
 
-    def teacher_targets(self, teacher, calibration, device):
+    def teacher_targets(self, teacher, calibration, device, blocks):
         return TeacherTargets(teacher, self.student_states, self.teacher, calibration, self.batch_size, device,
-                              with_outputs=self.student_outputs)
+                              with_outputs=self.student_outputs, blocks=blocks)
 
     def objective(self, outputs, batch, targets, device):
         _, teacher_states = targets(batch[0], batch[1].to(device, non_blocking=True))

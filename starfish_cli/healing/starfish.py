@@ -87,10 +87,10 @@ class StarfishHealer(GradualHealer):
     def trainable_names(self, student):
         return parameter_names(student, self.train)
 
-    def teacher_targets(self, teacher, calibration, device):
+    def teacher_targets(self, teacher, calibration, device, blocks):
         mode = "recompute" if self.augment else self.teacher  # a view's targets exist only once it is drawn
         return TeacherTargets(teacher, tuple(self.states), mode, calibration, self.batch_size, device,
-                              with_outputs=self.student_outputs)
+                              with_outputs=self.student_outputs, blocks=blocks)
 
     @property
     def student_states(self) -> tuple[str, ...]:

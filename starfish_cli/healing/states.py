@@ -84,13 +84,27 @@ def per_block_cosine(student_states: list[torch.Tensor], teacher_states: list[to
 STATE_KINDS = ("blocks", "attn", "mlp", "final_norm")
 
 
+def select_blocks(states: list[torch.Tensor], kinds: tuple[str, ...], blocks: list[int] | None,
+                  count: int) -> list[torch.Tensor]:
+    """`collect_states`' flat list (`count` states per block of each per-block kind) with only the states of
+    `blocks` (all when None): a teacher's, for a student that kept those of its blocks."""
+    if blocks is None:
+        return states
+    chosen, start = [], 0
+    for kind in kinds:
+        size = 1 if kind == "final_norm" else count
+        chosen += states[start:start + size] if size == 1 else [states[start + index] for index in blocks]
+        start += size
+    return chosen
+
+
 def collect_states(model: torch.nn.Module, inputs: torch.Tensor, kinds: tuple[str, ...] = ("blocks",),
-                   with_outputs: bool = True):
+                   with_outputs: bool = True, blocks: list[int] | None = None):
     """Outputs (logits) and the chosen internal states, in a fixed order, as one flat list.
 
     blocks: every block output; attn / mlp: every block's attention and MLP branch outputs
     (before the residual add); final_norm: the head's input norm. `with_outputs=False`: logits None,
-    and the model stops after its last block unless final_norm is asked for.
+    and the model stops after its last block unless final_norm is asked for. `blocks`: only these blocks' states.
     """
     structure = structure_of(model)
     captured: dict[str, list[torch.Tensor]] = {kind: [] for kind in kinds if kind != "blocks"}
@@ -106,4 +120,4 @@ def collect_states(model: torch.nn.Module, inputs: torch.Tensor, kinds: tuple[st
     states = []
     for kind in kinds:
         states += block_states if kind == "blocks" else captured[kind]
-    return (logits if with_outputs else None), states
+    return (logits if with_outputs else None), select_blocks(states, kinds, blocks, len(structure.blocks))

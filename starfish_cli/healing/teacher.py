@@ -15,7 +15,7 @@ from starfish_cli.runtime.memory import available_host_bytes
 from starfish_cli.models import structure_of
 from starfish_cli.models.outputs import per_token, rows_per_chunk, values_per_row
 from starfish_cli.healing.footprint import tokens_per_item
-from starfish_cli.healing.states import collect_states
+from starfish_cli.healing.states import collect_states, select_blocks
 
 log = logging.getLogger("starfish")
 
@@ -101,9 +101,10 @@ class TeacherTargets:
     `head_inputs` gives the head's input itself, for a loss that runs the head a chunk of tokens at a time."""
 
     def __init__(self, teacher, kinds: tuple[str, ...], mode: str, calibration, batch_size: int, device,
-                 cache_dtype=torch.float16, with_outputs: bool = True):
+                 cache_dtype=torch.float16, with_outputs: bool = True, blocks: list[int] | None = None):
         self.teacher, self.kinds, self.device, self.with_outputs = teacher, kinds, device, with_outputs or not kinds
         self.structure = structure_of(teacher)
+        self.blocks = blocks  # the teacher's blocks the student's are aligned with (None: all)
         self.keeps_head_input = self.with_outputs and per_token(self.structure)
         self.rows_per_chunk = rows_per_chunk(values_per_row(self.structure))
         self.estimate = teacher_cache_bytes(teacher, len(calibration), kinds, with_outputs=self.with_outputs,
@@ -122,10 +123,11 @@ class TeacherTargets:
     def _teacher_pass(self, images) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
         """(logits, or for a causal LM the head's input; the kinds' states) of one batch."""
         if not self.keeps_head_input:
-            return collect_states(self.teacher, images, self.kinds, self.with_outputs)
+            return collect_states(self.teacher, images, self.kinds, self.with_outputs, self.blocks)
         # the model stops after its last block: its output is the head's input, the LM head does not run
         _, states = collect_states(self.teacher, images, (*self.kinds, "blocks"), with_outputs=False)
-        return states[-1], states[:len(states) - len(self.structure.blocks)]
+        states, last_block = states[:len(states) - len(self.structure.blocks)], states[-1]
+        return last_block, select_blocks(states, self.kinds, self.blocks, len(self.structure.blocks))
 
     @torch.no_grad()
     def _compute_all(self, calibration, batch_size, dtype, where) -> list[torch.Tensor]:

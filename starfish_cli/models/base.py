@@ -78,6 +78,8 @@ class ModelStructure:
     family = "?"
     description = "?"
     metric = "accuracy"  # what evaluation measures (evaluation.METRICS): top-1 for classifiers
+    generates = False  # whether it generates text (its speed is then also prefill and decode tokens/s)
+    uniform_units = False  # whether every block must keep the same sizes (a causal LM: one config describes it)
     exports_onnx = False  # whether `starfish export format=onnx` can trace it (image in, logits out)
 
     def __init__(self, model: nn.Module):
@@ -153,6 +155,7 @@ class ModelStructure:
     # ---- the ecosystem's own format (`starfish export format=hf`): a folder its library loads without starfish
     hub_library: str | None = None  # the library that loads that folder (a model card's `library_name`)
     hub_pipeline: str | None = None  # the hub's task for it (a model card's `pipeline_tag`)
+    hub_config_has_sizes = False  # whether that folder's config carries a structurally pruned model's sizes
 
     def save_for_hub(self, folder: Path, dtype: torch.dtype) -> None:
         """Write the model (floating-point weights cast to `dtype`) as its own library saves it, with
@@ -182,6 +185,28 @@ class ModelStructure:
         """Slice the listed units (indices at the block's current size) out of block `index`: the smaller
         block computes what the full one computes when those units' weights are zero."""
         raise StarfishError(f"the {self.family} family cannot remove whole units: choose an unstructured pruner")
+
+    def check_kept_units(self, kept: dict[str, int]) -> None:
+        """Refuse, before any unit is scored, sizes (units of each kind kept in every block) the model's own
+        library could not describe."""
+
+    def remove_blocks(self, removed: Sequence[int]) -> None:
+        """Take blocks `removed` (indices at the current depth) out of the model: each block left is then
+        aligned with the dense block it was (`block_sources`)."""
+        raise StarfishError(f"the {self.family} family cannot remove whole blocks: leave pruner.layers=0")
+
+    def block_sources(self) -> list[int]:
+        """For each block, the index of the dense model's block it was: the blocks themselves until some are
+        removed."""
+        return list(range(len(self.blocks)))
+
+    def dense_name(self, name: str) -> str:
+        """The dense model's name of the module or parameter `name` (its block's index before blocks were removed)."""
+        for index, source in enumerate(self.block_sources()):
+            prefix = f"{self.block_name(index)}."
+            if index != source and name.startswith(prefix):
+                return f"{self.block_name(source)}.{name[len(prefix):]}"
+        return name
 
     def block_sizes(self) -> dict[str, dict[str, int]] | None:
         """The current sizes per block name (`{"blocks.0": {"heads": 2, "mlp_hidden": 96}, …}`); None for a

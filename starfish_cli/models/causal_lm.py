@@ -15,6 +15,8 @@ from starfish_cli.models.base import ModelStructure, register_family
 from starfish_cli.models.decoder import branch, context_length, final_norm, find_decoder, has_attention
 from starfish_cli.models.experts import fused_state_dict, keep_routers_dense, unfuse_experts
 from starfish_cli.models.gguf import FETCHABLE, converted_folder, fetched_folder, is_gguf
+from starfish_cli.models.lm_slicing import describe_in_config, keep_layers, layer_source, layer_units, sliceable
+from starfish_cli.models.slicing import slice_units
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 # the language models shipped in the package, by the model.name that loads them (docs/reference_models.md)
@@ -114,6 +116,8 @@ class CausalLMStructure(ModelStructure):
     family = "causal_lm"
     description = "transformers decoder-only LM (attention layers in one nn.ModuleList)"
     metric = "perplexity"
+    uniform_units = True
+    generates = True
     build = staticmethod(build_model)
 
     def __init__(self, model):
@@ -240,6 +244,7 @@ class CausalLMStructure(ModelStructure):
     # ---- the hub format: transformers' own save_pretrained folder, with the tokenizer
     hub_library = "transformers"
     hub_pipeline = "text-generation"
+    hub_config_has_sizes = True  # intermediate_size, heads, KV heads, head_dim and layers (models.lm_slicing)
 
     def save_for_hub(self, folder, dtype):
         """`save_pretrained` of the architecture built afresh from the model's config, holding these weights
@@ -263,6 +268,67 @@ class CausalLMStructure(ModelStructure):
         if name in FETCHABLE:
             return FETCHABLE[name].origin
         return None if name in EMBEDDED or Path(name).expanduser().exists() else name
+
+    # ---- structured pruning: KV groups, MLP channels and whole decoder layers (models.lm_slicing)
+    def units(self, index):
+        return layer_units(self.blocks[index], self.block_name(index))
+
+    def remove_units(self, index, heads=(), neurons=()):
+        layer = self.blocks[index]
+        modules = dict(layer.named_modules(prefix=self.block_name(index)))
+        slice_units(self.units(index), modules, {"heads": heads, "neurons": neurons}, self.block_name(index))
+        describe_in_config(self.model.config, sliceable(layer, self.block_name(index)))
+
+    def check_kept_units(self, kept):
+        config, group = self.model.config, sliceable(self.blocks[0], self.block_name(0))
+        sizes = group.sizes()
+        heads = kept["heads"] * sizes["heads"] // sizes["kv_heads"]  # query heads: whole groups stay
+        if config.hidden_size % heads:
+            valid = [f"{(sizes['kv_heads'] - k) / sizes['kv_heads']:.3g}" for k in range(1, sizes["kv_heads"] + 1)
+                     if config.hidden_size % (k * sizes["heads"] // sizes["kv_heads"]) == 0 and k < sizes["kv_heads"]]
+            raise StarfishError(f"pruner.heads keeps {heads} of {sizes['heads']} attention heads, and transformers "
+                                f"requires hidden_size ({config.hidden_size}) to be a multiple of the head count: "
+                                f"choose pruner.heads in {', '.join(['0', *sorted(valid)])}")
+
+    def remove_blocks(self, removed):
+        removed = {int(index) for index in removed}
+        if removed - set(range(len(self.blocks))) or len(removed) >= len(self.blocks):
+            raise StarfishError(f"cannot remove decoder layers {sorted(removed)} of {len(self.blocks)}: "
+                                "at least one stays")
+        kept = [index for index in range(len(self.blocks)) if index not in removed]
+        owner_name, _, attribute = self._decoder.layers_name.rpartition(".")
+        owner = self.model.get_submodule(owner_name) if owner_name else self.model
+        setattr(owner, attribute, keep_layers(self.model.config, self._decoder.layers, kept))
+        self._decoder = find_decoder(self.model)
+        self._layer_arguments.clear()  # what a layer receives may depend on the layer count (per-layer masks)
+
+    def block_sources(self):
+        return [layer_source(layer, index) for index, layer in enumerate(self.blocks)]
+
+    def block_sizes(self):
+        try:
+            parts = [sliceable(layer, self.block_name(index)) for index, layer in enumerate(self.blocks)]
+        except StarfishError:
+            return None  # layers structured pruning cannot slice: nothing to record
+        return {self.block_name(index): {**part.sizes(), "source": source}
+                for index, (part, source) in enumerate(zip(parts, self.block_sources()))}
+
+    def resize(self, structure):
+        if not structure:
+            return
+        entries = list(structure.values())
+        keys = {"heads", "kv_heads", "mlp_hidden", "source"}
+        if any(not isinstance(sizes, dict) or set(sizes) != keys for sizes in entries):
+            raise StarfishError(f"structure {entries[0]!r} does not describe decoder layers ({', '.join(sorted(keys))}): "
+                                "use the model= config it was pruned with")
+        self.remove_blocks(set(range(len(self.blocks))) - {sizes["source"] for sizes in entries})
+        for index, sizes in enumerate(entries):
+            counts = {kind: units.count for kind, units in self.units(index).items()}
+            if not (1 <= sizes["kv_heads"] <= counts["heads"] and 1 <= sizes["mlp_hidden"] <= counts["neurons"]):
+                raise StarfishError(f"structure of {self.block_name(index)} ({sizes}) does not fit its {counts['heads']} "
+                                    f"KV heads and {counts['neurons']} MLP channels: use the model= config it was pruned with")
+            self.remove_units(index, heads=range(sizes["kv_heads"], counts["heads"]),
+                              neurons=range(sizes["mlp_hidden"], counts["neurons"]))
 
     def random_inputs(self, count, seed=0):
         vocabulary = int(self.model.get_input_embeddings().num_embeddings)

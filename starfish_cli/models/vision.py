@@ -14,6 +14,7 @@ from torch import nn
 from starfish_cli.models.vit_fmnist import PLAIN_TIMM  # importing it registers vit_fmnist with timm
 from starfish_cli.runtime.errors import StarfishError, first_line
 from starfish_cli.models.base import ModelStructure, Units, register_family
+from starfish_cli.models.slicing import slice_units
 
 
 DATA_CONFIG_KEYS = ("mean", "std", "input_size", "crop_pct", "crop_mode", "interpolation")
@@ -225,18 +226,10 @@ class VisionTransformerStructure(ModelStructure):
             "neurons": Units(mlp.fc1.out_features, {f"{name}.mlp.fc1": neurons}, {f"{name}.mlp.fc2": neurons}),
         }
 
-    @torch.no_grad()
     def remove_units(self, index, heads=(), neurons=()):
-        block = self.blocks[index]
-        attn, mlp = _sliceable(block, self.block_name(index))
-        units = self.units(index)
-        modules = dict(block.named_modules(prefix=self.block_name(index)))
-        for kind, removed in (("heads", heads), ("neurons", neurons)):
-            kept = _kept(units[kind].count, removed, f"{self.block_name(index)} {kind}")
-            for layer, rows in units[kind].rows.items():
-                _keep_rows(modules[layer], rows[kept].reshape(-1).sort().values)  # sorted: q, k, v stay apart
-            for layer, columns in units[kind].columns.items():
-                _keep_columns(modules[layer], columns[kept].reshape(-1).sort().values)
+        attn, _mlp = _sliceable(self.blocks[index], self.block_name(index))
+        modules = dict(self.blocks[index].named_modules(prefix=self.block_name(index)))
+        slice_units(self.units(index), modules, {"heads": heads, "neurons": neurons}, self.block_name(index))
         # timm's forward reshapes by these: fewer heads of the same head_dim (so `scale` stays head_dim**-0.5)
         attn.num_heads = attn.qkv.out_features // (3 * attn.head_dim)
         attn.attn_dim = attn.num_heads * attn.head_dim
@@ -272,26 +265,3 @@ def _sliceable(block: nn.Module, name: str) -> tuple[Attention, Mlp]:
         raise StarfishError(f"{name} normalizes across its heads or neurons (scale_attn_norm/scale_mlp_norm), "
                             "which removing units would change: choose an unstructured pruner")
     return attn, mlp
-
-
-def _kept(count: int, removed, what: str) -> torch.Tensor:
-    removed = sorted({int(unit) for unit in removed})
-    if removed and (removed[0] < 0 or removed[-1] >= count):
-        raise ValueError(f"{what}: unit indices {removed} outside 0…{count - 1}")
-    if len(removed) >= count:
-        raise StarfishError(f"{what}: removing all {count} would leave nothing; at least one stays")
-    keep = torch.ones(count, dtype=torch.bool)
-    keep[removed] = False
-    return keep
-
-
-def _keep_rows(layer: nn.Linear, rows: torch.Tensor) -> None:
-    layer.weight = nn.Parameter(layer.weight[rows].clone(), requires_grad=layer.weight.requires_grad)
-    if layer.bias is not None:
-        layer.bias = nn.Parameter(layer.bias[rows].clone(), requires_grad=layer.bias.requires_grad)
-    layer.out_features = len(rows)
-
-
-def _keep_columns(layer: nn.Linear, columns: torch.Tensor) -> None:
-    layer.weight = nn.Parameter(layer.weight[:, columns].clone(), requires_grad=layer.weight.requires_grad)
-    layer.in_features = len(columns)

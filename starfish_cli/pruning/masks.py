@@ -12,6 +12,7 @@ from fnmatch import fnmatch
 import torch
 from torch import nn
 
+from starfish_cli.models import structure_of
 from starfish_cli.runtime.errors import StarfishError
 
 _NM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
@@ -135,23 +136,34 @@ def measure_sparsity(model: nn.Module, layers: Mapping[str, nn.Linear], dense: n
     Against `dense` (the model before pruning, with the same layer names), weights that are gone
     because whole units were removed count as pruned, and every fraction is of the dense sizes.
     """
+    rename = structure_of(model).dense_name if dense is not None else str  # blocks keep their dense names
     dense_modules = dict(dense.named_modules()) if dense is not None else {}
     per_layer, pruned_prunable, total_prunable = {}, 0, 0
     for name, layer in layers.items():
+        name = rename(name)
         size = dense_modules[name].weight.numel() if name in dense_modules else layer.weight.numel()
         pruned = int((layer.weight == 0).sum()) + size - layer.weight.numel()
         per_layer[name] = pruned / size
         pruned_prunable += pruned
         total_prunable += size
+    for name, layer in (structure_of(dense).prunable_layers().items() if dense is not None else ()):
+        if name not in per_layer:  # in a block that was removed whole
+            per_layer[name] = 1.0
+            pruned_prunable += layer.weight.numel()
+            total_prunable += layer.weight.numel()
     remaining = sum(p.numel() for p in model.parameters())
     total_params = sum(p.numel() for p in dense.parameters()) if dense is not None else remaining
     zero_params = sum(int((p == 0).sum()) for p in model.parameters()) + total_params - remaining
     blocks = {}
     if block_weights is not None:
+        weights = {rename(name): weight for name, weight in block_weights.items()}
+        if dense is not None:  # the weights of removed blocks: all gone
+            gone = {name: weight for name, weight in structure_of(dense).block_weights().items() if name not in weights}
+            weights |= {name: weight.new_zeros(0) for name, weight in gone.items()}
         dense_parameters = dict(dense.named_parameters()) if dense is not None else {}
-        sizes = {name: dense_parameters.get(name, weight).numel() for name, weight in block_weights.items()}
+        sizes = {name: dense_parameters.get(name, weight).numel() for name, weight in weights.items()}
         total = max(sum(sizes.values()), 1)
-        zero = sum(int((weight == 0).sum()) + sizes[name] - weight.numel() for name, weight in block_weights.items())
+        zero = sum(int((weight == 0).sum()) + sizes[name] - weight.numel() for name, weight in weights.items())
         blocks = {"block_weights": {"weights": sum(sizes.values()), "prunable": total_prunable / total,
                                     "zero": zero / total}}
     return {

@@ -10,8 +10,12 @@ rest, changes the output least over the calibration tokens). `compensate=mean` (
 the removed units' mean contribution to the output projection's bias, as FLAP does;
 `compensate=least_squares` folds it into the kept columns and the bias by the least-squares fit of the
 removed inputs on the kept ones over the calibration tokens (closed form, no gradient step).
+`layers` takes whole blocks out first, those that change their input least (pruning.depth); the units are then
+scored on the blocks that stay. A causal LM keeps the same sizes in every layer (one config describes it), so
+its heads and neurons are chosen per block; its attention heads go in whole KV groups.
 """
 
+import logging
 from dataclasses import dataclass
 from typing import Literal
 
@@ -22,10 +26,12 @@ from starfish_cli.runtime.errors import StarfishError
 from starfish_cli.models import structure_of
 from starfish_cli.models.base import Units
 from starfish_cli.pruning.base import Pruner, input_grams, input_moments
+from starfish_cli.pruning.depth import block_influence, blocks_to_remove, least_influential
 from starfish_cli.pruning.masks import check_sparsity
 from starfish_cli.pruning.registry import PRUNERS
 from starfish_cli.runtime.progress import progress_bar
 
+log = logging.getLogger("starfish")
 KINDS = {"heads": ("heads", "heads"), "neurons": ("mlp", "MLP neurons")}  # unit kind → (option, in words)
 
 
@@ -155,11 +161,12 @@ def least_squares_fold(weight: torch.Tensor, gram: torch.Tensor, sums: torch.Ten
 class StructuredPruner(Pruner):
     """Removes `heads` and `mlp` (fractions) of each block's attention heads and MLP neurons, ranked by
     `criterion` within each block (`scope=block`) or over all blocks (`scope=global`, scores standardized
-    per block). At least one head and one neuron stay in every block. Nothing is left to mask: every
-    remaining weight trains."""
+    per block), after `layers` whole blocks (a count, or a fraction in (0, 1)). At least one head and one
+    neuron stay in every block. Nothing is left to mask: every remaining weight trains."""
 
     heads: float = 0.5
     mlp: float = 0.5
+    layers: float = 0  # whole blocks removed, the least influential on the calibration set
     criterion: Literal["magnitude", "activation", "fluctuation", "output"] = "fluctuation"
     scope: Literal["block", "global"] = "block"
     compensate: Literal[False, True, "none", "mean", "least_squares"] = "none"  # false: none, true: mean (FLAP's)
@@ -168,20 +175,37 @@ class StructuredPruner(Pruner):
         self.heads = check_sparsity(self.heads, "pruner.heads", "attention heads")
         self.mlp = check_sparsity(self.mlp, "pruner.mlp", "MLP neurons")
         self.compensate = {False: "none", True: "mean"}.get(self.compensate, self.compensate)
+        blocks_to_remove(self.layers, total=2**31)  # its type and range; the count is checked against the model
         if self.criterion == "output" and self.scope != "block":
             raise StarfishError("pruner.criterion=output orders the units within each block, not across blocks: "
                                 "use pruner.scope=block with it")
 
     @property
     def needs_calibration(self) -> bool:
-        return self.criterion != "magnitude" or self.compensate != "none"
+        return self.criterion != "magnitude" or self.compensate != "none" or self.layers != 0
 
     def describe(self):
-        return super().describe() | {"pattern": "heads+neurons"}
+        return super().describe() | {"pattern": "heads+neurons" + ("+layers" if self.layers else "")}
 
     @torch.no_grad()
     def prune(self, model: nn.Module, calibration=None) -> dict[str, torch.Tensor]:
         structure = structure_of(model)
+        if structure.uniform_units and self.scope != "block":
+            raise StarfishError(f"pruner.scope={self.scope}: a {structure.family} model keeps the same sizes in every "
+                                "layer (one config describes it): use pruner.scope=block")
+        count = blocks_to_remove(self.layers, len(structure.blocks))
+        if count:
+            calibration = list(calibration)  # read twice: the blocks' influence, then the units' statistics
+            influence = block_influence(structure, calibration)
+            removed = least_influential(influence, count)
+            log.info("removing blocks %s of %d (lowest influence 1 − cos(input, output): %s)", removed,
+                     len(influence), ", ".join(f"{float(influence[i]):.4f}" for i in removed))
+            structure.remove_blocks(removed)
+        if self.heads == 0 and self.mlp == 0:
+            return {}
+        first = structure.units(0)
+        structure.check_kept_units({"heads": first["heads"].count - round(self.heads * first["heads"].count),
+                                    "neurons": first["neurons"].count - round(self.mlp * first["neurons"].count)})
         layers = structure.prunable_layers()
         units = [structure.units(index) for index in range(len(structure.blocks))]
         needs_moments = self.criterion in ("activation", "fluctuation") or self.compensate == "mean"

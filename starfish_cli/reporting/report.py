@@ -235,6 +235,22 @@ def speed_lines(speed: dict[str, Any] | None) -> list[str]:
                                        + [f"{entry['images_per_second'][str(b)]:.1f}" for b in batches]
                                        + [f"{entry['vs_dense'][str(b)]:.2f}" for b in batches]) + " |")
     lines += [f"- {name}: {note}" for name, note in speed.get("notes", {}).items()]
+    return lines + [""] + generation_lines(speed)
+
+
+def generation_lines(speed: dict[str, Any]) -> list[str]:
+    """A language model's prefill and decode tokens/s against dense, and the size of its weights."""
+    generation = speed.get("generation")
+    if not generation:
+        return []
+    lines = [f"Generation: a {generation['prompt_tokens']}-token prompt (batch {generation['batch_size']}), then "
+             f"{generation['new_tokens']} greedy tokens on the KV cache; models alternated, fastest of each.", "",
+             "| model | weights MB | prefill tokens/s | × dense | decode tokens/s | × dense |", "|---|---|---|---|---|---|"]
+    for name, entry in generation["models"].items():
+        size = speed["models"].get(name, {}).get("weight_bytes")
+        lines.append(f"| {name} | {f'{size / 1e6:.1f}' if size else '–'} | {entry['prefill_tokens_per_second']:.0f} | "
+                     f"{entry['prefill_vs_dense']:.2f} | {entry['decode_tokens_per_second']:.1f} | "
+                     f"{entry['decode_vs_dense']:.2f} |")
     return lines + [""]
 
 
@@ -285,8 +301,12 @@ def print_summary(report: dict[str, Any], console: Console | None = None) -> Non
             tasks.add_row(*row)
         console.print(tasks)
     speed = report.get("speed")
-    if speed:
+    if speed and speed["batch_sizes"]:
         batch = speed["batch_sizes"][-1]
         console.print(f"images/s at batch {batch}: " + ", ".join(
             f"{name} {entry['images_per_second'][str(batch)]:.0f} ({entry['vs_dense'][str(batch)]:.2f}× dense)"
             for name, entry in speed["models"].items()))
+    for kind in ("prefill", "decode") if speed and speed.get("generation") else ():
+        console.print(f"{kind} tokens/s: " + ", ".join(
+            f"{name} {entry[f'{kind}_tokens_per_second']:.0f} ({entry[f'{kind}_vs_dense']:.2f}× dense)"
+            for name, entry in speed["generation"]["models"].items()))

@@ -162,10 +162,13 @@ def mean_loss_curve(runs: list[dict[str, Any]]) -> list[float] | None:
 
 
 def healed_speedup(report: dict[str, Any]) -> float | None:
-    """Healed images/s ÷ dense at the evaluation's batch, from the report's speed section (eval.speed)."""
+    """Healed images/s ÷ dense at the evaluation's batch, from the report's speed section (eval.speed); a language
+    model's prefill tokens/s ÷ dense."""
     speed = report.get("speed")
     if not speed:
         return None
+    if speed.get("generation"):
+        return speed["generation"]["models"]["healed"]["prefill_vs_dense"]
     return speed["models"]["healed"]["vs_dense"][str(speed["batch_sizes"][-1])]
 
 

@@ -8,6 +8,7 @@ from torch import nn
 
 from starfish_cli.data import loader
 from starfish_cli.evaluation.compare import evaluate
+from starfish_cli.evaluation.generation_speed import NEW_TOKENS, PROMPT_TOKENS, generation_speed
 from starfish_cli.evaluation.speed import measure_speed
 from starfish_cli.models import structure_of
 from starfish_cli.runtime.device import measure
@@ -57,5 +58,13 @@ def measure_models_speed(context: Context, models: dict[str, nn.Module], data: E
     batch_size = int(context.cfg.eval.batch_size)
     _indices, pixels, _labels = next(iter(loader(data.images, batch_size)))
     images = data.finish(pixels) if data.finish is not None else pixels
-    return measure_speed(models, images, [1, len(images)], context.device, context.precision,
-                         semi_structured=pruned.metadata["pruner"].get("pattern") == "2:4")
+    dense = structure_of(context.dense)
+    # a language model's speed is its generation's (a prompt, then tokens): windows/s would add minutes, not news
+    batch_sizes = [] if dense.generates else [1, len(images)]
+    speed = measure_speed(models, images, batch_sizes, context.device, context.precision,
+                          semi_structured=pruned.metadata["pruner"].get("pattern") == "2:4")
+    if dense.generates:
+        tokens = min(PROMPT_TOKENS, (dense.context() or PROMPT_TOKENS + NEW_TOKENS) - NEW_TOKENS)  # within its context
+        prompt = images[:1].repeat(1, -(-tokens // images.shape[1]))[:, :tokens]
+        speed["generation"] = generation_speed(models, prompt, context.device, context.precision)
+    return speed

@@ -126,7 +126,7 @@ def export_hub_folder(cfg: DictConfig, folders: RunFolders, checkpoint: Checkpoi
     checked by loading it with that library alone; then uploaded when export.push_to_hub names a repository."""
     metadata, dtype, repo_id = checkpoint.metadata, str(cfg.export.dtype), cfg.export.push_to_hub
     refuse_structured(metadata)  # before anything is built or written
-    model = rebuild(metadata["model"])
+    model = rebuild(metadata["model"], metadata.get("structure"))
     restore(model, Checkpoint(checkpoint.weights, {}, metadata), path)
     structure, report = structure_of(model), _run_report(folders, metadata)
     card = model_card(metadata, report, structure, repo_id)

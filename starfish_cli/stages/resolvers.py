@@ -9,7 +9,7 @@ PRUNING_KEYS = ("model", "data", "calib", "pruner")
 # Keys already in the folder path, or that do not change results: they stay out of its suffix.
 # (the top-level and eval keys that change no result are declared so in stages.schema)
 IN_PATH = {"experiment", "model", "model.name", "pruner", "pruner.name", "pruner.sparsity",
-           "pruner.heads", "pruner.mlp",  # structured pruning's folder name has them
+           "pruner.heads", "pruner.mlp", "pruner.layers",  # structured pruning's folder name has them
            "pruner.pattern", "healer", "healer.name", "seed", "healer.save_every", "export.format", "export.dtype",
            "logger"}
 # Groups none of whose keys change results (where metrics are also sent): `logger.mlflow.tracking_uri=…`.
@@ -23,10 +23,11 @@ def path_safe(text) -> str:
 
 def prune_dir(pruner) -> str:
     """`wanda-0.75` for unstructured pruning, `wanda-2_4` for N:M (which fixes the sparsity),
-    `structured-heads0.5-mlp0.5` for whole heads and neurons."""
+    `structured-heads0.5-mlp0.5` for whole heads and neurons (`…-layers6` with whole blocks removed too)."""
     name = pruner["name"]
     if "heads" in pruner and "mlp" in pruner:
-        return f"{name}-heads{pruner['heads']}-mlp{pruner['mlp']}"
+        layers = f"-layers{pruner['layers']}" if pruner.get("layers") else ""
+        return f"{name}-heads{pruner['heads']}-mlp{pruner['mlp']}{layers}"
     pattern, sparsity = pruner.get("pattern"), pruner.get("sparsity")
     return f"{name}-{path_safe(pattern)}" if str(pattern) != "unstructured" else f"{name}-{sparsity}"
 
