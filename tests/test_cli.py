@@ -137,6 +137,10 @@ def arch_checkpoint(tmp_path_factory):
     pytest.param(["heal", "pruned=ARCH", "model=deit_tiny", "model.pretrained=false"], "was made for model 'vit_fmnist'",
                  marks=pytest.mark.slow),
     (["report", "/no/such/folder"], "is not a folder"),
+    (["run", "model=lm_reference", "pruner=structured", "pruner.scope=global"], "use pruner.scope=block"),
+    (["run", "model=lm_reference", "pruner=structured", "pruner.layers=2.5"], "pruner.layers=2.5"),
+    (["run", "model=lm_reference", "pruner=structured", "pruner.layers=4"], "removes 4 of the model's 4 blocks"),
+    (["run", "model=lm_reference", "pruner=structured", "pruner.heads=0.25"], "choose pruner.heads in 0, 0.5, 0.75"),
 ])
 def test_bad_input_is_one_line_exit_2_nothing_left(tmp_path, args, message, request):
     """The CLI's fuzz test: bad values of every config group and stage, typos, missing, corrupt or

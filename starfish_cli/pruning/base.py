@@ -37,6 +37,10 @@ class Pruner(Component):
     def prune(self, model: nn.Module, calibration: Iterable[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def check_family(self, family) -> None:
+        """Refuse options the model family (a ModelStructure class) cannot take: from the config alone, before
+        any model is loaded, and again as a model is pruned (the Python API builds no config)."""
+
 
 Sparsity = float | Mapping[str, float]  # one fraction for every layer, or glob pattern → fraction
 

@@ -180,6 +180,11 @@ class StructuredPruner(Pruner):
             raise StarfishError("pruner.criterion=output orders the units within each block, not across blocks: "
                                 "use pruner.scope=block with it")
 
+    def check_family(self, family) -> None:
+        if family.uniform_units and self.scope != "block":
+            raise StarfishError(f"pruner.scope={self.scope}: a {family.family} model keeps the same sizes in every "
+                                "layer (one config describes it): use pruner.scope=block")
+
     @property
     def needs_calibration(self) -> bool:
         return self.criterion != "magnitude" or self.compensate != "none" or self.layers != 0
@@ -190,22 +195,16 @@ class StructuredPruner(Pruner):
     @torch.no_grad()
     def prune(self, model: nn.Module, calibration=None) -> dict[str, torch.Tensor]:
         structure = structure_of(model)
-        if structure.uniform_units and self.scope != "block":
-            raise StarfishError(f"pruner.scope={self.scope}: a {structure.family} model keeps the same sizes in every "
-                                "layer (one config describes it): use pruner.scope=block")
+        self.check_family(type(structure))
         count = blocks_to_remove(self.layers, len(structure.blocks))
+        if self.heads or self.mlp:  # sizes the model's library cannot describe fail before any work
+            first = structure.units(0)
+            structure.check_kept_units({"heads": first["heads"].count - round(self.heads * first["heads"].count),
+                                        "neurons": first["neurons"].count - round(self.mlp * first["neurons"].count)})
         if count:
-            calibration = list(calibration)  # read twice: the blocks' influence, then the units' statistics
-            influence = block_influence(structure, calibration)
-            removed = least_influential(influence, count)
-            log.info("removing blocks %s of %d (lowest influence 1 − cos(input, output): %s)", removed,
-                     len(influence), ", ".join(f"{float(influence[i]):.4f}" for i in removed))
-            structure.remove_blocks(removed)
+            self._remove_blocks(structure, count, calibration := list(calibration))  # read twice
         if self.heads == 0 and self.mlp == 0:
             return {}
-        first = structure.units(0)
-        structure.check_kept_units({"heads": first["heads"].count - round(self.heads * first["heads"].count),
-                                    "neurons": first["neurons"].count - round(self.mlp * first["neurons"].count)})
         layers = structure.prunable_layers()
         units = [structure.units(index) for index in range(len(structure.blocks))]
         needs_moments = self.criterion in ("activation", "fluctuation") or self.compensate == "mean"
@@ -230,6 +229,13 @@ class StructuredPruner(Pruner):
                 self._compensate(layers, moments, grams, block, {kind: removed[kind][index] for kind in KINDS})
             structure.remove_units(index, heads=removed["heads"][index], neurons=removed["neurons"][index])
         return {}
+
+    def _remove_blocks(self, structure, count: int, calibration) -> None:
+        influence = block_influence(structure, calibration)
+        removed = least_influential(influence, count)
+        log.info("removing blocks %s of %d (lowest influence 1 − cos(input, output): %s)", removed,
+                 len(influence), ", ".join(f"{float(influence[i]):.4f}" for i in removed))
+        structure.remove_blocks(removed)
 
     def _unit_scores(self, layers: dict[str, nn.Linear], moments, grams, units: Units,
                      fraction: float) -> torch.Tensor:

@@ -55,6 +55,8 @@ def check_config(cfg: DictConfig, steps: tuple[str, ...]) -> None:
     a sweep before the first one starts."""
     check_settings(cfg)
     pruner = PRUNERS.build(plain(cfg.pruner), seed=int(cfg.seed)) if "prune" in steps else None
+    if pruner is not None:
+        pruner.check_family(family_of(plain(cfg.model)))
     if "heal" in steps:
         healer = HEALERS.build(plain(cfg.healer), seed=int(cfg.seed))
         if pruner is not None:
