@@ -90,6 +90,8 @@ def test_a_structurally_pruned_language_model_is_smaller_faster_and_loads_in_pla
     assert generation["models"]["dense"]["prefill_vs_dense"] == 1.0
     assert all(entry["prefill_tokens_per_second"] > 0 and entry["decode_tokens_per_second"] > 0
                for entry in generation["models"].values())
+    sources = [entry["source"] for entry in report["structure"].values()]  # the dense layer each one was
+    assert len(sources) == 3 and set(sources) < {0, 1, 2, 3} and sources == sorted(sources)
     sizes = {name: entry["weight_bytes"] for name, entry in report["speed"]["models"].items()}
     assert sizes["healed"] == sizes["pruned"] < 0.7 * sizes["dense"]
     assert "| model | weights MB | prefill tokens/s" in (run / "report.md").read_text()

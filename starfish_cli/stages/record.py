@@ -52,6 +52,8 @@ def assemble_report(context: Context, pruned: Pruned, healed: Healed | None, eva
         "labels": {"pruner": PRUNERS.label(pruned.metadata["pruner"], ("name", "sparsity", "pattern", "seed"))},
         "checkpoints": {"pruned_masks_digest": pruned.metadata["masks_digest"]},
     }
+    if pruned.metadata.get("structure"):  # what structured pruning kept, per block (a causal LM: the dense layer each was)
+        report["structure"] = pruned.metadata["structure"]
     stages = {"calibration": calibration.timing if calibration else {},
               "prune": {**pruned.metadata.get("timing", {}), **({"reused": True} if pruned.reused else {})}}
     if healed is not None:
