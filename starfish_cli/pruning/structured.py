@@ -202,7 +202,8 @@ class StructuredPruner(Pruner):
             structure.check_kept_units({"heads": first["heads"].count - round(self.heads * first["heads"].count),
                                         "neurons": first["neurons"].count - round(self.mlp * first["neurons"].count)})
         if count:
-            self._remove_blocks(structure, count, calibration := list(calibration))  # read twice
+            calibration = list(calibration)  # read twice: the blocks' influence, then the units' statistics
+            self._remove_blocks(structure, count, calibration)
         if self.heads == 0 and self.mlp == 0:
             return {}
         layers = structure.prunable_layers()
