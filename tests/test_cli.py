@@ -138,6 +138,7 @@ def arch_checkpoint(tmp_path_factory):
                  marks=pytest.mark.slow),
     (["report", "/no/such/folder"], "is not a folder"),
     (["run", "model=lm_reference", "pruner=structured", "pruner.scope=global"], "use pruner.scope=block"),
+    (["run", "pruner=structured", "pruner.layers=2"], "the vision family cannot remove whole blocks"),
     (["run", "model=lm_reference", "pruner=structured", "pruner.layers=2.5"], "pruner.layers=2.5"),
     (["run", "model=lm_reference", "pruner=structured", "pruner.layers=4"], "removes 4 of the model's 4 blocks"),
     (["run", "model=lm_reference", "pruner=structured", "pruner.heads=0.25"], "choose pruner.heads in 0, 0.5, 0.75"),

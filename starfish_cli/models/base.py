@@ -79,6 +79,7 @@ class ModelStructure:
     description = "?"
     metric = "accuracy"  # what evaluation measures (evaluation.METRICS): top-1 for classifiers
     generates = False  # whether it generates text (its speed is then also prefill and decode tokens/s)
+    removes_blocks = False  # whether structured pruning can take whole blocks out (`remove_blocks`)
     uniform_units = False  # whether every block must keep the same sizes (a causal LM: one config describes it)
     exports_onnx = False  # whether `starfish export format=onnx` can trace it (image in, logits out)
 

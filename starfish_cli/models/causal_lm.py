@@ -117,6 +117,7 @@ class CausalLMStructure(ModelStructure):
     description = "transformers decoder-only LM (attention layers in one nn.ModuleList)"
     metric = "perplexity"
     uniform_units = True
+    removes_blocks = True
     generates = True
     build = staticmethod(build_model)
 

@@ -181,6 +181,9 @@ class StructuredPruner(Pruner):
                                 "use pruner.scope=block with it")
 
     def check_family(self, family) -> None:
+        if self.layers and not family.removes_blocks:
+            raise StarfishError(f"pruner.layers={self.layers}: the {family.family} family cannot remove whole blocks "
+                                "(causal LMs can): leave pruner.layers=0")
         if family.uniform_units and self.scope != "block":
             raise StarfishError(f"pruner.scope={self.scope}: a {family.family} model keeps the same sizes in every "
                                 "layer (one config describes it): use pruner.scope=block")
