@@ -4,9 +4,6 @@ boundary only), and the models that cannot go there."""
 
 import copy
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
