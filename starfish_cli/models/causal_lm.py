@@ -285,8 +285,8 @@ class CausalLMStructure(ModelStructure):
         sizes = group.sizes()
         heads = kept["heads"] * sizes["heads"] // sizes["kv_heads"]  # query heads: whole groups stay
         if config.hidden_size % heads:
-            valid = [f"{(sizes['kv_heads'] - k) / sizes['kv_heads']:.3g}" for k in range(1, sizes["kv_heads"] + 1)
-                     if config.hidden_size % (k * sizes["heads"] // sizes["kv_heads"]) == 0 and k < sizes["kv_heads"]]
+            valid = [f"{(sizes['kv_heads'] - k) / sizes['kv_heads']:.3g}" for k in range(1, sizes["kv_heads"])
+                     if config.hidden_size % (k * sizes["heads"] // sizes["kv_heads"]) == 0]
             raise StarfishError(f"pruner.heads keeps {heads} of {sizes['heads']} attention heads, and transformers "
                                 f"requires hidden_size ({config.hidden_size}) to be a multiple of the head count: "
                                 f"choose pruner.heads in {', '.join(['0', *sorted(valid)])}")

@@ -64,14 +64,19 @@ def final_norm(decoder: Decoder) -> nn.Module | None:
     return after[0] if len(after) == 1 else None
 
 
-def branch(layer: nn.Module, kind: str) -> nn.Module | None:
-    """A layer's attention or MLP module by its usual name (None where the layer has no such module,
-    e.g. OPT's fc1/fc2 directly in the layer)."""
+def named_branch(layer: nn.Module, kind: str) -> tuple[str, nn.Module | None]:
+    """A layer's attention (`attn`) or MLP (`mlp`) module by its usual name, with that name (("", None) where the
+    layer has no such module, e.g. OPT's fc1/fc2 directly in the layer)."""
     for name in ATTENTION_NAMES if kind == "attn" else MLP_NAMES:
         module = getattr(layer, name, None)
         if isinstance(module, nn.Module):
-            return module
-    return None
+            return name, module
+    return "", None
+
+
+def branch(layer: nn.Module, kind: str) -> nn.Module | None:
+    """A layer's attention or MLP module (`named_branch` without the name)."""
+    return named_branch(layer, kind)[1]
 
 
 def context_length(config) -> int | None:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from starfish_cli.models.base import Units
-from starfish_cli.models.decoder import ATTENTION_NAMES, MLP_NAMES
+from starfish_cli.models.decoder import named_branch
 from starfish_cli.runtime.errors import StarfishError
 
 ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -45,18 +45,10 @@ class SliceableLayer:
                 "mlp_hidden": self.mlp.gate_proj.out_features}
 
 
-def _named_child(layer: nn.Module, names: Sequence[str]) -> tuple[str, nn.Module | None]:
-    for name in names:
-        child = getattr(layer, name, None)
-        if isinstance(child, nn.Module):
-            return name, child
-    return "", None
-
-
 def sliceable(layer: nn.Module, name: str) -> SliceableLayer:
     """The layer's attention and MLP when they have the Llama layout (one line naming what it has otherwise)."""
-    attention_name, attention = _named_child(layer, ATTENTION_NAMES)
-    mlp_name, mlp = _named_child(layer, MLP_NAMES)
+    attention_name, attention = named_branch(layer, "attn")
+    mlp_name, mlp = named_branch(layer, "mlp")
     has = (attention is not None and hasattr(attention, "head_dim")
            and all(isinstance(getattr(attention, p, None), nn.Linear) for p in ATTENTION_PROJECTIONS)
            and mlp is not None and all(isinstance(getattr(mlp, p, None), nn.Linear) for p in MLP_PROJECTIONS))
