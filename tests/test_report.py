@@ -1,5 +1,7 @@
 """report.json / report.md of one run: what the markdown says, from a report's values."""
 
+import pytest
+
 from starfish_cli.reporting.report import read_report, render_markdown, write_report
 
 
@@ -95,3 +97,15 @@ def test_healing_loss_plot_marks_the_stage_boundaries(tmp_path, monkeypatch):
     assert boundaries == [4.5]  # between step 4, the last at sparsity 0.5, and step 5
     assert list(axis.lines[0].get_ydata()) == healing_report()["healing"]["loss_history"]
     assert axis.get_yscale() == "log"
+
+
+@pytest.mark.parametrize("records,expected", [
+    ([{"items": 16, "epochs": [0, 1, 2], "best_epoch": 1}], ", epoch kept on 16 held-out items: 1 of 2"),
+    ([{"items": 4, "epochs": [0, 1, 2, 3], "best_epoch": 3}, {"items": 4, "epochs": [0, 1, 2], "best_epoch": 0}],
+     ", epoch kept on 4 held-out items: 0-3 in 2 loops, of 2-3 epochs"),
+])
+def test_report_md_says_which_epoch_the_held_out_loss_kept(tmp_path, records, expected):
+    report = healing_report()
+    report["healing"]["holdout"] = records
+    write_report(tmp_path, report)
+    assert "8 steps, in stages 0.5 → 0.75 sparsity: 4 + 4 steps" + expected in (tmp_path / "report.md").read_text()

@@ -31,6 +31,7 @@ class HealResult:
     trained_parameters: list[str] = field(default_factory=list)
     loss_history: list[float] = field(default_factory=list)
     stages: list[dict[str, Any]] = field(default_factory=list)  # gradual healing: sparsity and steps of each stage
+    holdout: list[dict[str, Any]] = field(default_factory=list)  # each loop's held-out losses and the epoch kept
 
 
 class Healer(Component):
@@ -113,6 +114,9 @@ class GradientHealer(Healer):
     weight_decay: Annotated[float, Range(0)] = 0.0
     reshuffle: bool = False  # false: one seeded order every epoch (as the reference); true: a new one each epoch
     save_every: Annotated[int, Range(0)] = 200  # steps between saves of the resumable state; 0: never
+    # a fraction of the calibration items held out: the epoch with the best loss on them is kept (healing.holdout)
+    holdout: Annotated[float, Range(0, 1, high_open=True)] = 0.0
+    patience: Annotated[int, Range(0)] = 0  # epochs without a better held-out loss before stopping; 0: all epochs
     seed: int = 0
     mode = "end_to_end"  # not an option unless the healer declares it
     schedule = ()  # not an option unless the healer is a GradualHealer
@@ -121,10 +125,13 @@ class GradientHealer(Healer):
     def check(self) -> None:
         if self.min_lr > self.lr:
             raise StarfishError(f"healer.min_lr={self.min_lr} must be at most healer.lr={self.lr}")
+        if self.patience and not self.holdout:
+            raise StarfishError(f"healer.patience={self.patience} counts epochs of the held-out loss: set "
+                                "healer.holdout (e.g. 0.125) or patience=0")
 
     def settings(self) -> Settings:
         return Settings(self.epochs, self.batch_size, self.lr, self.min_lr, self.weight_decay, self.reshuffle,
-                        self.save_every, self.seed, identity=self.describe())
+                        self.save_every, self.seed, self.holdout, self.patience, identity=self.describe())
 
     def trainable_names(self, student: nn.Module) -> list[str]:
         return pruned_weight_names(student)
@@ -168,7 +175,8 @@ class GradientHealer(Healer):
             heal_gradually(job, self.settings(), self.schedule, self.schedule_share, teacher, world, device,
                            precision, result, state_file)
         else:
-            result.steps = train(job, self.settings(), world, device, precision, result.loss_history, state_file)
+            result.steps = train(job, self.settings(), world, device, precision, result.loss_history, state_file,
+                                 result.holdout)
         return result
 
 
@@ -183,3 +191,6 @@ class GradualHealer(GradientHealer):
     def check(self) -> None:
         super().check()
         self.schedule = check_schedule(self.schedule)
+        if self.schedule and self.holdout:
+            raise StarfishError("healer.holdout chooses an epoch at fixed masks, but healer.schedule changes them: "
+                                "set healer.holdout=0 or schedule=[]")

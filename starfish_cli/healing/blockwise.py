@@ -47,7 +47,8 @@ def heal_block(healer, structure, number: int, inputs: torch.Tensor, target: tor
 
     job = Job(structure.model, structure.block_parameter_names(result.trained_parameters, number), masks, block_set,
               loss, description=f"healing block {number}")
-    result.steps += train(job, healer.settings(), World(), device, precision, result.loss_history)
+    result.steps += train(job, healer.settings(), World(), device, precision, result.loss_history,
+                          selection=result.holdout)
     outputs = torch.empty(inputs.shape, dtype=inputs.dtype) if outputs is None else outputs
     with torch.no_grad():
         for indices, x in loader(block_set, healer.batch_size, device=device):

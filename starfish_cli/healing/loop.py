@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from starfish_cli.data.loader import loader
+from starfish_cli.healing.holdout import EarlyStopping, split_holdout
 from starfish_cli.healing.resume import ResumeState
 from starfish_cli.healing.sharded_resume import ShardedResumeState
 from starfish_cli.healing.sharding import local_part, local_tensor, log_rank_bytes, sharded_copy, write_back
@@ -49,6 +50,8 @@ class Settings:
     reshuffle: bool = False
     save_every: int = 0
     seed: int = 0
+    holdout: float = 0.0  # the fraction of the calibration items held out to choose the epoch (healing.holdout)
+    patience: int = 0  # epochs without a better held-out loss before stopping; 0: run every epoch
     identity: Any = None
 
 
@@ -68,26 +71,37 @@ class Job:
 
 
 def train(job: Job, settings: Settings, world: World, device: torch.device, precision: torch.dtype,
-          history: list[float], state_file: Path | None = None) -> int:
+          history: list[float], state_file: Path | None = None, selection: list[dict] | None = None) -> int:
     """Run `job` under `settings`; the loss of every step is appended to `history`. Returns the steps taken.
-    With `state_file`, the state is saved every `save_every` steps and resumed (under torchrun: sharded, DCP)."""
-    batches, sampler = calibration_batches(job.calibration, settings, world, device)
+    With `state_file`, the state is saved every `save_every` steps and resumed (under torchrun: sharded, DCP).
+    With `settings.holdout`, the weights of the epoch with the best held-out loss are kept, and what was measured
+    is appended to `selection`."""
+    fit, held_out = split_holdout(job.calibration, settings.holdout, settings.seed)
+    if held_out is not None and world.active:
+        raise StarfishError("healer.holdout runs in one process: launch it without torchrun, or set healer.holdout=0")
+    batches, sampler = calibration_batches(fit, settings, world, device)
     training, parameters, forward = spread(job, batches, world, device, precision)
     optimizer = torch.optim.Adam(parameters, lr=settings.lr, weight_decay=settings.weight_decay,
                                  foreach=True)  # one kernel per update over all tensors, bit-identical to the loop
     total = settings.epochs * len(batches) if job.steps is None else job.steps
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total, 1), eta_min=settings.min_lr)
     trained = {name: parameter for name, parameter in training.named_parameters() if parameter.requires_grad}
-    identity = [settings.identity, job.description, masks_digest(dict(job.masks)), len(job.calibration),
+    identity = [settings.identity, job.description, masks_digest(dict(job.masks)), len(fit),
                 sorted((name, list(p.shape)) for name, p in trained.items())]  # a sliced model has no masks to tell
     resume = ShardedResumeState(state_file, settings.save_every, identity, training) if world.active \
         else ResumeState(state_file, settings.save_every, identity)
     step = resume.resume(trained, optimizer, scheduler, history)
     loop = Loop(forward, job.loss, optimizer, scheduler, FixedMasks(training, job.masks), world, device, precision)
     training.eval()  # no dropout/drop-path: the targets are deterministic
+    stopping = None if held_out is None else EarlyStopping(
+        held_out, job.loss, forward, trained, settings.batch_size, settings.patience, device, precision,
+        job.description)
+    per_epoch = max(len(batches), 1)
     try:
         with progress_bar(job.description, total) as advance:
             done = 0
+            if stopping:  # a resumed run measures from its step on
+                stopping.observe(math.ceil(step / per_epoch))
             for epoch, batch in epoch_batches(batches, sampler, settings.reshuffle, total):
                 done += 1
                 if done > step:  # a resumed run walks the same order up to its step
@@ -96,13 +110,20 @@ def train(job: Job, settings: Settings, world: World, device: torch.device, prec
                     if resume.due(done, total):
                         resume.save(done, trained, optimizer, scheduler, history)
                 advance(**({"loss": history[-1]} if done > step else {}))
+                if stopping and done > step and (done % per_epoch == 0 or done == total) \
+                        and stopping.observe(math.ceil(done / per_epoch)):
+                    break  # `patience` epochs without a better held-out loss
+        if stopping:
+            stopping.finish()
+            if selection is not None:
+                selection.append(stopping.record)
         resume.remove()  # finished: the healed weights are the result
         if training is not job.model:
             write_back(training, job.model, device)
     finally:
         for parameter in job.model.parameters():
             parameter.requires_grad_(False)
-    return total
+    return done
 
 
 @dataclass

@@ -58,6 +58,9 @@ class StarfishHealer(GradualHealer):
             raise StarfishError(f"healer.states=[]: choose from {', '.join(STATE_KINDS)}")
         if self.mode == "blockwise":
             self._check_blockwise()
+        if self.augment and self.holdout:
+            raise StarfishError("healer.holdout measures the held-out items as they are, but healer.augment trains "
+                                "on new views of them: set healer.holdout=0 or augment=[]")
         if self.augment and self.teacher in ("gpu", "host"):
             raise StarfishError(f"healer.teacher={self.teacher} caches targets of the raw images, but healer.augment "
                                 "shows a new view every step: use teacher=recompute or auto")

@@ -123,6 +123,18 @@ def _stages(healing: dict[str, Any]) -> str:
             + " + ".join(str(stage["steps"]) for stage in stages) + " steps")
 
 
+def _holdout(healing: dict[str, Any]) -> str:
+    """Early stopping's choice: `, epoch kept on 16 held-out items: 7 of 7 (30 loops: 5-7)`."""
+    records = healing.get("holdout")
+    if not records:
+        return ""
+    kept = [record["best_epoch"] for record in records]
+    run = [record["epochs"][-1] for record in records]
+    choice = (f"{kept[0]} of {run[0]}" if len(records) == 1 else
+              f"{min(kept)}-{max(kept)} in {len(records)} loops, of {min(run)}-{max(run)} epochs")
+    return f", epoch kept on {records[0]['items']} held-out items: {choice}"
+
+
 def _recipe(healer: dict[str, Any]) -> str:
     """`, recipe high (7 epochs, batch 8, lr 0.0024)`: the healing recipe and what the run took from it or set."""
     if "recipe" not in healer:
@@ -142,7 +154,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- achieved sparsity: {_fmt(sparsity.get('prunable'), 4)} of prunable weights, "
         f"{_fmt(sparsity.get('overall'), 4)} of all parameters" + _smaller(sparsity) + _blocks(sparsity),
         f"- healer: **{healer.get('name', '–')}**" + _recipe(healer)
-        + (f", {report['healing']['steps']} steps" + _stages(report['healing']) if "healing" in report else ""),
+        + (f", {report['healing']['steps']} steps" + _stages(report['healing']) + _holdout(report['healing'])
+           if "healing" in report else ""),
         f"- calibration: {calibration.get('count', '–')} {items} from {calibration.get('source', '–')}, "
         f"labels used: {str(report.get('calibration', {}).get('labels_used', '–')).lower()}",
         f"- seed {report.get('seed', '–')}",

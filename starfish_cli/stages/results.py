@@ -32,7 +32,8 @@ def healed_metadata(cfg: DictConfig, healer: Healer, result: HealResult, pruned:
     healing = {"steps": result.steps, "trained_parameters": len(result.trained_parameters),
                "final_loss": result.loss_history[-1] if result.loss_history else None,
                "loss_history": result.loss_history,
-               **({"stages": result.stages} if result.stages else {})}  # gradual healing's sparsity and steps
+               **({"stages": result.stages} if result.stages else {}),  # gradual healing's sparsity and steps
+               **({"holdout": result.holdout} if result.holdout else {})}  # each loop's held-out losses
     return json.loads(json.dumps({
         "model": plain(cfg.model), "seed": int(cfg.seed), "pruner": pruned["pruner"], "sparsity": pruned["sparsity"],
         **({"structure": pruned["structure"]} if "structure" in pruned else {}),
