@@ -48,7 +48,7 @@ def by_hand(model, tokenizer, task_folder) -> dict[str, float]:
 
 
 @pytest.mark.slow
-def test_a_local_task_scores_as_lm_eval_by_hand_for_dense_pruned_and_healed(task_folder, tmp_path):
+def test_a_local_task_scores_as_lm_eval_by_hand_for_dense_pruned_and_healed(task_folder, tmp_path, capfd):
     import starfish_cli
     from starfish_cli.models import build_model
     from starfish_cli.models.causal_lm import load_tokenizer
@@ -57,6 +57,8 @@ def test_a_local_task_scores_as_lm_eval_by_hand_for_dense_pruned_and_healed(task
     result = run_in_process("run", "model=lm_reference", "calib.count=8", "healer.epochs=1", "eval.max_images=4",
                             "eval.speed=false", f"eval.tasks=[{TASK}]", f"eval.include_path={task_folder}",
                             f"hydra.run.dir={run}", cwd=tmp_path)
+    console = result.stdout + result.stderr + "".join(capfd.readouterr())  # tmp_path is outside any repository
+    assert "Running loglikelihood requests" not in console and "not a git repository" not in console
     report = read_json(run / "report.json")
     scores = report["zero_shot"]["models"]
     assert report["zero_shot"]["samples"] == {TASK: 24} and report["zero_shot"]["num_fewshot"] == 0

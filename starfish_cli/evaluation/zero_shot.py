@@ -4,10 +4,12 @@ each wrapped as lm-eval's own HF model, on lm-eval's tasks, starfish's offline o
 folder of the user's task YAMLs."""
 
 import contextlib
+import io
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from unittest import mock
 
 import torch
 from torch import nn
@@ -27,6 +29,7 @@ REQUEST_TOKENS = 64
 def _lm_eval():
     try:
         import lm_eval
+        import lm_eval.evaluator
         import lm_eval.models.huggingface
         import lm_eval.tasks
     except ImportError as error:
@@ -77,7 +80,7 @@ class ZeroShot:
                                                       batch_size=self.requests_per_batch(model))
             autocast = torch.autocast(device.type, dtype=precision) if precision != torch.float32 \
                 else contextlib.nullcontext()
-            with autocast:
+            with autocast, quiet(lm_eval):
                 try:
                     output = lm_eval.simple_evaluate(
                         model=wrapped, tasks=list(self.tasks), num_fewshot=self.num_fewshot, limit=self.task_limit,
@@ -101,6 +104,16 @@ class ZeroShot:
         vocabulary: 10 requests, where the evaluation's 256 windows took 9.5 GB)."""
         vocabulary = model.get_output_embeddings().weight.shape[0]
         return max(1, min(self.batch_size, TASK_LOGITS_BYTES // (4 * vocabulary * REQUEST_TOKENS)))
+
+
+@contextlib.contextmanager
+def quiet(lm_eval):
+    """lm-eval without its console noise: its progress bars (tqdm, on sys.stderr; starfish logs each model's
+    result) and the `git describe` it runs to record the working directory's commit, whose "fatal: not a git
+    repository" reaches the terminal outside a repository (the report records lm-eval's version instead)."""
+    with contextlib.redirect_stderr(io.StringIO()), \
+            mock.patch.object(lm_eval.evaluator, "get_git_commit_hash", lambda: None):
+        yield
 
 
 def task_metrics(results: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, float]]:
