@@ -1,13 +1,19 @@
+"""Early stopping on held-out calibration items (healing/holdout.py) in the one loop, its report and its refusals."""
+
 import copy
 
 import pytest
 import torch
 
+from conftest import run_in_process
+from test_configs import compose_config
 from starfish_cli.healing import HEALERS
 from starfish_cli.healing.holdout import EarlyStopping, split_holdout
 from starfish_cli.healing.states import collect_states, state_alignment_loss
 from starfish_cli.pruning import PRUNERS
 from starfish_cli.runtime.errors import StarfishError
+from starfish_cli.healing.holdout import check_holdout
+from starfish_cli.stages.settings import check_config
 
 CPU = torch.device("cpu")
 
@@ -110,3 +116,22 @@ def test_patience_stops_healing_early(reference_model, pruned, calibration_image
 def test_bad_holdout_config(node, message):
     with pytest.raises(StarfishError, match=message):
         HEALERS.build(node)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["calib.count=4", "healer.holdout=0.1"], "healer.holdout=0.1 of 4 calibration items holds out 0"),
+    (["healer.patience=3"], "healer.patience=3 counts epochs of the held-out loss"),
+    (["healer.holdout=0.2", "healer.schedule=[0.5]"], "healer.schedule changes them"),
+])
+def test_bad_holdout_on_the_command_line_is_one_line_exit_2_before_pruning(tmp_path, args, message):
+    result = run_in_process("run", *args, cwd=tmp_path, check=False)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and message in result.stderr, result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_holdout_under_torchrun_is_refused_from_the_config(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(StarfishError, match="healer.holdout runs in one process"):
+        check_config(compose_config("starfish", ["healer.holdout=0.125"]), ("prune", "heal", "eval"))
+    check_holdout(0.0, 128, 2)  # off: nothing to refuse

@@ -23,13 +23,30 @@ def split_holdout(calibration: torch.utils.data.Dataset, fraction: float, seed: 
     if not fraction:
         return calibration, None
     count = len(calibration)
+    held = held_out_count(fraction, count)
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
+    return (torch.utils.data.Subset(calibration, sorted(order[held:])),
+            torch.utils.data.Subset(calibration, sorted(order[:held])))
+
+
+def check_holdout(fraction: float, count: int | None, processes: int) -> None:
+    """A held-out slice needs items on both sides (where `count` is known) and one process: under torchrun each
+    rank would hold out and measure a different share."""
+    if not fraction:
+        return
+    if count is not None:
+        held_out_count(fraction, count)
+    if processes > 1:
+        raise StarfishError("healer.holdout runs in one process: launch it without torchrun, or set healer.holdout=0")
+
+
+def held_out_count(fraction: float, count: int) -> int:
+    """How many of `count` calibration items `fraction` holds out: at least one, and one left to train on."""
     held = round(fraction * count)
     if not 0 < held < count:
         raise StarfishError(f"healer.holdout={fraction} of {count} calibration items holds out {held}: choose a "
                             "fraction that leaves at least one item on each side, or raise calib.count")
-    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
-    return (torch.utils.data.Subset(calibration, sorted(order[held:])),
-            torch.utils.data.Subset(calibration, sorted(order[:held])))
+    return held
 
 
 class EarlyStopping:

@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from starfish_cli.data.loader import loader
-from starfish_cli.healing.holdout import EarlyStopping, split_holdout
+from starfish_cli.healing.holdout import EarlyStopping, check_holdout, split_holdout
 from starfish_cli.healing.resume import ResumeState
 from starfish_cli.healing.sharded_resume import ShardedResumeState
 from starfish_cli.healing.sharding import local_part, local_tensor, log_rank_bytes, sharded_copy, write_back
@@ -76,9 +76,8 @@ def train(job: Job, settings: Settings, world: World, device: torch.device, prec
     With `state_file`, the state is saved every `save_every` steps and resumed (under torchrun: sharded, DCP).
     With `settings.holdout`, the weights of the epoch with the best held-out loss are kept, and what was measured
     is appended to `selection`."""
+    check_holdout(settings.holdout, None, world.size)
     fit, held_out = split_holdout(job.calibration, settings.holdout, settings.seed)
-    if held_out is not None and world.active:
-        raise StarfishError("healer.holdout runs in one process: launch it without torchrun, or set healer.holdout=0")
     batches, sampler = calibration_batches(fit, settings, world, device)
     training, parameters, forward = spread(job, batches, world, device, precision)
     optimizer = torch.optim.Adam(parameters, lr=settings.lr, weight_decay=settings.weight_decay,

@@ -9,6 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 from starfish_cli.artifacts.export import check_options as check_export_options
 from starfish_cli.data.calibration import CalibrationSampler
 from starfish_cli.healing import HEALERS
+from starfish_cli.healing.holdout import check_holdout
 from starfish_cli.models import family_of
 from starfish_cli.pruning import PRUNERS
 from starfish_cli.pruning.base import WeightPruner
@@ -61,6 +62,7 @@ def check_config(cfg: DictConfig, steps: tuple[str, ...]) -> None:
         healer = HEALERS.build(plain(cfg.healer), seed=int(cfg.seed))
         if pruner is not None:
             check_schedule_below_pruner(getattr(healer, "schedule", ()), pruner)
+        check_holdout(getattr(healer, "holdout", 0.0), cfg.calib.get("count"), int(os.environ.get("WORLD_SIZE", 1)))
 
 
 def check_schedule_below_pruner(schedule, pruner) -> None:
