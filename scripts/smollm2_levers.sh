@@ -25,3 +25,16 @@ for loss in cosine standardized; do  # end to end: which of the learning rate an
     run pruner.sparsity=0.5 calib.count=32 healer.recipe=high healer.mode=end_to_end healer.lr=1e-4 \
         healer.loss=$loss eval.tasks=[]
 done
+# KD at the end-to-end learning rate that works, with at least the default's heal time (80 steps)
+run pruner.sparsity=0.5 healer=kd healer.batch_size=8 healer.lr=1e-4 healer.epochs=5
+# early stopping: 16 of the 128 windows held out, each block keeps the epoch with the best loss on them
+run pruner.sparsity=0.5 healer.holdout=0.125
+# the rest of the grid, at seed 0: SparseGPT and magnitude at 50%, Wanda at 60% with and without OWL
+run pruner=sparsegpt pruner.sparsity=0.5
+run pruner=magnitude pruner.sparsity=0.5
+run pruner.sparsity=0.6
+run pruner.sparsity=0.6 pruner.allocation=owl
+# longer: twice the calibration windows (32,768 tokens; about twice the heal time)
+for seed in 0 1 2; do
+    run pruner.sparsity=0.5 calib.count=256 seed=$seed
+done

@@ -54,6 +54,18 @@ def test_experiment_files_are_global_packages():
         assert path.read_text().startswith("# @package _global_"), path.name
 
 
+def test_the_longer_smollm2_recipe_is_the_default_run_on_twice_the_calibration():
+    """What docs/results.md measured as `model=smollm2_135m pruner.sparsity=0.5 calib.count=256` (the folder aside)."""
+    def settings(overrides):
+        cfg = OmegaConf.to_container(compose_config("starfish", overrides), resolve=False)
+        cfg.pop("hydra")
+        return cfg
+
+    long = settings(["experiment=smollm2_wanda_50_long"])
+    assert long == settings(["model=smollm2_135m", "pruner=wanda", "pruner.sparsity=0.5", "calib.count=256"])
+    assert long["calib"]["count"] == 2 * settings(["model=smollm2_135m"])["calib"]["count"]
+
+
 @pytest.mark.parametrize("group,registry", [("pruner", PRUNERS), ("healer", HEALERS)])
 def test_yaml_keys_are_the_constructor_arguments(group, registry):
     """Every option of a pruner or healer is visible (and overridable) in its YAML; `seed` comes from the run."""
