@@ -16,10 +16,11 @@ from starfish_cli.runtime.errors import StarfishError
 log = logging.getLogger("starfish")
 
 
-def split_holdout(calibration: torch.utils.data.Dataset, fraction: float, seed: int):
+def split_holdout(calibration: torch.utils.data.Dataset, fraction: float, seed: int, processes: int = 1):
     """(the items trained on, the held-out items) of `calibration`: a seeded `fraction` of it held out, at least
     one item on each side; (calibration, None) when `fraction` is 0. Items keep their indices (teacher caches
-    and block targets are looked up by them)."""
+    and block targets are looked up by them). `processes`: the world size (more than one is refused)."""
+    check_holdout(fraction, None, processes)
     if not fraction:
         return calibration, None
     count = len(calibration)
@@ -84,11 +85,14 @@ class EarlyStopping:
         return bool(self._patience) and epoch - record["best_epoch"] >= self._patience
 
     @torch.no_grad()
-    def finish(self) -> None:
-        """Restore the best epoch's weights (masked weights were zero then too)."""
+    def finish(self, selection: list[dict] | None = None) -> None:
+        """Restore the best epoch's weights (masked weights were zero then too); what was measured is appended to
+        `selection`."""
         for name, tensor in self._trained.items():
             tensor.copy_(self._best[name].to(tensor.device))
         record = self.record
         log.info("%s: held-out loss %.5f at epoch %d, %.5f at epoch %d (kept), %.5f at epoch %d", record["job"],
                  record["losses"][0], record["epochs"][0], min(record["losses"]), record["best_epoch"],
                  record["losses"][-1], record["epochs"][-1])
+        if selection is not None:
+            selection.append(record)

@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from starfish_cli.data.loader import loader
-from starfish_cli.healing.holdout import EarlyStopping, check_holdout, split_holdout
+from starfish_cli.healing.holdout import EarlyStopping, split_holdout
 from starfish_cli.healing.resume import ResumeState
 from starfish_cli.healing.sharded_resume import ShardedResumeState
 from starfish_cli.healing.sharding import local_part, local_tensor, log_rank_bytes, sharded_copy, write_back
@@ -76,8 +76,7 @@ def train(job: Job, settings: Settings, world: World, device: torch.device, prec
     With `state_file`, the state is saved every `save_every` steps and resumed (under torchrun: sharded, DCP).
     With `settings.holdout`, the weights of the epoch with the best held-out loss are kept, and what was measured
     is appended to `selection`."""
-    check_holdout(settings.holdout, None, world.size)
-    fit, held_out = split_holdout(job.calibration, settings.holdout, settings.seed)
+    fit, held_out = split_holdout(job.calibration, settings.holdout, settings.seed, world.size)
     batches, sampler = calibration_batches(fit, settings, world, device)
     training, parameters, forward = spread(job, batches, world, device, precision)
     optimizer = torch.optim.Adam(parameters, lr=settings.lr, weight_decay=settings.weight_decay,
@@ -92,9 +91,8 @@ def train(job: Job, settings: Settings, world: World, device: torch.device, prec
     step = resume.resume(trained, optimizer, scheduler, history)
     loop = Loop(forward, job.loss, optimizer, scheduler, FixedMasks(training, job.masks), world, device, precision)
     training.eval()  # no dropout/drop-path: the targets are deterministic
-    stopping = None if held_out is None else EarlyStopping(
-        held_out, job.loss, forward, trained, settings.batch_size, settings.patience, device, precision,
-        job.description)
+    stopping = held_out and EarlyStopping(held_out, job.loss, forward, trained, settings.batch_size,
+                                          settings.patience, device, precision, job.description)
     per_epoch = max(len(batches), 1)
     try:
         with progress_bar(job.description, total) as advance:
@@ -113,9 +111,7 @@ def train(job: Job, settings: Settings, world: World, device: torch.device, prec
                         and stopping.observe(math.ceil(done / per_epoch)):
                     break  # `patience` epochs without a better held-out loss
         if stopping:
-            stopping.finish()
-            if selection is not None:
-                selection.append(stopping.record)
+            stopping.finish(selection)
         resume.remove()  # finished: the healed weights are the result
         if training is not job.model:
             write_back(training, job.model, device)
