@@ -124,7 +124,8 @@ def _stages(healing: dict[str, Any]) -> str:
 
 
 def _holdout(healing: dict[str, Any]) -> str:
-    """Early stopping's choice: `, epoch kept on 16 held-out items: 7 of 7 (30 loops: 5-7)`."""
+    """Early stopping's choice: `, epoch kept on 16 held-out items: 6 of 7` (one loop) or `…: 5-7 in 30 loops, of
+    7-7 epochs` (block-wise)."""
     records = healing.get("holdout")
     if not records:
         return ""
